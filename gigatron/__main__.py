@@ -1,0 +1,3 @@
+from gigatron.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""`gigatron <command>`: one entry point; each command lives in the module that owns it.
+
+Command modules are imported lazily so that `gigatron launch` does not pay for importing
+DeepSpeed and megatron-core in the launcher process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, help). Each module exposes `add_arguments(parser)` and `run(args) -> int`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("gigatron.pretrain.command", "train a registered model from a YAML config"),
+    "launch": ("gigatron.launcher.launch", "run N local ranks of a command (laptops, tests)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per command."""
+    parser = argparse.ArgumentParser(prog="gigatron", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser.set_defaults(_module=module_name)
+        importlib.import_module(module_name).add_arguments(command_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv` and run the chosen command; returns its exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    # Only import the chosen command's module when we can tell which it is: keeps `--help` cheap
+    # for everything else and keeps the launcher light.
+    if argv and argv[0] in COMMANDS:
+        module_name, help_text = COMMANDS[argv[0]]
+        parser = argparse.ArgumentParser(prog=f"gigatron {argv[0]}", description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(parser)
+        return int(module.run(parser.parse_args(argv[1:])) or 0)
+    args = build_parser().parse_args(argv)
+    return int(importlib.import_module(args._module).run(args) or 0)

@@ -1,0 +1,28 @@
+"""Typed run configuration: dataclasses, YAML loading with overrides, validation."""
+
+from gigatron.config.errors import ConfigError
+from gigatron.config.loader import config_from_dict, config_to_dict, config_to_yaml, load_config
+from gigatron.config.schema import (
+    CheckpointConfig,
+    Config,
+    DataConfig,
+    LoggingConfig,
+    ParallelConfig,
+    TrainConfig,
+)
+from gigatron.config.validate import validate_config
+
+__all__ = [
+    "CheckpointConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "LoggingConfig",
+    "ParallelConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "config_to_yaml",
+    "load_config",
+    "validate_config",
+]

@@ -1,0 +1,115 @@
+"""YAML + `--set a.b=c` overrides -> a typed `Config`, and back to plain data for checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gigatron.config.coerce import build_dataclass, suggest
+from gigatron.config.errors import ConfigError
+from gigatron.config.schema import Config
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=1e-3' -> (['train', 'lr'], 0.001); the value is read as YAML so types survive."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r}: empty key component in {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted key in a copy of `raw`; sections that do not exist yet are created."""
+    out = _deep_copy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: '{'.'.join(parts[: i + 1])}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build a `Config`; `model.family` chooses the model dataclass from the registry."""
+    from gigatron.models.registry import get_model_spec, model_families
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
+    raw = _deep_copy(raw)
+    model_raw = raw.pop("model", None)
+    if not isinstance(model_raw, dict) or "family" not in model_raw:
+        raise ConfigError(f"model.family is required (registered families: {', '.join(model_families())})")
+    family = model_raw.pop("family")
+    if family not in model_families():
+        raise ConfigError(f"model.family: unknown family {family!r}{suggest(str(family), model_families())}")
+    model = build_dataclass(get_model_spec(family).config_cls, model_raw, "model")
+    valid_sections = [f.name for f in dataclasses.fields(Config) if f.name != "model"]
+    for key in raw:
+        if key not in valid_sections:
+            raise ConfigError(f"unknown key '{key}'{suggest(key, valid_sections + ['model'])}")
+    cfg = build_dataclass(Config, {**raw, "model": None}, "")
+    cfg.model = model
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (or start from nothing when `path` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        raw = loaded or {}
+    try:
+        return config_from_dict(apply_overrides(raw, overrides or []))
+    except ConfigError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain data (lists, not tuples) that `config_from_dict` reads back to an equal `Config`."""
+    out = _plain(dataclasses.asdict(cfg))
+    out["model"] = {"family": type(cfg.model).family, **out["model"]}
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML, as printed at start and saved with every checkpoint."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,101 @@
+"""The typed configuration of a run.
+
+Every section is a dataclass; the model section's type depends on `model.family` and is looked
+up in the model registry, so each family keeps its own typed fields (torchtitan's per-model args).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class ParallelConfig:
+    """Process layout. dp is derived: world_size / (tp * pp * cp)."""
+
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    # 0 = plain data parallel; 1/2/3 = DeepSpeed ZeRO stages (optimizer / +grads / +params).
+    zero_stage: int = 0
+    # Filled in by validation from the world size; a value given in YAML is checked, not trusted.
+    dp: int | None = None
+    # DeepSpeed PipelineModule partitioning: "parameters" balances weights, "uniform" layer counts.
+    pipeline_partition: Literal["parameters", "uniform"] = "uniform"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the step/token budget."""
+
+    steps: int | None = None
+    tokens: int | None = None
+    micro_batch_size: int = 1
+    global_batch_size: int = 8
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    warmup_steps: int = 0
+    # cosine: warmup then cosine to min_lr; wsd: warmup, stable, then linear decay over decay_fraction.
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_fraction: float = 0.2
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    clip_grad: float = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 1234
+    eval_interval: int = 0
+    eval_batches: int = 4
+
+
+@dataclass
+class DataConfig:
+    """Where tokens come from. `source: default` is the bundled Shakespeare corpus."""
+
+    source: Literal["default", "files"] = "default"
+    paths: list[str] = field(default_factory=list)
+    tokenizer: str = "bytes"
+    seq_len: int = 256
+    valid_fraction: float = 0.01
+    shuffle: bool = True
+    cache_dir: str | None = None
+
+
+@dataclass
+class CheckpointConfig:
+    """When and where to save, and what to resume from."""
+
+    dir: str | None = None  # default: <output_dir>/checkpoints
+    interval: int = 0  # steps between saves; 0 saves only at the end and on preemption
+    keep_last: int = 3
+    # auto: resume from `latest` in dir when there is one; none: start fresh; or a checkpoint path.
+    resume: str = "auto"
+    save_final: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    """Metrics sinks."""
+
+    interval: int = 1
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    """A whole run. `model` holds the registered family's own dataclass."""
+
+    model: Any
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    output_dir: str = "runs/default"
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """The checkpoint directory, defaulting to `<output_dir>/checkpoints`."""
+        return self.checkpoint.dir or f"{self.output_dir}/checkpoints"

@@ -1,0 +1,81 @@
+"""Checks that need no process group: layout arithmetic, batch arithmetic, model divisibility."""
+
+from __future__ import annotations
+
+from gigatron.config.errors import ConfigError
+from gigatron.config.schema import Config
+
+
+def validate_config(cfg: Config, world_size: int) -> Config:
+    """Check `cfg` for a run of `world_size` processes and fill in `parallel.dp`.
+
+    All problems are reported together, each naming its keys, so a user fixes a config in one go.
+    Runs before any process group exists: a bad layout must not hang a collective.
+    """
+    p, t = cfg.parallel, cfg.train
+    problems: list[str] = []
+    for key, value in (("parallel.tp", p.tp), ("parallel.pp", p.pp), ("parallel.cp", p.cp)):
+        if value < 1:
+            problems.append(f"{key}={value} must be >= 1")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    model_parallel = p.tp * p.pp * p.cp
+    if world_size % model_parallel:
+        problems.append(
+            f"world size {world_size} is not divisible by parallel.tp*parallel.pp*parallel.cp "
+            f"= {p.tp}*{p.pp}*{p.cp} = {model_parallel}"
+        )
+        dp = None
+    else:
+        dp = world_size // model_parallel
+        if p.dp is not None and p.dp != dp:
+            problems.append(
+                f"parallel.dp={p.dp} but world size {world_size} = tp*pp*cp*dp gives dp={dp} "
+                f"(tp={p.tp}, pp={p.pp}, cp={p.cp})"
+            )
+    if p.zero_stage not in (0, 1, 2, 3):
+        problems.append(f"parallel.zero_stage={p.zero_stage} must be 0, 1, 2 or 3")
+    if p.pp > 1 and p.zero_stage > 1:
+        problems.append(
+            f"parallel.zero_stage={p.zero_stage} with parallel.pp={p.pp}: DeepSpeed's pipeline engine "
+            "supports ZeRO stage 0 or 1 only"
+        )
+    if t.micro_batch_size < 1 or t.global_batch_size < 1:
+        problems.append(
+            f"train.micro_batch_size={t.micro_batch_size} and train.global_batch_size="
+            f"{t.global_batch_size} must be >= 1"
+        )
+    elif dp is not None and t.global_batch_size % (t.micro_batch_size * dp):
+        problems.append(
+            f"train.global_batch_size={t.global_batch_size} is not divisible by "
+            f"train.micro_batch_size*dp = {t.micro_batch_size}*{dp} = {t.micro_batch_size * dp}"
+        )
+    if (t.steps is None) == (t.tokens is None):
+        problems.append(
+            f"set exactly one of train.steps and train.tokens (got steps={t.steps}, tokens={t.tokens})"
+        )
+    if t.steps is not None and t.steps < 1:
+        problems.append(f"train.steps={t.steps} must be >= 1")
+    if t.tokens is not None and t.tokens < 1:
+        problems.append(f"train.tokens={t.tokens} must be >= 1")
+    if t.warmup_steps < 0:
+        problems.append(f"train.warmup_steps={t.warmup_steps} must be >= 0")
+    if not 0.0 < t.decay_fraction <= 1.0:
+        problems.append(f"train.decay_fraction={t.decay_fraction} must be in (0, 1]")
+    if t.min_lr > t.lr:
+        problems.append(f"train.min_lr={t.min_lr} is larger than train.lr={t.lr}")
+    if cfg.data.seq_len < 1:
+        problems.append(f"data.seq_len={cfg.data.seq_len} must be >= 1")
+    if not 0.0 <= cfg.data.valid_fraction < 1.0:
+        problems.append(f"data.valid_fraction={cfg.data.valid_fraction} must be in [0, 1)")
+    if cfg.data.source == "files" and not cfg.data.paths:
+        problems.append("data.source=files needs data.paths (a list of text files or globs)")
+    if cfg.checkpoint.keep_last < 1:
+        problems.append(f"checkpoint.keep_last={cfg.checkpoint.keep_last} must be >= 1")
+    if cfg.checkpoint.interval < 0:
+        problems.append(f"checkpoint.interval={cfg.checkpoint.interval} must be >= 0")
+    problems.extend(cfg.model.validate(cfg.parallel, cfg.data))
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    p.dp = dp
+    return cfg
