@@ -1,0 +1,17 @@
+"""Process exit codes shared by the launcher, the training loop and the SLURM scripts.
+
+- ``EXIT_OK`` (0): the run finished (or the command succeeded).
+- ``EXIT_CONFIG_ERROR`` (2): bad command line or configuration; retrying will not help, so SLURM
+  scripts must not requeue. 2 matches what argparse uses for usage errors.
+- ``EXIT_PREEMPTED`` (75, ``EX_TEMPFAIL`` from sysexits.h): a rank received SIGUSR1 or SIGTERM, all
+  ranks agreed to stop, and a checkpoint was saved; the job should be requeued and will resume from
+  that checkpoint. SLURM batch scripts test ``$? -eq 75`` to decide whether to ``scontrol requeue``.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CONFIG_ERROR = 2
+EXIT_PREEMPTED = 75
+
+__all__ = ["EXIT_OK", "EXIT_CONFIG_ERROR", "EXIT_PREEMPTED"]

@@ -1,0 +1,177 @@
+"""`gigatron launch`: run N local ranks of a command and report one meaningful exit code.
+
+We do not use torchrun because it collapses worker failures to exit code 1, which would hide
+``EXIT_PREEMPTED`` (75) from the SLURM script that decides whether to requeue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gigatron.launcher.exit_codes import EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PREEMPTED
+
+FORWARDED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+POLL_INTERVAL_S = 0.05
+EXIT_COMMAND_NOT_FOUND = 127
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the `gigatron launch` options on `parser`."""
+    parser.usage = "%(prog)s --nproc N [--master-port P] [--omp-threads T] [--grace S] -- COMMAND ..."
+    parser.add_argument("--nproc", type=int, required=True, help="number of local ranks to start")
+    parser.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: a free one)")
+    parser.add_argument(
+        "--omp-threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS per rank (default: $OMP_NUM_THREADS, else cpu_count // nproc)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds the other ranks get after one fails before SIGTERM, and again before SIGKILL",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command each rank runs, after --")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start `args.nproc` copies of `args.command`, wait for them, and return the combined exit code."""
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print("gigatron launch: error: no command given; usage: gigatron launch --nproc N -- COMMAND ...",
+              file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if args.nproc < 1:
+        print(f"gigatron launch: error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    port = args.master_port if args.master_port is not None else find_free_port()
+    envs = [
+        child_environ(os.environ, rank, args.nproc, port, args.omp_threads) for rank in range(args.nproc)
+    ]
+    return LocalLauncher(command, envs, grace_s=args.grace).run()
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago; rank 0 binds it shortly after, so races are rare."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def child_environ(
+    base: Mapping[str, str], rank: int, nproc: int, port: int, omp_threads: int | None = None
+) -> dict[str, str]:
+    """The environment of local rank `rank`: `base` plus the torchrun-style rendezvous variables."""
+    env = dict(base)
+    env.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(nproc),
+        LOCAL_WORLD_SIZE=str(nproc),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    if omp_threads is not None:
+        env["OMP_NUM_THREADS"] = str(omp_threads)
+    elif "OMP_NUM_THREADS" not in env:
+        # N ranks each spawning cpu_count threads would oversubscribe the cores N times over.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    return env
+
+
+def normalise_returncode(code: int) -> int:
+    """Popen reports death by signal as ``-signum``; shells and SLURM expect ``128 + signum``."""
+    return 128 - code if code < 0 else code
+
+
+def combine_exit_codes(codes: Sequence[int]) -> int:
+    """0 if all 0; 75 if all are 0 or 75 and one is 75; else the first other code, in observed order."""
+    for code in codes:
+        if code not in (EXIT_OK, EXIT_PREEMPTED):
+            return code
+    return EXIT_PREEMPTED if EXIT_PREEMPTED in codes else EXIT_OK
+
+
+class LocalLauncher:
+    """Owns the child processes: spawns them, forwards signals, and stops survivors of a crash."""
+
+    def __init__(self, command: Sequence[str], envs: Sequence[Mapping[str, str]], grace_s: float = 30.0) -> None:
+        self.command = list(command)
+        self.envs = list(envs)
+        self.grace_s = grace_s
+        self.procs: list[subprocess.Popen] = []
+        self.codes: list[int] = []  # normalised exit codes in the order they were observed
+
+    def run(self) -> int:
+        """Spawn, supervise and reap all ranks; returns the combined exit code."""
+        previous = {sig: signal.signal(sig, self._forward) for sig in FORWARDED_SIGNALS}
+        try:
+            try:
+                for env in self.envs:
+                    self.procs.append(subprocess.Popen(self.command, env=dict(env)))
+            except OSError as exc:
+                print(f"gigatron launch: cannot start {self.command[0]!r}: {exc}", file=sys.stderr)
+                self._signal_live(signal.SIGKILL)
+                self._reap_all()
+                return EXIT_COMMAND_NOT_FOUND
+            return self._supervise()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        # Children share our process group, so a terminal Ctrl-C already reached them; forwarding
+        # matters for signals sent to the launcher alone (SLURM's `scancel --signal`, `kill`).
+        self._signal_live(signum)
+
+    def _signal_live(self, signum: int) -> None:
+        for proc in self.procs:
+            if proc.returncode is None:
+                # The child may have exited since the last poll.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signum)
+
+    def _supervise(self) -> int:
+        live = set(range(len(self.procs)))
+        term_at: float | None = None
+        kill_at: float | None = None
+        while live:
+            for rank in sorted(live):
+                code = self.procs[rank].poll()
+                if code is None:
+                    continue
+                live.discard(rank)
+                code = normalise_returncode(code)
+                self.codes.append(code)
+                if code not in (EXIT_OK, EXIT_PREEMPTED) and term_at is None and live:
+                    # A crashed rank leaves the others stuck in a collective: give them a chance to
+                    # notice and exit on their own, then stop them.
+                    term_at = time.monotonic() + self.grace_s
+                    print(f"gigatron launch: rank {rank} exited with {code}; stopping the other ranks "
+                          f"in {self.grace_s:g} s", file=sys.stderr, flush=True)
+            now = time.monotonic()
+            if term_at is not None and kill_at is None and now >= term_at and live:
+                self._signal_live(signal.SIGTERM)
+                kill_at = now + self.grace_s
+            if kill_at is not None and now >= kill_at and live:
+                self._signal_live(signal.SIGKILL)
+                kill_at = float("inf")
+            if live:
+                time.sleep(POLL_INTERVAL_S)
+        return combine_exit_codes(self.codes)
+
+    def _reap_all(self) -> None:
+        for proc in self.procs:
+            proc.wait()

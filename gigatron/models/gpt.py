@@ -1,0 +1,168 @@
+"""Llama-style Transformer: the Transformer baseline of the Mamba study.
+
+RMSNorm pre-norm blocks, RoPE, grouped-query attention, SwiGLU MLP; input and output embeddings
+untied by default (`tie_embeddings`). The model is a flat layer list:
+embedding, num_layers blocks, head (final norm + output projection).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from gigatron.models.layers.attention import GroupedQueryAttention
+from gigatron.models.layers.factory import LayerFactory
+from gigatron.models.layers.init import scaled_std
+from gigatron.models.layers.mlp import SwiGLU
+from gigatron.models.registry import LayerRecipe, ModelSpec
+
+
+@dataclass
+class GPTConfig:
+    """Shape of a Llama-style model."""
+
+    family: ClassVar[str] = "gpt"
+
+    vocab_size: int = 259
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    # Key/value heads for grouped-query attention; None = num_heads (multi-head attention).
+    num_kv_heads: int | None = None
+    ffn_hidden_size: int | None = None  # None: Llama's rounding of 8/3 * hidden to a multiple of 256
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    tie_embeddings: bool = False
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads actually used."""
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        """Per-head width."""
+        return self.hidden_size // self.num_heads
+
+    @property
+    def ffn_size(self) -> int:
+        """SwiGLU inner width."""
+        if self.ffn_hidden_size is not None:
+            return self.ffn_hidden_size
+        return 256 * ((int(8 * self.hidden_size / 3) + 255) // 256)
+
+    def validate(self, parallel, data) -> list[str]:
+        """Problems with this shape on a layout (empty when fine); messages name the keys."""
+        problems = []
+        if self.hidden_size % self.num_heads:
+            problems.append(f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}")
+        elif self.head_dim % 2:
+            problems.append(f"model.hidden_size/model.num_heads={self.head_dim} must be even for RoPE")
+        if self.num_heads % self.kv_heads:
+            problems.append(f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads={self.kv_heads}")
+        if self.num_heads % parallel.tp:
+            problems.append(f"model.num_heads={self.num_heads} is not divisible by parallel.tp={parallel.tp}")
+        if self.kv_heads % parallel.tp:
+            problems.append(f"model.num_kv_heads={self.kv_heads} is not divisible by parallel.tp={parallel.tp}")
+        if self.ffn_size % parallel.tp:
+            problems.append(f"model.ffn_hidden_size={self.ffn_size} is not divisible by parallel.tp={parallel.tp}")
+        if self.vocab_size % parallel.tp:
+            problems.append(f"model.vocab_size={self.vocab_size} is not divisible by parallel.tp={parallel.tp}")
+        if self.num_layers % parallel.pp:
+            problems.append(f"model.num_layers={self.num_layers} is not divisible by parallel.pp={parallel.pp}")
+        if parallel.pp > 1 and self.tie_embeddings:
+            problems.append("model.tie_embeddings=true is not supported with parallel.pp>1 (embedding and head "
+                            "live on different stages); untie or use parallel.pp=1")
+        if parallel.cp > 1:
+            problems.append(f"parallel.cp={parallel.cp}: context parallelism is not available for model.family=gpt yet")
+        if data.tokenizer == "bytes" and self.vocab_size < 259:
+            problems.append(f"model.vocab_size={self.vocab_size} is smaller than the byte tokenizer's 259 ids")
+        return problems
+
+
+class Embedding(nn.Module):
+    """Token ids [batch, seq] -> hidden states [batch, seq, hidden]."""
+
+    def __init__(self, cfg: GPTConfig, factory: LayerFactory) -> None:
+        super().__init__()
+        self.tokens = factory.embedding(cfg.vocab_size, cfg.hidden_size, std=cfg.init_std)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.tokens(ids)
+
+
+class Block(nn.Module):
+    """x + attn(norm(x)), then + mlp(norm(x))."""
+
+    def __init__(self, cfg: GPTConfig, factory: LayerFactory) -> None:
+        super().__init__()
+        out_std = scaled_std(cfg.init_std, cfg.num_layers)
+        self.attn_norm = factory.norm(cfg.hidden_size, cfg.norm_eps)
+        self.attn = GroupedQueryAttention(factory, cfg.hidden_size, cfg.num_heads, cfg.kv_heads, cfg.head_dim,
+                                          cfg.rope_base, std=cfg.init_std, out_std=out_std)
+        self.mlp_norm = factory.norm(cfg.hidden_size, cfg.norm_eps)
+        self.mlp = SwiGLU(factory, cfg.hidden_size, cfg.ffn_size, std=cfg.init_std, out_std=out_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Head(nn.Module):
+    """Final norm and output projection; returns this TP rank's vocab shard of the logits."""
+
+    def __init__(self, cfg: GPTConfig, factory: LayerFactory) -> None:
+        super().__init__()
+        self.norm = factory.norm(cfg.hidden_size, cfg.norm_eps)
+        self.output = factory.column_linear(cfg.hidden_size, cfg.vocab_size, std=cfg.init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.norm(x))
+
+
+def layer_recipes(cfg: GPTConfig, factory: LayerFactory) -> list[LayerRecipe]:
+    """embedding, blocks, head."""
+    return [(Embedding, (cfg, factory), {})] + [(Block, (cfg, factory), {})] * cfg.num_layers + [
+        (Head, (cfg, factory), {})
+    ]
+
+
+def tie_weights(cfg: GPTConfig, model: nn.Sequential) -> None:
+    """Share the output projection with the token embedding when asked to."""
+    if cfg.tie_embeddings:
+        model[-1].output.weight = model[0].tokens.weight
+
+
+def num_params(cfg: GPTConfig) -> int:
+    """Parameters counted from the shape (untied head counted separately)."""
+    h, hd = cfg.hidden_size, cfg.head_dim
+    attn = h * cfg.num_heads * hd + 2 * h * cfg.kv_heads * hd + cfg.num_heads * hd * h
+    mlp = 3 * h * cfg.ffn_size
+    per_layer = attn + mlp + 2 * h
+    embeddings = cfg.vocab_size * h * (1 if cfg.tie_embeddings else 2)
+    return cfg.num_layers * per_layer + embeddings + h
+
+
+def flops_per_token(cfg: GPTConfig, seq_len: int) -> float:
+    """6 * matmul params + 12 * L * h * s for attention scores (PaLM appendix B; torchtitan's count).
+
+    The input embedding is a lookup, not a matmul, so it is left out unless tied to the head.
+    The attention term counts the full score matrix, as PaLM and torchtitan do, so MFU figures
+    compare with theirs.
+    """
+    matmul_params = num_params(cfg) - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size)
+    return 6.0 * matmul_params + 12.0 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim
+
+
+SPEC = ModelSpec(
+    family="gpt",
+    config_cls=GPTConfig,
+    layer_recipes=layer_recipes,
+    flops_per_token=flops_per_token,
+    num_params=num_params,
+    tie_weights=tie_weights,
+)

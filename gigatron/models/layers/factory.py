@@ -1,0 +1,146 @@
+"""The only door through which parallelism enters a model.
+
+Model code asks the factory for linears, embeddings, norms and the loss; at TP=1 it gets plain
+PyTorch modules, at TP>1 megatron-core's tensor-parallel layers. Every parameter is marked with
+its init rule (see `init.py`) so the same seed gives the same logical model on any layout.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gigatron.models.layers.init import mark_init
+from gigatron.models.layers.norms import RMSNorm
+
+
+@functools.cache
+def _output_only(base: type) -> type:
+    """A subclass of a megatron-core linear that returns the output alone (they return (out, bias)).
+
+    Subclassing rather than wrapping keeps parameter names (`q.weight`) the same at every TP size,
+    which layout-independent init and checkpoint conversion rely on.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return base.forward(self, x)[0]
+
+    return type(base.__name__, (base,), {"forward": forward, "__module__": __name__})
+
+
+@dataclass
+class LayerFactory:
+    """Builds layers for one tensor-parallel rank.
+
+    `tp_size > 1` needs megatron-core's `parallel_state` initialised (see `gigatron.pretrain.parallel`).
+    `device="meta"` builds shapes only (parameter counting for paper-size configs).
+    """
+
+    tp_size: int = 1
+    device: str | None = None
+    params_dtype: torch.dtype = torch.float32
+    _mp_config: object | None = field(default=None, init=False, repr=False)
+
+    @property
+    def tp_rank(self) -> int:
+        """This process's tensor-parallel rank (0 at TP=1)."""
+        if self.tp_size == 1:
+            return 0
+        from megatron.core import parallel_state
+
+        return parallel_state.get_tensor_model_parallel_rank()
+
+    def _megatron_config(self):
+        if self._mp_config is None:
+            from megatron.core import ModelParallelConfig
+
+            on_gpu = torch.cuda.is_available() and self.device != "cpu"
+            self._mp_config = ModelParallelConfig(
+                tensor_model_parallel_size=self.tp_size,
+                # Initialisation is ours (layout-independent), so megatron only allocates.
+                perform_initialization=False,
+                use_cpu_initialization=not on_gpu,
+                params_dtype=self.params_dtype,
+            )
+        return self._mp_config
+
+    def _check_divisible(self, size: int, what: str) -> None:
+        if size % self.tp_size:
+            raise ValueError(f"{what}={size} is not divisible by tensor-parallel size {self.tp_size}")
+
+    @staticmethod
+    def _mark_sharded(param: nn.Parameter, dim: int) -> None:
+        from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+
+        set_tensor_model_parallel_attributes(param, True, dim, 1)
+
+    def column_linear(self, in_features: int, out_features: int, *, std: float, bias: bool = False) -> nn.Module:
+        """y = x W^T with W split by output rows: each rank returns its `out_features / tp` slice."""
+        if self.tp_size == 1:
+            layer = nn.Linear(in_features, out_features, bias=bias, device=self.device, dtype=self.params_dtype)
+        else:
+            from megatron.core.tensor_parallel import ColumnParallelLinear
+
+            self._check_divisible(out_features, "output features")
+            layer = _output_only(ColumnParallelLinear)(
+                in_features, out_features, config=self._megatron_config(), init_method=nn.init.zeros_,
+                bias=bias, gather_output=False,
+            )
+            self._mark_sharded(layer.weight, 0)
+        self._mark_linear(layer, std)
+        return layer
+
+    def row_linear(self, in_features: int, out_features: int, *, std: float, bias: bool = False) -> nn.Module:
+        """y = x W^T with W split by input columns: takes the sharded input, returns the full sum."""
+        if self.tp_size == 1:
+            layer = nn.Linear(in_features, out_features, bias=bias, device=self.device, dtype=self.params_dtype)
+        else:
+            from megatron.core.tensor_parallel import RowParallelLinear
+
+            self._check_divisible(in_features, "input features")
+            layer = _output_only(RowParallelLinear)(
+                in_features, out_features, config=self._megatron_config(), init_method=nn.init.zeros_,
+                bias=bias, input_is_parallel=True, skip_bias_add=False,
+            )
+            self._mark_sharded(layer.weight, 1)
+        self._mark_linear(layer, std)
+        return layer
+
+    @staticmethod
+    def _mark_linear(layer: nn.Module, std: float) -> None:
+        for name, param in layer.named_parameters():
+            if name.endswith("bias"):
+                mark_init(param, "zeros")
+            else:
+                mark_init(param, "normal", std)
+
+    def embedding(self, num_embeddings: int, dim: int, *, std: float) -> nn.Module:
+        """Token embedding, split over the vocabulary at TP>1 (each rank holds a vocab range)."""
+        if self.tp_size == 1:
+            layer = nn.Embedding(num_embeddings, dim, device=self.device, dtype=self.params_dtype)
+        else:
+            from megatron.core.tensor_parallel import VocabParallelEmbedding
+
+            self._check_divisible(num_embeddings, "vocab size")
+            layer = VocabParallelEmbedding(
+                num_embeddings, dim, init_method=nn.init.zeros_, config=self._megatron_config()
+            )
+            self._mark_sharded(layer.weight, 0)
+        mark_init(layer.weight, "normal", std)
+        return layer
+
+    def norm(self, dim: int, eps: float = 1e-5) -> nn.Module:
+        """RMSNorm; replicated on every TP rank."""
+        return RMSNorm(dim, eps=eps, device=self.device).to(self.params_dtype)
+
+    def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-token loss from this rank's vocab shard of the logits (full logits at TP=1)."""
+        if self.tp_size == 1:
+            return F.cross_entropy(logits.float().flatten(0, -2), target.flatten(), reduction="none").view_as(target)
+        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+        return vocab_parallel_cross_entropy(logits.float(), target)

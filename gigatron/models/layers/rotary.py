@@ -1,0 +1,21 @@
+"""Rotary position embedding (Su et al. 2021), half-split layout as in Llama/NeoX."""
+
+from __future__ import annotations
+
+import torch
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float, device: torch.device | str | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables of shape [seq_len, head_dim] for positions 0..seq_len-1."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x of shape [batch, heads, seq, head_dim] by the tables (broadcast over batch/heads)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)

@@ -1,0 +1,63 @@
+"""Model families by name: each module defines a `SPEC` bundling config, layers, FLOPs and size.
+
+Following torchtitan's ModelSpec, the trainer never imports a model module directly; it asks the
+registry, so adding a family is one module plus one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from gigatron.models.layers.factory import LayerFactory
+
+# A layer recipe (class, args, kwargs): built directly for one process, or wrapped in DeepSpeed's
+# LayerSpec so that each pipeline stage builds only its own layers.
+LayerRecipe = tuple[type[nn.Module], tuple[Any, ...], dict[str, Any]]
+
+_FAMILY_MODULES: dict[str, str] = {
+    "gpt": "gigatron.models.gpt",
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the trainer needs to know about a model family."""
+
+    family: str
+    config_cls: type
+    # The model as a flat list of layers: pipeline stages cut it, one process chains it.
+    layer_recipes: Callable[[Any, LayerFactory], list[LayerRecipe]]
+    # Model FLOPs per trained token (forward + backward) at a sequence length, for MFU.
+    flops_per_token: Callable[[Any, int], float]
+    # Analytical parameter count (checked against the built model in tests).
+    num_params: Callable[[Any], int]
+    # Share weights between layers after a single-process build (e.g. tied embeddings); optional.
+    tie_weights: Callable[[Any, nn.Sequential], None] | None = None
+    # The training objective (see gigatron.pretrain.tasks).
+    task: str = "lm"
+
+
+def model_families() -> list[str]:
+    """Names accepted as `model.family`."""
+    return sorted(_FAMILY_MODULES)
+
+
+def get_model_spec(family: str) -> ModelSpec:
+    """The spec of a registered family; raises KeyError naming the valid ones."""
+    if family not in _FAMILY_MODULES:
+        raise KeyError(f"unknown model family {family!r}; registered: {', '.join(model_families())}")
+    return importlib.import_module(_FAMILY_MODULES[family]).SPEC
+
+
+def build_model(model_cfg: Any, factory: LayerFactory) -> nn.Sequential:
+    """All layers of a model in one `nn.Sequential` (no pipeline); names are global layer indices."""
+    spec = get_model_spec(type(model_cfg).family)
+    model = nn.Sequential(*[cls(*args, **kwargs) for cls, args, kwargs in spec.layer_recipes(model_cfg, factory)])
+    if spec.tie_weights is not None:
+        spec.tie_weights(model_cfg, model)
+    return model

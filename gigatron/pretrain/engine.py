@@ -1,0 +1,114 @@
+"""Model + optimizer + schedule wrapped in a DeepSpeed engine (ZeRO 0-3, or the pipeline engine)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from gigatron.config.schema import Config
+from gigatron.models.layers.factory import LayerFactory
+from gigatron.models.layers.init import initialize_parameters
+from gigatron.models.registry import build_model, get_model_spec
+from gigatron.pretrain.optimizer import ClippedAdamW, param_groups
+from gigatron.pretrain.parallel import MegatronMPU, ParallelRanks
+from gigatron.pretrain.schedule import lr_at
+from gigatron.pretrain.tasks import LanguageModelingTask, build_task
+
+
+@dataclass
+class TrainingEngine:
+    """What the loop drives: the DeepSpeed engine and the objective."""
+
+    engine: Any  # deepspeed.DeepSpeedEngine or deepspeed.runtime.pipe.PipelineEngine
+    task: LanguageModelingTask
+    factory: LayerFactory
+    is_pipeline: bool
+    num_params: int  # logical (unsharded) parameter count, from the model spec
+
+    @property
+    def module(self) -> nn.Module:
+        """The wrapped model."""
+        return self.engine.module
+
+
+def deepspeed_config(cfg: Config, dp_size: int, clip_in_engine: bool) -> dict:
+    """The DeepSpeed JSON config derived from ours; nothing is left to DeepSpeed's defaults that matters."""
+    t, p = cfg.train, cfg.parallel
+    return {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * dp_size),
+        "gradient_clipping": t.clip_grad if clip_in_engine else 0.0,
+        "zero_optimization": {"stage": p.zero_stage},
+        "bf16": {"enabled": t.precision == "bf16"},
+        # Our optimizer is torch's AdamW; DeepSpeed only vouches for its own by default.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**62,
+        "wall_clock_breakdown": False,
+        "dump_state": False,
+    }
+
+
+def total_steps(cfg: Config) -> int:
+    """Steps of the run: `train.steps`, or enough steps to consume `train.tokens`."""
+    if cfg.train.steps is not None:
+        return cfg.train.steps
+    tokens_per_step = cfg.train.global_batch_size * cfg.data.seq_len
+    return -(-cfg.train.tokens // tokens_per_step)
+
+
+def _build_pipeline(cfg: Config, factory: LayerFactory, task: LanguageModelingTask, ranks: ParallelRanks) -> nn.Module:
+    from deepspeed.pipe import LayerSpec, PipelineModule
+    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+
+    spec = get_model_spec(type(cfg.model).family)
+    layers = [LayerSpec(cls, *args, **kwargs) for cls, args, kwargs in spec.layer_recipes(cfg.model, factory)]
+    # DeepSpeed's axes (pipe, data, model) put TP fastest and PP slowest, the same rank order as
+    # megatron-core's tp-cp-dp-pp, so both libraries agree on who is in which group.
+    topology = PipeModelDataParallelTopology(num_pp=ranks.pp_size, num_mp=ranks.tp_size, num_dp=ranks.dp_size)
+    return PipelineModule(
+        layers=layers, topology=topology, loss_fn=task.loss, partition_method=cfg.parallel.pipeline_partition,
+    )
+
+
+def build_engine(cfg: Config, ranks: ParallelRanks, device: str) -> TrainingEngine:
+    """Build this rank's share of the model, initialise it layout-independently, wrap it in DeepSpeed."""
+    import deepspeed
+    from megatron.core import parallel_state as ps
+
+    spec = get_model_spec(type(cfg.model).family)
+    factory = LayerFactory(tp_size=ranks.tp_size, device="cpu" if device == "cpu" else None)
+    task = build_task(spec.task, factory)
+    is_pipeline = ranks.pp_size > 1
+    if is_pipeline:
+        model = _build_pipeline(cfg, factory, task, ranks)
+    else:
+        model = build_model(cfg.model, factory)
+    initialize_parameters(model, cfg.train.seed, ranks.tp_rank, ranks.tp_size)
+    model.to(device)
+
+    zero0 = cfg.parallel.zero_stage == 0
+    groups = param_groups(model, cfg.train.weight_decay)
+    if zero0:
+        optimizer: torch.optim.Optimizer = ClippedAdamW(
+            groups, cfg.train,
+            tp_rank=ranks.tp_rank,
+            tp_group=ps.get_tensor_model_parallel_group() if ranks.tp_size > 1 else None,
+            pp_group=ps.get_pipeline_model_parallel_group() if ranks.pp_size > 1 else None,
+        )
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=cfg.train.betas, eps=cfg.train.eps,
+                                      weight_decay=cfg.train.weight_decay)
+    steps = total_steps(cfg)
+    base_lr = cfg.train.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, steps, cfg.train) / base_lr)
+    ds_config = deepspeed_config(cfg, ranks.dp_size, clip_in_engine=not zero0)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
+        mpu=None if is_pipeline else MegatronMPU(),
+    )
+    return TrainingEngine(engine=engine, task=task, factory=factory, is_pipeline=is_pipeline,
+                          num_params=spec.num_params(cfg.model))

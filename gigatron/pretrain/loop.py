@@ -1,0 +1,234 @@
+"""The training loop: step, log, evaluate, checkpoint on schedule, on signal and at the end."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from gigatron.config import Config, config_to_yaml
+from gigatron.data.build import LMData, build_lm_data
+from gigatron.data.loader import GlobalBatchLoader, iter_eval_batches
+from gigatron.launcher.dist_env import DistEnv
+from gigatron.launcher.exit_codes import EXIT_OK, EXIT_PREEMPTED
+from gigatron.launcher.signals import PreemptionHandler, agree_on_preemption
+from gigatron.models.registry import get_model_spec
+from gigatron.pretrain.checkpoint import TrainerState, load_checkpoint, resume_tag, save_checkpoint
+from gigatron.pretrain.engine import TrainingEngine, build_engine, total_steps
+from gigatron.pretrain.metrics import MetricsWriter, memory_gib
+from gigatron.pretrain.parallel import ParallelRanks, initialize_parallel
+from gigatron.pretrain.peak_flops import peak_flops
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step reports."""
+
+    loss: float
+    grad_norm: float | None
+    lr: float
+    data_wait_s: float
+
+
+def _dp_mean(value: torch.Tensor) -> torch.Tensor:
+    from megatron.core import parallel_state as ps
+
+    group = ps.get_data_parallel_group(with_context_parallel=True)
+    if dist.get_world_size(group) > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.AVG, group=group)
+    return value
+
+
+def _as_float(value) -> float | None:
+    if value is None:
+        return None
+    return float(value.item() if torch.is_tensor(value) else value)
+
+
+class Trainer:
+    """One rank's run. Build with `Trainer(cfg, env)`, then `run()` returns the exit code."""
+
+    def __init__(self, cfg: Config, env: DistEnv) -> None:
+        self.cfg, self.env = cfg, env
+        self.device = env.device
+        self.ranks: ParallelRanks = initialize_parallel(cfg.parallel)
+        self.data: LMData = self._build_data()
+        torch.manual_seed(cfg.train.seed)
+        self.engine: TrainingEngine = build_engine(cfg, self.ranks, self.device)
+        t = cfg.train
+        self.loader = GlobalBatchLoader(self.data.train, t.global_batch_size, t.micro_batch_size,
+                                        self.ranks.dp_rank, self.ranks.dp_size, t.seed, cfg.data.shuffle)
+        self.total_steps = total_steps(cfg)
+        self.state = TrainerState(tokenizer_fingerprint=self.data.tokenizer_fingerprint)
+        self.ckpt_dir = Path(cfg.checkpoint_dir)
+        self.config_yaml = config_to_yaml(cfg)
+        self.tokens_per_step = t.global_batch_size * cfg.data.seq_len
+        spec = get_model_spec(type(cfg.model).family)
+        self.flops_per_token = spec.flops_per_token(cfg.model, cfg.data.seq_len)
+        peak = peak_flops(self.device, t.precision)
+        self.cluster_peak = None if peak is None else peak * env.world_size
+        self.metrics: MetricsWriter | None = None
+
+    def _build_data(self) -> LMData:
+        # Local rank 0 downloads and tokenizes; the others then read its cache instead of racing.
+        if self.env.local_rank == 0:
+            data = build_lm_data(self.cfg.data)
+        dist.barrier()
+        if self.env.local_rank != 0:
+            data = build_lm_data(self.cfg.data)
+        return data
+
+    def log(self, text: str) -> None:
+        """Print on rank 0 (through the progress bar when there is one)."""
+        if self.metrics is not None:
+            self.metrics.write_line(text)
+        elif self.env.is_main:
+            print(text, flush=True)
+
+    # ---- resume -------------------------------------------------------------------------------
+    def maybe_resume(self) -> None:
+        """Load the checkpoint chosen by `checkpoint.resume`, if any."""
+        where = resume_tag(self.ckpt_dir, self.cfg.checkpoint.resume, log=self.log)
+        if where is None:
+            return
+        load_dir, tag = where
+        state = load_checkpoint(self.engine.engine, load_dir, tag)
+        if state.tokenizer_fingerprint and state.tokenizer_fingerprint != self.data.tokenizer_fingerprint:
+            raise RuntimeError(
+                f"checkpoint {load_dir / tag} was trained with tokenizer {state.tokenizer_fingerprint!r} but "
+                f"data.tokenizer gives {self.data.tokenizer_fingerprint!r}; resume with the same tokenizer"
+            )
+        self.loader.load_state_dict(state.loader)
+        self.state = state
+        self.log(f"[resume] {load_dir / tag}: step {state.step}, {state.tokens} tokens")
+
+    # ---- one step -----------------------------------------------------------------------------
+    def train_step(self) -> StepResult:
+        """One optimizer step over the global batch."""
+        ds = self.engine.engine
+        task = self.engine.task
+        lr = float(ds.get_lr()[0])
+        wait_start = time.perf_counter()
+        micro_batches = self.loader.next_batch()
+        data_wait = time.perf_counter() - wait_start
+        if self.engine.is_pipeline:
+            pairs = iter([task.split(mb.to(self.device)) for mb in micro_batches])
+            loss = ds.train_batch(data_iter=pairs).detach().float()
+        else:
+            total = torch.zeros((), device=self.device)
+            for mb in micro_batches:
+                inputs, labels = task.split(mb.to(self.device))
+                micro_loss = task.loss(ds(inputs), labels)
+                ds.backward(micro_loss)
+                ds.step()
+                total += micro_loss.detach().float()
+            loss = _dp_mean(total / len(micro_batches))
+        return StepResult(loss=float(loss), grad_norm=_as_float(ds.get_global_grad_norm()), lr=lr,
+                          data_wait_s=data_wait)
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean validation loss over `train.eval_batches` micro-batches per DP rank."""
+        if self.data.valid is None or self.cfg.train.eval_batches < 1:
+            return None
+        ds, task = self.engine.engine, self.engine.task
+        batches = [task.split(mb.to(self.device)) for mb in iter_eval_batches(
+            self.data.valid, self.cfg.train.micro_batch_size, self.ranks.dp_rank, self.ranks.dp_size,
+            self.cfg.train.eval_batches)]
+        if self.engine.is_pipeline:
+            loss = ds.eval_batch(iter(batches), num_micro_batches=len(batches))
+            return float(loss)
+        ds.eval()
+        total = torch.zeros((), device=self.device)
+        for inputs, labels in batches:
+            total += task.loss(ds(inputs), labels).float()
+        ds.train()
+        return float(_dp_mean(total / len(batches)))
+
+    def save(self) -> None:
+        """Checkpoint the current state (all ranks)."""
+        self.state.loader = self.loader.state_dict()
+        save_checkpoint(self.engine.engine, self.ckpt_dir, self.state, self.config_yaml,
+                        self.cfg.checkpoint.keep_last, log=self.log)
+
+    # ---- the run ------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Train to the budget; returns EXIT_OK, or EXIT_PREEMPTED after saving on a signal."""
+        cfg = self.cfg
+        if self.env.is_main:
+            print(f"[config] resolved configuration:\n{self.config_yaml}", flush=True)
+        self.maybe_resume()
+        self.metrics = MetricsWriter(Path(cfg.output_dir), self.env.is_main, self.total_steps, self.state.step,
+                                     cfg.logging.tensorboard, cfg.logging.progress_bar)
+        self.log(f"[run] {self.engine.num_params / 1e6:.2f}M parameters, {self.env.world_size} ranks "
+                 f"(tp={self.ranks.tp_size} pp={self.ranks.pp_size} dp={self.ranks.dp_size} "
+                 f"zero={cfg.parallel.zero_stage}), steps {self.state.step}->{self.total_steps}, "
+                 f"{self.tokens_per_step} tokens/step")
+        preemption = PreemptionHandler().install()
+        try:
+            return self._train(preemption)
+        finally:
+            preemption.uninstall()
+            self.metrics.close()
+
+    def _train(self, preemption: PreemptionHandler) -> int:
+        cfg = self.cfg
+        last_saved = self.state.step if self.state.step > 0 else None
+        while self.state.step < self.total_steps:
+            started = time.perf_counter()
+            result = self.train_step()
+            elapsed = time.perf_counter() - started
+            self.state.step += 1
+            self.state.tokens += self.tokens_per_step
+            step = self.state.step
+            self._log_step(result, elapsed)
+            if cfg.train.eval_interval and step % cfg.train.eval_interval == 0:
+                self._log_eval()
+            if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
+                self.save()
+                last_saved = step
+            # Every rank must see the same answer, or some would save while others train on.
+            if agree_on_preemption(preemption.requested, device=self.device):
+                if last_saved != step:
+                    self.save()
+                self.log(f"[preempted] {preemption.signal_name or 'signal on another rank'}: saved step {step}, "
+                         f"exiting with {EXIT_PREEMPTED} so the job can be requeued")
+                return EXIT_PREEMPTED
+        if cfg.train.eval_interval and self.state.step % cfg.train.eval_interval:
+            self._log_eval()
+        if cfg.checkpoint.save_final and last_saved != self.state.step:
+            self.save()
+        self.log(f"[done] step {self.state.step}, {self.state.tokens} tokens")
+        return EXIT_OK
+
+    def _log_step(self, result: StepResult, elapsed: float) -> None:
+        step = self.state.step
+        tokens_per_s = self.tokens_per_step / elapsed
+        mfu = None
+        if self.cluster_peak:
+            mfu = self.flops_per_token * tokens_per_s / self.cluster_peak
+        values = {
+            "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
+            "tokens": self.state.tokens, "tokens_per_s": tokens_per_s, "step_time_s": elapsed,
+            "data_wait_s": result.data_wait_s, "mfu": mfu, "memory_gib": memory_gib(self.device),
+        }
+        assert self.metrics is not None
+        self.metrics.log(step, values)
+        self.metrics.advance(1, {"loss": f"{result.loss:.4f}", "tok/s": f"{tokens_per_s:,.0f}"})
+        if self.cfg.logging.interval and step % self.cfg.logging.interval == 0:
+            gn = "n/a" if result.grad_norm is None else f"{result.grad_norm:.3f}"
+            mfu_text = "n/a" if mfu is None else f"{100 * mfu:.1f}%"
+            self.log(f"step {step}/{self.total_steps} loss {result.loss:.4f} lr {result.lr:.3e} grad_norm {gn} "
+                     f"tok/s {tokens_per_s:,.0f} mfu {mfu_text} data_wait {1000 * result.data_wait_s:.1f}ms "
+                     f"mem {values['memory_gib']:.2f}GiB")
+
+    def _log_eval(self) -> None:
+        loss = self.evaluate()
+        if loss is None:
+            return
+        assert self.metrics is not None
+        self.metrics.log(self.state.step, {"loss": loss}, kind="valid")
+        self.log(f"step {self.state.step} validation loss {loss:.4f}")

@@ -1,0 +1,73 @@
+"""AdamW with parameter groups, and global-norm clipping for the layouts DeepSpeed leaves unclipped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from gigatron.config.schema import TrainConfig
+
+NO_DECAY_ATTR = "no_weight_decay"
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: matrices decay; norms, biases (ndim < 2) and parameters marked
+    `no_weight_decay` (e.g. SSM A_log, D, dt_bias) do not, as in Megatron and mamba_ssm."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        skip = param.ndim < 2 or getattr(param, NO_DECAY_ATTR, False)
+        (no_decay if skip else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+
+
+def global_grad_norm(params: Iterable[nn.Parameter], tp_rank: int, tp_group=None, pp_group=None) -> torch.Tensor:
+    """2-norm of all gradients of the model across TP shards and pipeline stages.
+
+    Replicated parameters (norm weights) are counted on TP rank 0 only; TP-sharded ones on every
+    rank, then summed over the TP group: the norm of the logical, unsharded gradient.
+    """
+    squares = torch.zeros((), dtype=torch.float32)
+    for p in params:
+        if p.grad is None:
+            continue
+        if tp_rank == 0 or getattr(p, "tensor_model_parallel", False):
+            squares = squares.to(p.grad.device) + p.grad.detach().float().pow(2).sum()
+    for group in (tp_group, pp_group):
+        if group is not None and dist.get_world_size(group) > 1:
+            dist.all_reduce(squares, group=group)
+    return squares.sqrt()
+
+
+class ClippedAdamW(torch.optim.AdamW):
+    """AdamW that clips by the global gradient norm before each step and records the norm.
+
+    DeepSpeed clips fp32 ZeRO-0 runs without exposing the norm; ZeRO >= 1 clips and reports it
+    itself, so this is used only for stage 0. DeepSpeed reads `_global_grad_norm` after the step.
+    """
+
+    def __init__(self, groups: list[dict], train: TrainConfig, tp_rank: int = 0, tp_group=None,
+                 pp_group=None) -> None:
+        super().__init__(groups, lr=train.lr, betas=train.betas, eps=train.eps, weight_decay=train.weight_decay)
+        self.max_norm = train.clip_grad
+        self._tp_rank, self._tp_group, self._pp_group = tp_rank, tp_group, pp_group
+        self._global_grad_norm: float | None = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        params = [p for group in self.param_groups for p in group["params"]]
+        norm = global_grad_norm(params, self._tp_rank, self._tp_group, self._pp_group)
+        self._global_grad_norm = float(norm)
+        if self.max_norm > 0:
+            coef = (self.max_norm / (norm + 1e-6)).clamp(max=1.0)
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(coef.to(p.grad.device))
+        return super().step(closure)

@@ -1,0 +1,131 @@
+"""`gigatron launch` end to end: rendezvous, crash propagation and preemption exit code."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from gigatron.launcher.exit_codes import EXIT_PREEMPTED
+from gigatron.launcher.launch import child_environ, combine_exit_codes, normalise_returncode
+
+PREAMBLE = """
+import os, sys, time
+from pathlib import Path
+from gigatron.launcher.dist_env import DistEnv, init_distributed
+OUT = Path(sys.argv[1])
+"""
+
+
+def _launcher_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "LOCAL_", "WORLD_"))}
+    env.update(GIGATRON_DEVICE="cpu", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _launch(tmp_path: Path, body: str, *options: str) -> subprocess.Popen:
+    script = tmp_path / "rank.py"
+    script.write_text(PREAMBLE + textwrap.dedent(body))
+    cmd = [sys.executable, "-m", "gigatron", "launch", "--nproc", "2", *options,
+           "--", sys.executable, str(script), str(tmp_path)]
+    return subprocess.Popen(cmd, env=_launcher_env())
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+@pytest.mark.distributed
+def test_ranks_rendezvous_and_all_reduce(tmp_path: Path) -> None:
+    body = """
+    import torch, torch.distributed as dist
+    env = DistEnv.from_environ()
+    init_distributed(env, timeout_s=30)
+    value = torch.tensor([env.rank])
+    dist.all_reduce(value)
+    (OUT / f"rank{env.rank}.txt").write_text(str(int(value.item())))
+    dist.destroy_process_group()
+    """
+    assert _wait(_launch(tmp_path, body), timeout=60) == 0
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["1", "1"]
+
+
+@pytest.mark.distributed
+def test_crashed_rank_code_wins_and_survivors_are_stopped(tmp_path: Path) -> None:
+    body = """
+    import torch.distributed as dist
+    env = DistEnv.from_environ()
+    init_distributed(env, timeout_s=30)
+    if env.rank == 1:
+        os._exit(3)
+    try:
+        dist.barrier()
+    except Exception:
+        pass
+    # Behave like a rank stuck in a collective (what NCCL does): only the launcher can end it.
+    time.sleep(120)
+    """
+    start = time.monotonic()
+    assert _wait(_launch(tmp_path, body, "--grace", "5"), timeout=60) == 3
+    # Rank 0 has no SIGTERM handler, so the SIGTERM after the 5 s grace ends it.
+    assert time.monotonic() - start < 25
+
+
+@pytest.mark.distributed
+def test_forwarded_sigusr1_is_agreed_and_exits_75(tmp_path: Path) -> None:
+    body = """
+    from gigatron.launcher.signals import PreemptionHandler, agree_on_preemption
+    env = DistEnv.from_environ()
+    handler = PreemptionHandler().install()
+    init_distributed(env, timeout_s=30)
+    (OUT / f"ready{env.rank}").write_text("")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if agree_on_preemption(handler.requested):
+            (OUT / f"stopped{env.rank}").write_text(str(handler.signal_name))
+            sys.exit(75)
+        time.sleep(0.1)
+    sys.exit(1)
+    """
+    proc = _launch(tmp_path, body)
+    deadline = time.monotonic() + 30
+    while not all((tmp_path / f"ready{r}").exists() for r in range(2)):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail("ranks did not become ready")
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGUSR1)
+    assert _wait(proc, timeout=30) == EXIT_PREEMPTED
+    assert [(tmp_path / f"stopped{r}").read_text() for r in range(2)] == ["SIGUSR1", "SIGUSR1"]
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [([0, 0], 0), ([0, 75], 75), ([75, 75], 75), ([75, 3, 1], 3), ([143, 3], 143), ([], 0)],
+)
+def test_combine_exit_codes(codes: list[int], expected: int) -> None:
+    assert combine_exit_codes(codes) == expected
+
+
+def test_signal_deaths_map_to_shell_codes() -> None:
+    assert normalise_returncode(-signal.SIGTERM) == 143
+    assert normalise_returncode(3) == 3
+
+
+def test_child_environ_sets_rendezvous_and_respects_omp() -> None:
+    env = child_environ({"PATH": "/bin"}, rank=1, nproc=2, port=1234)
+    assert (env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"], env["MASTER_PORT"]) == ("1", "1", "2", "1234")
+    assert int(env["OMP_NUM_THREADS"]) >= 1
+    assert child_environ({"OMP_NUM_THREADS": "7"}, 0, 2, 1)["OMP_NUM_THREADS"] == "7"
+    assert child_environ({"OMP_NUM_THREADS": "7"}, 0, 2, 1, omp_threads=2)["OMP_NUM_THREADS"] == "2"

