@@ -49,7 +49,7 @@ def coerce_value(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")
-            return tuple(coerce_value(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(coerce_value(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
         item = args[0] if args else Any
         seq = [coerce_value(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(seq) if origin is tuple else seq

@@ -46,7 +46,10 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 1234
     eval_interval: int = 0
-    eval_batches: int = 4
+    # Save and exit (code 0) after every this many steps of one invocation, like Megatron's
+    # --exit-interval: splits a run into fixed-length jobs. None runs to the budget.
+    exit_interval: int | None = None
+    eval_batches: int = 4  # global batches of the validation split per evaluation
 
 
 @dataclass

@@ -58,6 +58,8 @@ def validate_config(cfg: Config, world_size: int) -> Config:
         problems.append(f"train.steps={t.steps} must be >= 1")
     if t.tokens is not None and t.tokens < 1:
         problems.append(f"train.tokens={t.tokens} must be >= 1")
+    if t.exit_interval is not None and t.exit_interval < 1:
+        problems.append(f"train.exit_interval={t.exit_interval} must be >= 1 (or null to run to the budget)")
     if t.warmup_steps < 0:
         problems.append(f"train.warmup_steps={t.warmup_steps} must be >= 0")
     if not 0.0 < t.decay_fraction <= 1.0:

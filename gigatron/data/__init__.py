@@ -3,7 +3,7 @@
 from gigatron.data.build import LMData, build_lm_data, make_tokenizer, resolve_files
 from gigatron.data.byte_tokenizer import ByteTokenizer
 from gigatron.data.corpus import default_corpus_files, resolve_cache_dir
-from gigatron.data.loader import GlobalBatchLoader, iter_eval_batches
+from gigatron.data.loader import GlobalBatchLoader
 from gigatron.data.packed import PackedSamples, num_samples, split_train_valid
 from gigatron.data.token_file import Tokenizer, load_or_build_tokens, token_dtype
 
@@ -15,7 +15,6 @@ __all__ = [
     "Tokenizer",
     "build_lm_data",
     "default_corpus_files",
-    "iter_eval_batches",
     "load_or_build_tokens",
     "make_tokenizer",
     "num_samples",

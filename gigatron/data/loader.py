@@ -9,7 +9,6 @@ global batch it computes. Because of that, the loader's whole state is one globa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -122,27 +121,3 @@ class GlobalBatchLoader:
         self.seed = int(state["seed"])
         self.consumed_samples = int(state["consumed_samples"])
         self._perms = {}
-
-
-def iter_eval_batches(
-    source: SampleSource, micro_batch_size: int, dp_rank: int, dp_size: int, num_batches: int
-) -> Iterator[torch.Tensor]:
-    """Yield `num_batches` micro-batches of this rank's slice of the first samples, unshuffled.
-
-    The evaluated set is the first num_batches * micro_batch_size * dp_size samples (wrapping
-    around a small source), identical on every call, so losses are comparable across evals.
-    """
-    _check_rank(dp_rank, dp_size)
-    if micro_batch_size < 1 or num_batches < 0:
-        raise ValueError(
-            f"micro_batch_size must be >= 1 and num_batches >= 0, got {micro_batch_size}, {num_batches}"
-        )
-    n = len(source)
-    if n < 1:
-        raise ValueError("the validation data has no samples")
-    per_rank = num_batches * micro_batch_size
-    first = dp_rank * per_rank
-    for b in range(num_batches):
-        lo = first + b * micro_batch_size
-        indices = np.arange(lo, lo + micro_batch_size) % n
-        yield _stack(source, indices, micro_batch_size)[0]

@@ -83,10 +83,9 @@ def build_engine(cfg: Config, ranks: ParallelRanks, device: str) -> TrainingEngi
     factory = LayerFactory(tp_size=ranks.tp_size, device="cpu" if device == "cpu" else None)
     task = build_task(spec.task, factory)
     is_pipeline = ranks.pp_size > 1
-    if is_pipeline:
-        model = _build_pipeline(cfg, factory, task, ranks)
-    else:
-        model = build_model(cfg.model, factory)
+    # PipelineModule talks through deepspeed.comm, which must adopt our existing torch.distributed group.
+    deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl", auto_mpi_discovery=False)
+    model = _build_pipeline(cfg, factory, task, ranks) if is_pipeline else build_model(cfg.model, factory)
     initialize_parameters(model, cfg.train.seed, ranks.tp_rank, ranks.tp_size)
     model.to(device)
 

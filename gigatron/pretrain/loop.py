@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from gigatron.config import Config, config_to_yaml
 from gigatron.data.build import LMData, build_lm_data
-from gigatron.data.loader import GlobalBatchLoader, iter_eval_batches
+from gigatron.data.loader import GlobalBatchLoader
 from gigatron.launcher.dist_env import DistEnv
 from gigatron.launcher.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from gigatron.launcher.signals import PreemptionHandler, agree_on_preemption
@@ -135,9 +135,12 @@ class Trainer:
         if self.data.valid is None or self.cfg.train.eval_batches < 1:
             return None
         ds, task = self.engine.engine, self.engine.task
-        batches = [task.split(mb.to(self.device)) for mb in iter_eval_batches(
-            self.data.valid, self.cfg.train.micro_batch_size, self.ranks.dp_rank, self.ranks.dp_size,
-            self.cfg.train.eval_batches)]
+        t = self.cfg.train
+        # The same `eval_batches` global batches every time and on every layout, so validation
+        # curves compare across runs and across DP sizes.
+        valid = GlobalBatchLoader(self.data.valid, t.global_batch_size, t.micro_batch_size,
+                                  self.ranks.dp_rank, self.ranks.dp_size, t.seed, shuffle=False)
+        batches = [task.split(mb.to(self.device)) for _ in range(t.eval_batches) for mb in valid.next_batch()]
         if self.engine.is_pipeline:
             loss = ds.eval_batch(iter(batches), num_micro_batches=len(batches))
             return float(loss)
@@ -177,6 +180,7 @@ class Trainer:
     def _train(self, preemption: PreemptionHandler) -> int:
         cfg = self.cfg
         last_saved = self.state.step if self.state.step > 0 else None
+        started_at = self.state.step
         while self.state.step < self.total_steps:
             started = time.perf_counter()
             result = self.train_step()
@@ -197,6 +201,13 @@ class Trainer:
                 self.log(f"[preempted] {preemption.signal_name or 'signal on another rank'}: saved step {step}, "
                          f"exiting with {EXIT_PREEMPTED} so the job can be requeued")
                 return EXIT_PREEMPTED
+            if cfg.train.exit_interval and (step - started_at) % cfg.train.exit_interval == 0 \
+                    and step < self.total_steps:
+                if last_saved != step:
+                    self.save()
+                self.log(f"[exit] train.exit_interval={cfg.train.exit_interval}: saved step {step}; "
+                         "run the same command again to continue")
+                return EXIT_OK
         if cfg.train.eval_interval and self.state.step % cfg.train.eval_interval:
             self._log_eval()
         if cfg.checkpoint.save_final and last_saved != self.state.step:

@@ -31,7 +31,7 @@ class MetricsWriter:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
         # Append: a resumed run continues the same file; each record carries its step.
-        self._jsonl = open(output_dir / "metrics.jsonl", "a", buffering=1)
+        self._jsonl = open(output_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 - closed in close()
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

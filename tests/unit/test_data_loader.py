@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gigatron.data import GlobalBatchLoader, PackedSamples, iter_eval_batches
+from gigatron.data import GlobalBatchLoader, PackedSamples
 
 SEQ_LEN = 4
 GLOBAL = 8
@@ -110,13 +110,3 @@ def test_constructor_validates_sizes() -> None:
         GlobalBatchLoader(source, 8, 2, 0, 0, seed=0)
     with pytest.raises(ValueError, match=">= 1"):
         GlobalBatchLoader(source, 8, 0, 0, 1, seed=0)
-
-
-def test_eval_batches_are_deterministic_rank_slices() -> None:
-    source = _source(5)
-    dp, micro, num = 2, 2, 2
-    per_rank = [[_ids([mb]) for mb in iter_eval_batches(source, micro, r, dp, num)] for r in range(dp)]
-    assert per_rank == [[[0, 1], [2, 3]], [[4, 0], [1, 2]]]  # 8 samples wrap around a source of 5
-    again = [_ids([mb]) for mb in iter_eval_batches(source, micro, 1, dp, num)]
-    assert again == per_rank[1]
-    assert list(iter_eval_batches(source, micro, 0, dp, 0)) == []
