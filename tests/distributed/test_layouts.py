@@ -1,0 +1,38 @@
+"""TP=2, PP=2, ZeRO-2 and ZeRO-3 train the smoke GPT to the same losses as one process."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import assert_ok, read_metrics, run_pretrain
+
+pytestmark = pytest.mark.distributed
+
+STEPS = ["train.steps=5", "checkpoint.save_final=false", "train.eval_interval=5"]
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory, corpus_ready):
+    out = tmp_path_factory.mktemp("single")
+    assert_ok(run_pretrain(out, STEPS))
+    return read_metrics(out), read_metrics(out, "valid")
+
+
+@pytest.mark.parametrize("layout", [
+    ["parallel.tp=2"],
+    ["parallel.pp=2"],
+    ["parallel.zero_stage=2"],
+    ["parallel.zero_stage=3"],
+], ids=["tp2", "pp2", "zero2", "zero3"])
+def test_loss_curve_matches_single_process(layout, single_process, tmp_path):
+    assert_ok(run_pretrain(tmp_path, STEPS + layout, nproc=2))
+    reference, reference_valid = single_process
+    train, valid = read_metrics(tmp_path), read_metrics(tmp_path, "valid")
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5]
+    for ours, ref in zip(train, reference, strict=True):
+        assert ours["loss"] == pytest.approx(ref["loss"], rel=1e-5), (ours["step"], ours["loss"], ref["loss"])
+        assert ours["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4)
+        assert ours["lr"] == pytest.approx(ref["lr"], rel=1e-12)
+    assert valid[0]["loss"] == pytest.approx(reference_valid[0]["loss"], rel=1e-5)
+    # The model really learned something, so equal curves are not equal flat lines.
+    assert train[-1]["loss"] < train[0]["loss"] - 0.3
