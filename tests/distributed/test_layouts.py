@@ -8,7 +8,7 @@ from tests.conftest import assert_ok, read_metrics, run_pretrain
 
 pytestmark = pytest.mark.distributed
 
-STEPS = ["train.steps=5", "checkpoint.save_final=false", "train.eval_interval=5"]
+STEPS = ["train.steps=5", "train.warmup_steps=2", "checkpoint.save_final=false", "train.eval_interval=5"]
 
 
 @pytest.fixture(scope="module")
