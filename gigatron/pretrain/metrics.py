@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ class MetricsWriter:
         """Record one step's values (numbers; None values are skipped in TensorBoard)."""
         if not self.active:
             return
-        record = {"kind": kind, "step": step, **values}
+        # Wall-clock time lets readers measure throughput including everything between steps.
+        record = {"kind": kind, "step": step, "time": time.time(), **values}
         self._jsonl.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for key, value in values.items():

@@ -1,0 +1,105 @@
+"""Throughput of `gigatron pretrain` against a hand-written PyTorch loop on the same model.
+
+Both train the smoke GPT (1 process, fp32, CPU) with the same batch, AdamW, clipping and schedule.
+The trainer runs as the real command in a subprocess; its throughput is measured from the wall
+clock stamps in metrics.jsonl, so everything between steps (logging, signal agreement, DeepSpeed)
+counts. Rounds alternate trainer and hand loop so machine drift hits both alike.
+
+    python benchmarks/trainer_overhead.py [--steps 60] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gigatron.config import load_config, validate_config  # noqa: E402
+from gigatron.data.build import build_lm_data  # noqa: E402
+from gigatron.data.loader import GlobalBatchLoader  # noqa: E402
+from gigatron.models.layers.factory import LayerFactory  # noqa: E402
+from gigatron.models.layers.init import initialize_parameters  # noqa: E402
+from gigatron.models.registry import build_model  # noqa: E402
+from gigatron.pretrain.schedule import lr_at  # noqa: E402
+
+CONFIG = REPO / "configs" / "gpt" / "smoke.yaml"
+WARMUP_STEPS = 10
+
+
+def overrides(steps: int, output_dir: str) -> list[str]:
+    return [f"train.steps={steps}", "train.eval_interval=0", "checkpoint.interval=0",
+            "checkpoint.save_final=false", "checkpoint.resume=none", f"output_dir={output_dir}"]
+
+
+def trainer_tokens_per_s(steps: int) -> float:
+    """Steady-state tokens/s of the real command, from its metrics' wall-clock stamps."""
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "gigatron", "pretrain", "--config", str(CONFIG)]
+        for item in overrides(steps, out):
+            command += ["--set", item]
+        subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    first, last = train[WARMUP_STEPS - 1], train[-1]
+    return (last["tokens"] - first["tokens"]) / (last["time"] - first["time"])
+
+
+def hand_loop_tokens_per_s(steps: int) -> float:
+    """The same training written as a plain PyTorch loop."""
+    cfg = validate_config(load_config(CONFIG, overrides(steps, "unused")), world_size=1)
+    t = cfg.train
+    data = build_lm_data(cfg.data)
+    loader = GlobalBatchLoader(data.train, t.global_batch_size, t.micro_batch_size, 0, 1, t.seed)
+    torch.manual_seed(t.seed)
+    model = build_model(cfg.model, LayerFactory())
+    initialize_parameters(model, t.seed)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, betas=t.betas, eps=t.eps)
+    tokens_per_step = t.global_batch_size * cfg.data.seq_len
+    stamps = []
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, t)
+        micro_batches = loader.next_batch()
+        for mb in micro_batches:
+            inputs, labels = mb[:, :-1], mb[:, 1:]
+            logits = model(inputs)
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+            (loss / len(micro_batches)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()  # the trainer also reads the loss every step
+        stamps.append(time.time())
+    return tokens_per_step * (steps - WARMUP_STEPS) / (stamps[-1] - stamps[WARMUP_STEPS - 1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    ratios = []
+    for round_index in range(args.rounds):
+        ours = trainer_tokens_per_s(args.steps)
+        hand = hand_loop_tokens_per_s(args.steps)
+        ratios.append(ours / hand)
+        print(f"round {round_index + 1}: gigatron pretrain {ours:,.0f} tok/s, hand loop {hand:,.0f} tok/s, "
+              f"ratio {ours / hand:.3f}", flush=True)
+    print(f"median ratio over {args.rounds} rounds: {statistics.median(ratios):.3f} (target >= 0.90)")
+
+
+if __name__ == "__main__":
+    main()
