@@ -3,7 +3,7 @@
 Both train the smoke GPT (1 process, fp32, CPU) with the same batch, AdamW, clipping and schedule.
 The trainer runs as the real command in a subprocess; its throughput is measured from the wall
 clock stamps in metrics.jsonl, so everything between steps (logging, signal agreement, DeepSpeed)
-counts. Rounds alternate trainer and hand loop so machine drift hits both alike.
+counts; each side reports the median step interval after warm-up. Rounds alternate trainer and hand loop so machine drift hits both alike.
 
     python benchmarks/trainer_overhead.py [--steps 60] [--rounds 3]
 """
@@ -11,6 +11,7 @@ counts. Rounds alternate trainer and hand loop so machine drift hits both alike.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -41,6 +42,16 @@ def overrides(steps: int, output_dir: str) -> list[str]:
             "checkpoint.save_final=false", "checkpoint.resume=none", f"output_dir={output_dir}"]
 
 
+def steady_tokens_per_s(stamps: list[float], tokens_per_step: int) -> float:
+    """Tokens per second from the median step-to-step interval after warm-up.
+
+    The median ignores the seconds-long stalls that neighbours on a shared 2-core machine cause,
+    which otherwise swing a throughput ratio by +-20% from one round to the next.
+    """
+    intervals = [b - a for a, b in itertools.pairwise(stamps[WARMUP_STEPS - 1:])]
+    return tokens_per_step / statistics.median(intervals)
+
+
 def trainer_tokens_per_s(steps: int) -> float:
     """Steady-state tokens/s of the real command, from its metrics' wall-clock stamps."""
     with tempfile.TemporaryDirectory() as out:
@@ -50,8 +61,7 @@ def trainer_tokens_per_s(steps: int) -> float:
         subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
-    first, last = train[WARMUP_STEPS - 1], train[-1]
-    return (last["tokens"] - first["tokens"]) / (last["time"] - first["time"])
+    return steady_tokens_per_s([r["time"] for r in train], train[0]["tokens"])  # tokens after step 1
 
 
 def hand_loop_tokens_per_s(steps: int) -> float:
@@ -83,7 +93,7 @@ def hand_loop_tokens_per_s(steps: int) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.item()  # the trainer also reads the loss every step
         stamps.append(time.time())
-    return tokens_per_step * (steps - WARMUP_STEPS) / (stamps[-1] - stamps[WARMUP_STEPS - 1])
+    return steady_tokens_per_s(stamps, tokens_per_step)
 
 
 def main() -> None:

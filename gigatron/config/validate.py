@@ -5,6 +5,20 @@ from __future__ import annotations
 from gigatron.config.errors import ConfigError
 from gigatron.config.schema import Config
 
+BYTE_TOKENIZER_VOCAB = 259
+
+
+def divisibility_problems(checks: list[tuple[str, int, str, int]]) -> list[str]:
+    """Messages for each (key, value, divisor_key, divisor) whose value is not divisible by the divisor.
+
+    Model families use this in their `validate` so every message reads the same way.
+    """
+    return [
+        f"{key}={value} is not divisible by {divisor_key}={divisor}"
+        for key, value, divisor_key, divisor in checks
+        if divisor > 0 and value % divisor
+    ]
+
 
 def validate_config(cfg: Config, world_size: int) -> Config:
     """Check `cfg` for a run of `world_size` processes and fill in `parallel.dp`.
@@ -76,6 +90,9 @@ def validate_config(cfg: Config, world_size: int) -> Config:
         problems.append(f"checkpoint.keep_last={cfg.checkpoint.keep_last} must be >= 1")
     if cfg.checkpoint.interval < 0:
         problems.append(f"checkpoint.interval={cfg.checkpoint.interval} must be >= 0")
+    vocab = getattr(cfg.model, "vocab_size", None)
+    if cfg.data.tokenizer == "bytes" and vocab is not None and vocab < BYTE_TOKENIZER_VOCAB:
+        problems.append(f"model.vocab_size={vocab} is smaller than the byte tokenizer's {BYTE_TOKENIZER_VOCAB} ids")
     problems.extend(cfg.model.validate(cfg.parallel, cfg.data))
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))

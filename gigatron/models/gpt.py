@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from gigatron.config.validate import divisibility_problems
 from gigatron.models.layers.attention import GroupedQueryAttention
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import scaled_std
@@ -57,30 +58,23 @@ class GPTConfig:
 
     def validate(self, parallel, data) -> list[str]:
         """Problems with this shape on a layout (empty when fine); messages name the keys."""
-        problems = []
+        problems = divisibility_problems([
+            ("model.num_heads", self.num_heads, "model.num_kv_heads", self.kv_heads),
+            ("model.num_heads", self.num_heads, "parallel.tp", parallel.tp),
+            ("model.num_kv_heads", self.kv_heads, "parallel.tp", parallel.tp),
+            ("model.ffn_hidden_size", self.ffn_size, "parallel.tp", parallel.tp),
+            ("model.vocab_size", self.vocab_size, "parallel.tp", parallel.tp),
+            ("model.num_layers", self.num_layers, "parallel.pp", parallel.pp),
+        ])
         if self.hidden_size % self.num_heads:
             problems.append(f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}")
         elif self.head_dim % 2:
             problems.append(f"model.hidden_size/model.num_heads={self.head_dim} must be even for RoPE")
-        if self.num_heads % self.kv_heads:
-            problems.append(f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads={self.kv_heads}")
-        if self.num_heads % parallel.tp:
-            problems.append(f"model.num_heads={self.num_heads} is not divisible by parallel.tp={parallel.tp}")
-        if self.kv_heads % parallel.tp:
-            problems.append(f"model.num_kv_heads={self.kv_heads} is not divisible by parallel.tp={parallel.tp}")
-        if self.ffn_size % parallel.tp:
-            problems.append(f"model.ffn_hidden_size={self.ffn_size} is not divisible by parallel.tp={parallel.tp}")
-        if self.vocab_size % parallel.tp:
-            problems.append(f"model.vocab_size={self.vocab_size} is not divisible by parallel.tp={parallel.tp}")
-        if self.num_layers % parallel.pp:
-            problems.append(f"model.num_layers={self.num_layers} is not divisible by parallel.pp={parallel.pp}")
         if parallel.pp > 1 and self.tie_embeddings:
             problems.append("model.tie_embeddings=true is not supported with parallel.pp>1 (embedding and head "
                             "live on different stages); untie or use parallel.pp=1")
         if parallel.cp > 1:
             problems.append(f"parallel.cp={parallel.cp}: context parallelism is not available for model.family=gpt yet")
-        if data.tokenizer == "bytes" and self.vocab_size < 259:
-            problems.append(f"model.vocab_size={self.vocab_size} is smaller than the byte tokenizer's 259 ids")
         return problems
 
 
