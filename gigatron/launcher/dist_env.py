@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -64,7 +65,10 @@ class DistEnv:
         elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
             coords = _from_slurm(env)
         else:
-            coords = (0, 1, 0, 1, DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT, "single")
+            # A free port, not a fixed one: two single-process runs on one machine (tests, a laptop
+            # user with two terminals) must not collide on the rendezvous socket.
+            port = _check_port("MASTER_PORT", _get_int(env, "MASTER_PORT")) if "MASTER_PORT" in env else find_free_port()
+            coords = (0, 1, 0, 1, DEFAULT_MASTER_ADDR, port, "single")
         rank, world_size, local_rank, local_world_size, addr, port, source = coords
         device, backend = _choose_device(env, local_rank, cuda_available)
         return cls(rank, world_size, local_rank, local_world_size, addr, port, source, device, backend)
@@ -77,6 +81,13 @@ class DistEnv:
         environ["LOCAL_WORLD_SIZE"] = str(self.local_world_size)
         environ["MASTER_ADDR"] = self.master_addr
         environ["MASTER_PORT"] = str(self.master_port)
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago; rank 0 binds it shortly after, so races are rare."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def init_distributed(env: DistEnv, timeout_s: float = 600) -> None:

@@ -10,13 +10,13 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gigatron.launcher.dist_env import find_free_port
 from gigatron.launcher.exit_codes import EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PREEMPTED
 
 FORWARDED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
@@ -61,13 +61,6 @@ def run(args: argparse.Namespace) -> int:
         child_environ(os.environ, rank, args.nproc, port, args.omp_threads) for rank in range(args.nproc)
     ]
     return LocalLauncher(command, envs, grace_s=args.grace).run()
-
-
-def find_free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago; rank 0 binds it shortly after, so races are rare."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def child_environ(

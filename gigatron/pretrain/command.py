@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from gigatron.config import ConfigError, load_config, validate_config
@@ -17,7 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate the config for this world size before any process group exists, then train."""
+    """Validate the config for this world size before any process group exists, then train.
+
+    Meant as the process's entry point: after training it exits the process with the trainer's
+    code. Use `gigatron.pretrain.loop.Trainer` to train in-process.
+    """
     from gigatron.launcher.dist_env import DistEnv, init_distributed
 
     env = DistEnv.from_environ()
@@ -29,10 +34,14 @@ def run(args: argparse.Namespace) -> int:
     init_distributed(env)
     from gigatron.pretrain.loop import Trainer
 
-    try:
-        return Trainer(cfg, env).run()
-    finally:
-        import torch.distributed as dist
+    code = Trainer(cfg, env).run()
+    import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    # Every rank has finished writing (the trainer's last save ends with a barrier). Leave without
+    # running library teardown: with gloo, destroying groups that DeepSpeed/ZeRO-3 still reference
+    # intermittently aborts the process ("terminate called without an active exception", exit 134)
+    # after all work is done, which would turn a finished run into a failure for SLURM.
+    dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
