@@ -1,4 +1,4 @@
-"""TP=2, PP=2, ZeRO-2 and ZeRO-3 train the smoke GPT to the same losses as one process."""
+"""TP=2, PP=2, ZeRO-2, ZeRO-3 and 4-rank combinations train the smoke GPT to the same losses as one process."""
 
 from __future__ import annotations
 
@@ -14,18 +14,21 @@ STEPS = ["train.steps=5", "train.warmup_steps=2", "checkpoint.save_final=false",
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory, corpus_ready):
     out = tmp_path_factory.mktemp("single")
-    assert_ok(run_pretrain(out, STEPS))
+    assert_ok(run_pretrain(out, STEPS + ["logging.tensorboard=true"]))
+    assert list((out / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard events written"
     return read_metrics(out), read_metrics(out, "valid")
 
 
-@pytest.mark.parametrize("layout", [
-    ["parallel.tp=2"],
-    ["parallel.pp=2"],
-    ["parallel.zero_stage=2"],
-    ["parallel.zero_stage=3"],
-], ids=["tp2", "pp2", "zero2", "zero3"])
-def test_loss_curve_matches_single_process(layout, single_process, tmp_path):
-    assert_ok(run_pretrain(tmp_path, STEPS + layout, nproc=2))
+@pytest.mark.parametrize(("layout", "nproc"), [
+    (["parallel.tp=2"], 2),
+    (["parallel.pp=2"], 2),
+    (["parallel.zero_stage=2"], 2),
+    (["parallel.zero_stage=3"], 2),
+    (["parallel.tp=2", "parallel.pp=2"], 4),
+    (["parallel.tp=2", "parallel.zero_stage=1"], 4),
+], ids=["tp2", "pp2", "zero2", "zero3", "tp2-pp2", "tp2-dp2-zero1"])
+def test_loss_curve_matches_single_process(layout, nproc, single_process, tmp_path):
+    assert_ok(run_pretrain(tmp_path, STEPS + layout, nproc=nproc))
     reference, reference_valid = single_process
     train, valid = read_metrics(tmp_path), read_metrics(tmp_path, "valid")
     assert [r["step"] for r in train] == [1, 2, 3, 4, 5]
