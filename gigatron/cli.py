@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("gigatron.pretrain.command", "train a registered model from a YAML config"),
     "launch": ("gigatron.launcher.launch", "run N local ranks of a command (laptops, tests)"),
+    "data": ("gigatron.data.command", "data tools: tokenizer, shard, shard-images, default, inspect"),
 }
 
 

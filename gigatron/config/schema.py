@@ -53,15 +53,29 @@ class TrainConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where tokens come from. `source: default` is the bundled Shakespeare corpus."""
+class DatasetSpec:
+    """One shard dataset (a directory written by `gigatron data shard`) and its blend weight."""
 
-    source: Literal["default", "files"] = "default"
-    paths: list[str] = field(default_factory=list)
-    tokenizer: str = "bytes"
-    seq_len: int = 256
-    valid_fraction: float = 0.01
+    path: str
+    weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    """Where tokens come from. `source: default` builds (once) and reads the bundled Shakespeare shards."""
+
+    source: Literal["default", "shards"] = "default"
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    # Optional: a sentencepiece .model (or "bytes") that must match the shards' recorded tokenizer.
+    tokenizer: str | None = None
+    seq_len: int = 128  # must equal the shards' seq_len
+    default_vocab_size: int = 2048  # tokenizer size for source=default
     shuffle: bool = True
+    num_workers: int = 2  # DataLoader worker processes per rank
+    # raise: a corrupt sample stops the run naming shard and member; skip: it is masked out and counted.
+    on_error: Literal["raise", "skip"] = "raise"
+    # Shard check at start: size only, sha256 too, or auto (sha256 below 1 GiB of shards).
+    verify: Literal["auto", "size", "sha256"] = "auto"
     cache_dir: str | None = None
 
 

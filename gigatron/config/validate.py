@@ -5,8 +5,6 @@ from __future__ import annotations
 from gigatron.config.errors import ConfigError
 from gigatron.config.schema import Config
 
-BYTE_TOKENIZER_VOCAB = 259
-
 
 def divisibility_problems(checks: list[tuple[str, int, str, int]]) -> list[str]:
     """Messages for each (key, value, divisor_key, divisor) whose value is not divisible by the divisor.
@@ -82,17 +80,18 @@ def validate_config(cfg: Config, world_size: int) -> Config:
         problems.append(f"train.min_lr={t.min_lr} is larger than train.lr={t.lr}")
     if cfg.data.seq_len < 1:
         problems.append(f"data.seq_len={cfg.data.seq_len} must be >= 1")
-    if not 0.0 <= cfg.data.valid_fraction < 1.0:
-        problems.append(f"data.valid_fraction={cfg.data.valid_fraction} must be in [0, 1)")
-    if cfg.data.source == "files" and not cfg.data.paths:
-        problems.append("data.source=files needs data.paths (a list of text files or globs)")
+    if cfg.data.source == "shards" and not cfg.data.datasets:
+        problems.append("data.source=shards needs data.datasets (a list of {path: <dir from `gigatron data shard`>, "
+                        "weight: w})")
+    for i, spec in enumerate(cfg.data.datasets):
+        if not spec.weight > 0:
+            problems.append(f"data.datasets[{i}].weight={spec.weight} must be > 0")
+    if cfg.data.num_workers < 0:
+        problems.append(f"data.num_workers={cfg.data.num_workers} must be >= 0")
     if cfg.checkpoint.keep_last < 1:
         problems.append(f"checkpoint.keep_last={cfg.checkpoint.keep_last} must be >= 1")
     if cfg.checkpoint.interval < 0:
         problems.append(f"checkpoint.interval={cfg.checkpoint.interval} must be >= 0")
-    vocab = getattr(cfg.model, "vocab_size", None)
-    if cfg.data.tokenizer == "bytes" and vocab is not None and vocab < BYTE_TOKENIZER_VOCAB:
-        problems.append(f"model.vocab_size={vocab} is smaller than the byte tokenizer's {BYTE_TOKENIZER_VOCAB} ids")
     problems.extend(cfg.model.validate(cfg.parallel, cfg.data))
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))

@@ -1,64 +1,64 @@
-"""Turn the `data:` config section into train/valid sample sets."""
+"""From the `data` config section to the sample sources the trainer reads."""
 
 from __future__ import annotations
 
-import glob
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from gigatron.config.schema import DataConfig
-from gigatron.data.byte_tokenizer import ByteTokenizer
-from gigatron.data.corpus import default_corpus_files
-from gigatron.data.packed import PackedSamples, split_train_valid
-from gigatron.data.token_file import Tokenizer, load_or_build_tokens
-
-TOKENIZERS = ("bytes",)
-SOURCES = ("default", "files")
+from gigatron.data.manifest import TextDataset, load_text_dataset
+from gigatron.data.token_source import TokenShardSource
 
 
 @dataclass
 class LMData:
-    """Language-model data ready for a loader, plus what the model needs to know about it."""
+    """Train and validation sources (one per dataset), their blend weights, and tokenizer facts."""
 
-    train: PackedSamples
-    valid: PackedSamples | None
+    train: list[TokenShardSource]
+    train_weights: list[float]
+    valid: list[TokenShardSource]
+    valid_weights: list[float]
     vocab_size: int
     tokenizer_fingerprint: str
+    roots: list[Path]
 
 
-def make_tokenizer(name: str) -> Tokenizer:
-    """The tokenizer called `name` in `data.tokenizer`."""
-    if name == "bytes":
-        return ByteTokenizer()
-    raise ValueError(f"data.tokenizer: unknown tokenizer {name!r}; valid values: {', '.join(TOKENIZERS)}")
+def dataset_roots(cfg: DataConfig) -> tuple[list[Path], list[float]]:
+    """Dataset directories and weights; builds the default dataset on first use."""
+    if cfg.source == "default":
+        from gigatron.data.default_dataset import ensure_default_dataset
+
+        return [ensure_default_dataset(cfg.cache_dir, cfg.seq_len, cfg.default_vocab_size)], [1.0]
+    return [Path(d.path) for d in cfg.datasets], [d.weight for d in cfg.datasets]
 
 
-def resolve_files(patterns: list[str]) -> list[Path]:
-    """Expand `data.paths` globs in order; each pattern must match at least one file."""
-    if not patterns:
-        raise ValueError("data.paths is empty; data.source: files needs at least one file or glob")
-    files: list[Path] = []
-    for pattern in patterns:
-        # sorted: glob order is filesystem-dependent and the token order must be reproducible.
-        matches = sorted(
-            m for m in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(m)
-        )
-        if not matches:
-            raise FileNotFoundError(f"data.paths: pattern {pattern!r} matches no files")
-        files.extend(Path(m) for m in matches)
-    return files
+def _check_consistent(cfg: DataConfig, datasets: list[TextDataset]) -> None:
+    for ds in datasets:
+        if ds.seq_len != cfg.seq_len:
+            raise ValueError(f"data.seq_len={cfg.seq_len} but {ds.root}/manifest.json was written with "
+                             f"seq_len={ds.seq_len}; set data.seq_len={ds.seq_len} or reshard")
+        if ds.fingerprint != datasets[0].fingerprint:
+            raise ValueError(f"{ds.root} was tokenized with {ds.fingerprint} but {datasets[0].root} with "
+                             f"{datasets[0].fingerprint}; blended datasets must share one tokenizer")
+    if cfg.tokenizer is not None:
+        from gigatron.data.sp_tokenizer import load_tokenizer
+
+        fingerprint = load_tokenizer(cfg.tokenizer).fingerprint
+        if fingerprint != datasets[0].fingerprint:
+            raise ValueError(f"data.tokenizer={cfg.tokenizer!r} has fingerprint {fingerprint} but the shards in "
+                             f"{datasets[0].root} were written with {datasets[0].fingerprint}")
 
 
 def build_lm_data(cfg: DataConfig) -> LMData:
-    """Tokenize (or load the cached tokens of) the configured corpus and split train/valid."""
-    tokenizer = make_tokenizer(cfg.tokenizer)
-    if cfg.source == "default":
-        files = default_corpus_files(cfg.cache_dir)
-    elif cfg.source == "files":
-        files = resolve_files(cfg.paths)
-    else:
-        raise ValueError(f"data.source: unknown source {cfg.source!r}; valid values: {', '.join(SOURCES)}")
-    tokens = load_or_build_tokens(files, tokenizer, cfg.cache_dir)
-    train, valid = split_train_valid(tokens, cfg.seq_len, cfg.valid_fraction)
-    return LMData(train, valid, tokenizer.vocab_size, tokenizer.fingerprint)
+    """Load and check the manifests, then open every split's shards."""
+    roots, weights = dataset_roots(cfg)
+    datasets = [load_text_dataset(root) for root in roots]
+    _check_consistent(cfg, datasets)
+    train = [TokenShardSource(ds, "train", cfg.verify) for ds in datasets]
+    with_valid = [(ds, w) for ds, w in zip(datasets, weights, strict=True) if ds.num_samples("valid") > 0]
+    valid = [TokenShardSource(ds, "valid", cfg.verify) for ds, _ in with_valid]
+    return LMData(
+        train=train, train_weights=weights, valid=valid, valid_weights=[w for _, w in with_valid],
+        vocab_size=max(ds.vocab_size for ds in datasets), tokenizer_fingerprint=datasets[0].fingerprint,
+        roots=roots,
+    )

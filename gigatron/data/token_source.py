@@ -1,0 +1,97 @@
+"""Packed token samples of one split of a shard dataset, addressed by sample index."""
+
+from __future__ import annotations
+
+import bisect
+import io
+from pathlib import Path
+
+import numpy as np
+
+from gigatron.data.errors import DataError
+from gigatron.data.manifest import SAMPLE_SUFFIX, TextDataset, verify_shard
+from gigatron.data.tar_index import TarIndex
+
+# Datasets up to this size get a sha256 check of every shard at start under verify="auto".
+AUTO_SHA256_BYTES = 1 << 30
+
+
+class TokenShardSource:
+    """`source[i]` is sample i (int64 array of seq_len + 1 ids) of `split`, shards in manifest order.
+
+    Shards are checked against the manifest when the source is built (size always; sha256 with
+    verify="sha256", or "auto" for datasets under 1 GiB). Tar headers are indexed lazily, per
+    process, on first access to each shard.
+    """
+
+    def __init__(self, dataset: TextDataset, split: str, verify: str = "auto") -> None:
+        if split not in dataset.splits or not dataset.splits[split]:
+            raise DataError(f"{dataset.root}: the manifest has no '{split}' split with shards")
+        self.dataset = dataset
+        self.split = split
+        self.shards = dataset.splits[split]
+        self.sample_len = dataset.seq_len + 1
+        self.dtype = np.dtype(dataset.dtype)
+        total_bytes = sum(s.bytes for s in self.shards)
+        checksum = verify == "sha256" or (verify == "auto" and total_bytes <= AUTO_SHA256_BYTES)
+        if verify not in ("auto", "size", "sha256"):
+            raise ValueError(f"data.verify={verify!r}; valid: auto, size, sha256")
+        for shard in self.shards:
+            problem = verify_shard(shard, checksum=checksum)
+            if problem:
+                raise DataError(problem)
+        self._starts = np.cumsum([0] + [s.samples for s in self.shards]).tolist()
+        self._indexes: dict[int, TarIndex] = {}
+        self._header: bytes | None = None
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def _index(self, shard_id: int) -> TarIndex:
+        index = self._indexes.get(shard_id)
+        if index is None:
+            shard = self.shards[shard_id]
+            index = TarIndex(shard.path)
+            if len(index) != shard.samples:
+                raise DataError(f"{shard.path}: has {len(index)} samples, the manifest says {shard.samples}")
+            self._indexes[shard_id] = index
+        return index
+
+    def locate(self, i: int) -> tuple[Path, str]:
+        """(shard path, member key) of sample i, for messages."""
+        shard_id = bisect.bisect_right(self._starts, i) - 1
+        return self.shards[shard_id].path, self._index(shard_id).keys[i - self._starts[shard_id]]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} outside [0, {len(self)})")
+        shard_id = bisect.bisect_right(self._starts, i) - 1
+        index = self._index(shard_id)
+        local = i - self._starts[shard_id]
+        raw = index.read(local, SAMPLE_SUFFIX)[SAMPLE_SUFFIX]
+        return self._decode(raw, index, local)
+
+    def _decode(self, raw: bytes, index: TarIndex, local: int) -> np.ndarray:
+        expected_bytes = self.sample_len * self.dtype.itemsize
+        header_len = len(raw) - expected_bytes
+        # Fast path: every member of a shard has the same .npy header; compare it byte for byte.
+        where = f"{index.path}:{index.keys[local]}.{SAMPLE_SUFFIX}"
+        if header_len > 0 and self._header is not None and raw[:header_len] == self._header:
+            return self._checked(np.frombuffer(raw, dtype=self.dtype, offset=header_len), where)
+        try:
+            array = np.load(io.BytesIO(raw), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"{where}: not a valid .npy array ({exc})") from exc
+        if array.shape != (self.sample_len,) or array.dtype != self.dtype:
+            raise DataError(f"{where}: holds {array.dtype}{list(array.shape)}, the manifest says "
+                            f"{self.dtype}[{self.sample_len}]")
+        if header_len > 0:
+            self._header = raw[:header_len]
+        return self._checked(array, where)
+
+    def _checked(self, array: np.ndarray, where: str) -> np.ndarray:
+        # An id beyond the vocabulary would surface later as an opaque embedding index error.
+        top = int(array.max())
+        if top >= self.dataset.vocab_size:
+            raise DataError(f"{where}: token id {top} >= the manifest's vocab_size {self.dataset.vocab_size}")
+        return array.astype(np.int64)
