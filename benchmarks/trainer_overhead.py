@@ -69,7 +69,8 @@ def hand_loop_tokens_per_s(steps: int) -> float:
     cfg = validate_config(load_config(CONFIG, overrides(steps, "unused")), world_size=1)
     t = cfg.train
     data = build_lm_data(cfg.data)
-    loader = GlobalBatchLoader(data.train, t.global_batch_size, t.micro_batch_size, 0, 1, t.seed)
+    loader = GlobalBatchLoader(data.train, t.global_batch_size, t.micro_batch_size, 0, 1, t.seed,
+                               weights=data.train_weights)
     torch.manual_seed(t.seed)
     model = build_model(cfg.model, LayerFactory())
     initialize_parameters(model, t.seed)

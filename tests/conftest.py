@@ -62,3 +62,4 @@ def corpus_ready() -> None:
     from gigatron.data.build import build_lm_data
 
     build_lm_data(DataConfig(seq_len=128))
+    build_lm_data(DataConfig(seq_len=128, default_vocab_size=1024))

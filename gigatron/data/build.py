@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from gigatron.config.errors import ConfigError
 from gigatron.config.schema import DataConfig
 from gigatron.data.manifest import TextDataset, load_text_dataset
 from gigatron.data.token_source import TokenShardSource
@@ -35,17 +36,17 @@ def dataset_roots(cfg: DataConfig) -> tuple[list[Path], list[float]]:
 def _check_consistent(cfg: DataConfig, datasets: list[TextDataset]) -> None:
     for ds in datasets:
         if ds.seq_len != cfg.seq_len:
-            raise ValueError(f"data.seq_len={cfg.seq_len} but {ds.root}/manifest.json was written with "
+            raise ConfigError(f"data.seq_len={cfg.seq_len} but {ds.root}/manifest.json was written with "
                              f"seq_len={ds.seq_len}; set data.seq_len={ds.seq_len} or reshard")
         if ds.fingerprint != datasets[0].fingerprint:
-            raise ValueError(f"{ds.root} was tokenized with {ds.fingerprint} but {datasets[0].root} with "
+            raise ConfigError(f"{ds.root} was tokenized with {ds.fingerprint} but {datasets[0].root} with "
                              f"{datasets[0].fingerprint}; blended datasets must share one tokenizer")
     if cfg.tokenizer is not None:
         from gigatron.data.sp_tokenizer import load_tokenizer
 
         fingerprint = load_tokenizer(cfg.tokenizer).fingerprint
         if fingerprint != datasets[0].fingerprint:
-            raise ValueError(f"data.tokenizer={cfg.tokenizer!r} has fingerprint {fingerprint} but the shards in "
+            raise ConfigError(f"data.tokenizer={cfg.tokenizer!r} has fingerprint {fingerprint} but the shards in "
                              f"{datasets[0].root} were written with {datasets[0].fingerprint}")
 
 

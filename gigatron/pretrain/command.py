@@ -7,6 +7,7 @@ import os
 import sys
 
 from gigatron.config import ConfigError, load_config, validate_config
+from gigatron.data.errors import DataError
 from gigatron.launcher.exit_codes import EXIT_CONFIG_ERROR
 
 
@@ -34,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
     init_distributed(env)
     from gigatron.pretrain.loop import Trainer
 
-    code = Trainer(cfg, env).run()
+    try:
+        code = Trainer(cfg, env).run()
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        # Input problems found once data and checkpoints are visible: a message, not a traceback.
+        print(f"gigatron pretrain (rank {env.rank}): {exc}", file=sys.stderr, flush=True)
+        os._exit(EXIT_CONFIG_ERROR)
     import torch.distributed as dist
 
     # Every rank has finished writing (the trainer's last save ends with a barrier). Leave without

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from gigatron.config import Config, config_to_yaml
+from gigatron.config import Config, ConfigError, config_to_yaml
 from gigatron.data.build import LMData, build_lm_data
 from gigatron.data.loader import GlobalBatchLoader
 from gigatron.launcher.dist_env import DistEnv
@@ -58,7 +58,7 @@ class Trainer:
         self.data: LMData = self._build_data()
         model_vocab = getattr(cfg.model, "vocab_size", None)
         if model_vocab is not None and model_vocab < self.data.vocab_size:
-            raise ValueError(f"model.vocab_size={model_vocab} is smaller than the tokenizer's {self.data.vocab_size} "
+            raise ConfigError(f"model.vocab_size={model_vocab} is smaller than the tokenizer's {self.data.vocab_size} "
                              f"ids ({self.data.roots[0]}); set model.vocab_size >= {self.data.vocab_size}")
         torch.manual_seed(cfg.train.seed)
         self.engine: TrainingEngine = build_engine(cfg, self.ranks, self.device)
@@ -103,7 +103,7 @@ class Trainer:
         load_dir, tag = where
         state = load_checkpoint(self.engine.engine, load_dir, tag)
         if state.tokenizer_fingerprint and state.tokenizer_fingerprint != self.data.tokenizer_fingerprint:
-            raise RuntimeError(
+            raise ConfigError(
                 f"checkpoint {load_dir / tag} was trained with tokenizer {state.tokenizer_fingerprint!r} but "
                 f"data.tokenizer gives {self.data.tokenizer_fingerprint!r}; resume with the same tokenizer"
             )

@@ -113,3 +113,11 @@ def test_truncated_checkpoint_falls_back_to_previous(tmp_path, corpus_ready):
     assert "skipping" in resumed.stdout and "step_00000006" in resumed.stdout
     assert "[resume]" in resumed.stdout and "step 3," in resumed.stdout
     assert [r["step"] for r in read_metrics(tmp_path)][-5:] == [4, 5, 6, 7, 8]
+
+
+def test_resume_with_another_tokenizer_is_refused(tmp_path, corpus_ready):
+    assert_ok(run_pretrain(tmp_path, ["train.steps=2", "train.eval_interval=0"]))
+    # A 1024-piece default tokenizer has another fingerprint than the 2048-piece one the checkpoint used.
+    proc = run_pretrain(tmp_path, ["train.steps=4", "train.eval_interval=0", "data.default_vocab_size=1024"])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "was trained with tokenizer" in proc.stderr and "resume with the same tokenizer" in proc.stderr
