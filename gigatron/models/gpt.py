@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from gigatron.config.validate import divisibility_problems
-from gigatron.models.layers.attention import GroupedQueryAttention
+from gigatron.models.layers.attention import GroupedQueryAttention, KVCache
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import scaled_std
+from gigatron.models.layers.lm_ends import Embedding, Head, tie_output_to_embedding
 from gigatron.models.layers.mlp import SwiGLU
 from gigatron.models.registry import LayerRecipe, ModelSpec
 
@@ -78,17 +79,6 @@ class GPTConfig:
         return problems
 
 
-class Embedding(nn.Module):
-    """Token ids [batch, seq] -> hidden states [batch, seq, hidden]."""
-
-    def __init__(self, cfg: GPTConfig, factory: LayerFactory) -> None:
-        super().__init__()
-        self.tokens = factory.embedding(cfg.vocab_size, cfg.hidden_size, std=cfg.init_std)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.tokens(ids)
-
-
 class Block(nn.Module):
     """x + attn(norm(x)), then + mlp(norm(x))."""
 
@@ -105,30 +95,27 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(x))
         return x + self.mlp(self.mlp_norm(x))
 
+    def new_cache(self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype) -> KVCache:
+        """Generation state: the attention's KV cache."""
+        return self.attn.new_cache(batch, max_len, device, dtype)
 
-class Head(nn.Module):
-    """Final norm and output projection; returns this TP rank's vocab shard of the logits."""
-
-    def __init__(self, cfg: GPTConfig, factory: LayerFactory) -> None:
-        super().__init__()
-        self.norm = factory.norm(cfg.hidden_size, cfg.norm_eps)
-        self.output = factory.column_linear(cfg.hidden_size, cfg.vocab_size, std=cfg.init_std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.norm(x))
+    def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """`forward` for new tokens after the cached ones."""
+        x = x + self.attn.forward_cached(self.attn_norm(x), cache)
+        return x + self.mlp(self.mlp_norm(x))
 
 
 def layer_recipes(cfg: GPTConfig, factory: LayerFactory) -> list[LayerRecipe]:
     """embedding, blocks, head."""
-    return [(Embedding, (cfg, factory), {})] + [(Block, (cfg, factory), {})] * cfg.num_layers + [
-        (Head, (cfg, factory), {})
-    ]
+    return [(Embedding, (cfg.vocab_size, cfg.hidden_size, factory, cfg.init_std), {})] + [
+        (Block, (cfg, factory), {})
+    ] * cfg.num_layers + [(Head, (cfg.vocab_size, cfg.hidden_size, factory, cfg.init_std, cfg.norm_eps), {})]
 
 
 def tie_weights(cfg: GPTConfig, model: nn.Sequential) -> None:
     """Share the output projection with the token embedding when asked to."""
     if cfg.tie_embeddings:
-        model[-1].output.weight = model[0].tokens.weight
+        tie_output_to_embedding(model)
 
 
 def num_params(cfg: GPTConfig) -> int:

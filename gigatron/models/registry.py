@@ -1,4 +1,4 @@
-"""Model families by name: each module defines a `SPEC` bundling config, layers, FLOPs and size.
+"""Model families by name: each module defines a ModelSpec bundling config, layers, FLOPs and size.
 
 Following torchtitan's ModelSpec, the trainer never imports a model module directly; it asks the
 registry, so adding a family is one module plus one line here.
@@ -19,8 +19,12 @@ from gigatron.models.layers.factory import LayerFactory
 # LayerSpec so that each pipeline stage builds only its own layers.
 LayerRecipe = tuple[type[nn.Module], tuple[Any, ...], dict[str, Any]]
 
-_FAMILY_MODULES: dict[str, str] = {
-    "gpt": "gigatron.models.gpt",
+# family -> (module, attribute holding its ModelSpec)
+_FAMILY_MODULES: dict[str, tuple[str, str]] = {
+    "gpt": ("gigatron.models.gpt", "SPEC"),
+    "hybrid": ("gigatron.models.hybrid", "SPEC"),
+    "mamba2": ("gigatron.models.hybrid", "MAMBA2_SPEC"),
+    "mamba": ("gigatron.models.hybrid", "MAMBA_SPEC"),
 }
 
 
@@ -51,7 +55,8 @@ def get_model_spec(family: str) -> ModelSpec:
     """The spec of a registered family; raises KeyError naming the valid ones."""
     if family not in _FAMILY_MODULES:
         raise KeyError(f"unknown model family {family!r}; registered: {', '.join(model_families())}")
-    return importlib.import_module(_FAMILY_MODULES[family]).SPEC
+    module, attribute = _FAMILY_MODULES[family]
+    return getattr(importlib.import_module(module), attribute)
 
 
 def build_model(model_cfg: Any, factory: LayerFactory) -> nn.Sequential:

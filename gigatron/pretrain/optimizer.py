@@ -9,8 +9,7 @@ import torch.distributed as dist
 from torch import nn
 
 from gigatron.config.schema import TrainConfig
-
-NO_DECAY_ATTR = "no_weight_decay"
+from gigatron.models.layers.init import NO_DECAY_ATTR
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

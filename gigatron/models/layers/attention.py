@@ -1,6 +1,8 @@
-"""Causal self-attention with grouped-query heads and RoPE, heads split across TP ranks."""
+"""Causal self-attention with grouped-query heads and optional RoPE, heads split across TP ranks."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -10,41 +12,82 @@ from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.rotary import apply_rotary, rotary_tables
 
 
+@dataclass
+class KVCache:
+    """Keys and values of the tokens seen so far, [batch, local_kv_heads, max_len, head_dim]."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int = 0
+
+
 class GroupedQueryAttention(nn.Module):
     """q/k/v projections are column-parallel (each rank owns whole heads), the output row-parallel.
 
     With `num_kv_heads < num_heads` each kv head serves `num_heads / num_kv_heads` query heads (GQA,
-    Ainslie et al. 2023); `num_kv_heads == num_heads` is plain multi-head attention.
+    Ainslie et al. 2023). `rope=False` gives attention without position embedding, as in the
+    Mamba-2-Hybrid, where the Mamba layers carry position.
     """
 
     def __init__(self, factory: LayerFactory, hidden: int, num_heads: int, num_kv_heads: int,
-                 head_dim: int, rope_base: float, std: float, out_std: float) -> None:
+                 head_dim: int, rope_base: float, std: float, out_std: float, rope: bool = True) -> None:
         super().__init__()
         tp = factory.tp_size
         self.local_heads = num_heads // tp
         self.local_kv_heads = num_kv_heads // tp
         self.head_dim = head_dim
         self.rope_base = rope_base
+        self.rope = rope
         self.q = factory.column_linear(hidden, num_heads * head_dim, std=std)
         self.k = factory.column_linear(hidden, num_kv_heads * head_dim, std=std)
         self.v = factory.column_linear(hidden, num_kv_heads * head_dim, std=std)
         self.o = factory.row_linear(num_heads * head_dim, hidden, std=out_std)
         self._rope_cache: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
 
-    def _rope(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rope_tables(self, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         cache = self._rope_cache
-        if cache is None or cache[0] < seq_len or cache[1] != device:
-            cos, sin = rotary_tables(seq_len, self.head_dim, self.rope_base, device=device)
-            self._rope_cache = cache = (seq_len, device, cos, sin)
-        return cache[2][:seq_len], cache[3][:seq_len]
+        if cache is None or cache[0] < end or cache[1] != device:
+            cos, sin = rotary_tables(end, self.head_dim, self.rope_base, device=device)
+            self._rope_cache = cache = (end, device, cos, sin)
+        return cache[2], cache[3]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _project(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, seq, _ = x.shape
         q = self.q(x).view(batch, seq, self.local_heads, self.head_dim).transpose(1, 2)
         k = self.k(x).view(batch, seq, self.local_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v(x).view(batch, seq, self.local_kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = self._rope(seq, x.device)
-        q, k = apply_rotary(q, cos.to(q.dtype), sin.to(q.dtype)), apply_rotary(k, cos.to(k.dtype), sin.to(k.dtype))
+        if self.rope:
+            cos, sin = self._rope_tables(start + seq, x.device)
+            cos, sin = cos[start:start + seq].to(q.dtype), sin[start:start + seq].to(q.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return q, k, v
+
+    def _output(self, out: torch.Tensor) -> torch.Tensor:
+        batch, _, seq, _ = out.shape
+        return self.o(out.transpose(1, 2).reshape(batch, seq, self.local_heads * self.head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._project(x, 0)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                              enable_gqa=self.local_kv_heads != self.local_heads)
-        return self.o(out.transpose(1, 2).reshape(batch, seq, self.local_heads * self.head_dim))
+        return self._output(out)
+
+    def new_cache(self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype) -> KVCache:
+        """An empty KV cache for generation."""
+        shape = (batch, self.local_kv_heads, max_len, self.head_dim)
+        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Attend the new tokens `x` to everything cached and to each other (causally); extends the cache."""
+        start, seq = cache.length, x.shape[1]
+        if start + seq > cache.k.shape[2]:
+            raise ValueError(f"KV cache holds {cache.k.shape[2]} positions; {start + seq} needed")
+        q, k, v = self._project(x, start)
+        cache.k[:, :, start:start + seq] = k
+        cache.v[:, :, start:start + seq] = v
+        cache.length = start + seq
+        keys, values = cache.k[:, :, :cache.length], cache.v[:, :, :cache.length]
+        allowed = torch.arange(cache.length, device=x.device)[None, :] <= (start + torch.arange(seq, device=x.device))[:, None]
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed,
+                                             enable_gqa=self.local_kv_heads != self.local_heads)
+        return self._output(out)

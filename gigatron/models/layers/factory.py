@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gigatron.models.layers.init import mark_init
+from gigatron.models.layers.init import mark_init, mark_sharded
 from gigatron.models.layers.norms import RMSNorm
 
 
@@ -72,14 +72,18 @@ class LayerFactory:
         if size % self.tp_size:
             raise ValueError(f"{what}={size} is not divisible by tensor-parallel size {self.tp_size}")
 
-    @staticmethod
-    def _mark_sharded(param: nn.Parameter, dim: int) -> None:
-        from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+    def column_linear(self, in_features: int, out_features: int | list[int], *, std: float,
+                      bias: bool = False) -> nn.Module:
+        """y = x W^T with W split by output rows: each rank returns its `out_features / tp` slice.
 
-        set_tensor_model_parallel_attributes(param, True, dim, 1)
-
-    def column_linear(self, in_features: int, out_features: int, *, std: float, bias: bool = False) -> nn.Module:
-        """y = x W^T with W split by output rows: each rank returns its `out_features / tp` slice."""
+        A list of sizes declares a fused projection (e.g. Mamba's [z, x, B, C, dt]): each segment is
+        split separately, so the rank's output is its slice of every segment, in order.
+        """
+        segments = list(out_features) if isinstance(out_features, (list, tuple)) else None
+        if segments is not None:
+            for size in segments:
+                self._check_divisible(size, "output segment")
+            out_features = sum(segments)
         if self.tp_size == 1:
             layer = nn.Linear(in_features, out_features, bias=bias, device=self.device, dtype=self.params_dtype)
         else:
@@ -90,7 +94,9 @@ class LayerFactory:
                 in_features, out_features, config=self._megatron_config(), init_method=nn.init.zeros_,
                 bias=bias, gather_output=False,
             )
-            self._mark_sharded(layer.weight, 0)
+            mark_sharded(layer.weight, 0, segments)
+            if bias:
+                mark_sharded(layer.bias, 0, segments)
         self._mark_linear(layer, std)
         return layer
 
@@ -106,7 +112,7 @@ class LayerFactory:
                 in_features, out_features, config=self._megatron_config(), init_method=nn.init.zeros_,
                 bias=bias, input_is_parallel=True, skip_bias_add=False,
             )
-            self._mark_sharded(layer.weight, 1)
+            mark_sharded(layer.weight, 1)
         self._mark_linear(layer, std)
         return layer
 
@@ -129,9 +135,27 @@ class LayerFactory:
             layer = VocabParallelEmbedding(
                 num_embeddings, dim, init_method=nn.init.zeros_, config=self._megatron_config()
             )
-            self._mark_sharded(layer.weight, 0)
+            mark_sharded(layer.weight, 0)
         mark_init(layer.weight, "normal", std)
         return layer
+
+    def parameter(self, full_shape: tuple[int, ...], *, shard_dim: int | None = None,
+                  segments: list[int] | None = None) -> nn.Parameter:
+        """A bare parameter (e.g. Mamba's A_log, D, conv weight) of `full_shape`, sharded along `shard_dim`.
+
+        The caller marks its init rule with `mark_init`.
+        """
+        shape = list(full_shape)
+        if shard_dim is not None and self.tp_size > 1:
+            if segments is not None:
+                for size in segments:
+                    self._check_divisible(size, "parameter segment")
+            self._check_divisible(shape[shard_dim], "parameter dimension")
+            shape[shard_dim] //= self.tp_size
+        param = nn.Parameter(torch.empty(shape, device=self.device, dtype=self.params_dtype))
+        if shard_dim is not None and self.tp_size > 1:
+            mark_sharded(param, shard_dim, segments)
+        return param
 
     def norm(self, dim: int, eps: float = 1e-5) -> nn.Module:
         """RMSNorm; replicated on every TP rank."""

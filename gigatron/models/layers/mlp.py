@@ -20,3 +20,15 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class SquaredReLUMLP(nn.Module):
+    """down(relu(up(x))^2) (So et al. 2021, Primer): the MLP of NVIDIA's Mamba-2-Hybrid and Nemotron-H."""
+
+    def __init__(self, factory: LayerFactory, hidden: int, ffn_hidden: int, std: float, out_std: float) -> None:
+        super().__init__()
+        self.up = factory.column_linear(hidden, ffn_hidden, std=std)
+        self.down = factory.row_linear(ffn_hidden, hidden, std=out_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.relu(self.up(x)).square())
