@@ -10,6 +10,7 @@ never changes the state.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -77,6 +78,16 @@ class _RankBatches:
             base += self.global_batch
 
 
+def _ignore_preemption_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGUSR1 to the trainer process.
+
+    SLURM signals every process of a job step; a worker dying of SIGTERM would crash the trainer
+    before it can agree with the other ranks, save and exit with the requeue code.
+    """
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _stack(rows: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(rows).astype(np.int64, copy=False))
 
@@ -131,7 +142,8 @@ class GlobalBatchLoader:
                                    self.dp_rank, self.dp_size)
             extra: dict[str, Any] = {}
             if self.num_workers > 0:
-                extra = {"prefetch_factor": 4, "persistent_workers": False}
+                extra = {"prefetch_factor": 4, "persistent_workers": False,
+                         "worker_init_fn": _ignore_preemption_signals}
             self._iterator = iter(DataLoader(self._dataset, batch_sampler=sampler, num_workers=self.num_workers,
                                              collate_fn=_stack, **extra))
         return self._iterator

@@ -112,3 +112,17 @@ def test_causal_conv_matches_loop_and_steps():
         y, state = causal_conv1d_step(state, x[:, :, t], w, bias)
         outs.append(y)
     torch.testing.assert_close(torch.stack(outs, -1), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_long_sequences_run_in_exact_passes(monkeypatch):
+    import gigatron.models.layers.ssd as ssd_module
+
+    monkeypatch.setattr(ssd_module, "TOKENS_PER_PASS", 48)  # 200 tokens -> 5 passes of 48 (chunk 16)
+    x, dt, a, bm, cm, d, state = ssd_inputs(1, 200, 4, 8, 2, 4)
+    inputs = [x, dt, a, bm, cm, d, state]
+    fast = ssd_chunked(x, dt, a, bm, cm, 16, D=d, initial_state=state)
+    slow = ssd_sequential(x, dt, a, bm, cm, D=d, initial_state=state)
+    torch.testing.assert_close(fast[0], slow[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast[1], slow[1], rtol=1e-5, atol=1e-5)
+    for gf, gs in zip(grads(fast, inputs), grads(slow, inputs), strict=True):
+        torch.testing.assert_close(gf, gs, rtol=1e-5, atol=1e-5)

@@ -42,43 +42,69 @@ def ssd_sequential(x, dt, A, B, C, D=None, initial_state=None):
     return torch.stack(ys, dim=1), state
 
 
+# Long sequences are processed in passes of this many tokens, carrying the state between passes:
+# exact, and it keeps each pass's working set cache-sized, which keeps the CPU cost linear in L.
+TOKENS_PER_PASS = 4096
+
+
 def ssd_chunked(x, dt, A, B, C, chunk_size: int, D=None, initial_state=None):
+    """Chunked SSD (see `_ssd_pass`); sequences longer than TOKENS_PER_PASS run pass by pass."""
+    per_pass = max(chunk_size, TOKENS_PER_PASS // chunk_size * chunk_size)
+    if x.shape[1] <= per_pass:
+        return _ssd_pass(x, dt, A, B, C, chunk_size, D, initial_state)
+    outputs, state = [], initial_state
+    for start in range(0, x.shape[1], per_pass):
+        part = slice(start, start + per_pass)
+        y, state = _ssd_pass(x[:, part], dt[:, part], A, B[:, part], C[:, part], chunk_size, D, state)
+        outputs.append(y)
+    return torch.cat(outputs, dim=1), state
+
+
+def _ssd_pass(x, dt, A, B, C, chunk_size: int, D=None, initial_state=None):
     """Chunked SSD.
 
     x [b, l, h, p]; dt [b, l, h] (positive, after softplus and bias); A [h] (negative); B, C
     [b, l, g, n] with h % g == 0; D [h] or None; initial_state [b, h, p, n] or None.
     Returns (y [b, l, h, p], final_state [b, h, p, n]); y in x's dtype, the state in fp32.
+
+    Heads are viewed as [g, r] (r = h / g heads per group) so C·B^T is computed once per group,
+    and every contraction is a batched matmul; the chunk-to-chunk recurrence is a loop over chunks
+    (linear in L, unlike the all-pairs form over chunk boundaries).
     """
     b, length, h, p = x.shape
-    q = chunk_size
+    g, n = B.shape[-2], B.shape[-1]
+    r, q = h // g, chunk_size
     pad = (-length) % q
+    c = (length + pad) // q
     # dt = 0 on padding: no decay and no input, so the final state is that of the real tokens.
     xf, dtf = F.pad(x.float(), (0, 0, 0, 0, 0, pad)), F.pad(dt.float(), (0, 0, 0, pad))
-    bf = _heads(F.pad(B.float(), (0, 0, 0, 0, 0, pad)), h)
-    cf = _heads(F.pad(C.float(), (0, 0, 0, 0, 0, pad)), h)
-    c = (length + pad) // q
-    xs = (xf * dtf[..., None]).reshape(b, c, q, h, p)  # discretised input dt * x
-    bs, cs = bf.reshape(b, c, q, h, -1), cf.reshape(b, c, q, h, -1)
-    a = (A.float() * dtf).reshape(b, c, q, h).permute(0, 3, 1, 2)  # [b, h, c, q]
+    bg = F.pad(B.float(), (0, 0, 0, 0, 0, pad)).view(b, c, q, g, n).permute(0, 3, 1, 2, 4)[:, :, None]
+    cg = F.pad(C.float(), (0, 0, 0, 0, 0, pad)).view(b, c, q, g, n).permute(0, 3, 1, 2, 4)[:, :, None]
+    # [b, g, r, c, q, p]: the discretised input dt * x
+    xs = (xf * dtf[..., None]).view(b, c, q, g, r, p).permute(0, 3, 4, 1, 2, 5)
+    a = (A.float() * dtf).view(b, c, q, g, r).permute(0, 3, 4, 1, 2)  # [b, g, r, c, q]
     a_cum = a.cumsum(-1)
-    # 1. inside each chunk: y = (C B^T ∘ decay) X
-    decay = torch.exp(segsum(a))  # [b, h, c, q, q]
-    y = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", cs, bs, decay, xs)
-    # 2. each chunk's own contribution to its final state
-    to_end = torch.exp(a_cum[..., -1:] - a_cum)  # [b, h, c, q]
-    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", bs, to_end, xs)
-    # 3. pass states across chunks (a recurrence over c + 1 chunk boundaries)
-    init = xf.new_zeros(b, 1, h, p, states.shape[-1]) if initial_state is None else initial_state.float()[:, None]
-    states = torch.cat([init, states], dim=1)
-    chunk_decay = torch.exp(segsum(F.pad(a_cum[..., -1], (1, 0))))  # [b, h, c+1, c+1]
-    states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)
-    incoming, final = states[:, :-1], states[:, -1]
-    # 4. each chunk reads the state it starts from
-    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", cs, incoming, torch.exp(a_cum))
-    y = y.reshape(b, c * q, h, p)[:, :length]
+    # 1. inside each chunk: y = (C B^T ∘ decay) X          scores: [b, g, r, c, q, q]
+    scores = (cg @ bg.transpose(-1, -2)) * torch.exp(segsum(a))
+    y = scores @ xs
+    # 2. each chunk's own contribution to its final state: [b, g, r, c, p, n]
+    states = (xs * torch.exp(a_cum[..., -1:] - a_cum)[..., None]).transpose(-1, -2) @ bg
+    # 3. pass states across chunks
+    running = (xf.new_zeros(b, g, r, p, n) if initial_state is None
+               else initial_state.float().view(b, g, r, p, n))
+    # unbind, not indexing: the backward of x[:, :, :, k] writes a full-size zero gradient per chunk,
+    # which made the recurrence quadratic in the number of chunks.
+    chunk_decay = torch.exp(a_cum[..., -1])[..., None, None].unbind(3)  # c x [b, g, r, 1, 1]
+    incoming = []
+    for decay_k, state_k in zip(chunk_decay, states.unbind(3), strict=True):
+        incoming.append(running)
+        running = running * decay_k + state_k
+    # 4. each chunk reads the state it starts from, decayed to each position
+    y = y + (cg @ torch.stack(incoming, dim=3).transpose(-1, -2)) * torch.exp(a_cum)[..., None]
+    y = y.permute(0, 3, 4, 1, 2, 5).reshape(b, c * q, h, p)[:, :length]
     if D is not None:
         y = y + x.float() * D.float()[:, None]
-    return y.to(x.dtype), final
+    return y.to(x.dtype), running.reshape(b, h, p, n)
 
 
 def ssd_step(state, x, dt, A, B, C, D=None):
