@@ -1,0 +1,167 @@
+"""slurm/pretrain_hybrid.sh on a real single-node SLURM cluster: a run, and preemption -> requeue -> resume.
+
+The module fixture starts the cluster with slurm/local_cluster.sh (root only; it installs Slurm
+22.05 with apt-get when missing). The local cluster sets AuthInfo=cred_expire=10, so a requeued
+job waits ~15 s instead of SLURM's default ~2 minutes before it runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, SMOKE
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+SCRIPT = REPO / "slurm" / "pretrain_hybrid.sh"
+CLUSTER = REPO / "slurm" / "local_cluster.sh"
+HYBRID_SMOKE = REPO / "configs" / "hybrid" / "smoke.yaml"
+# The script's own default; the GPT smoke config only until the hybrid one exists.
+# GIGATRON_TEST_SLURM_CONFIG picks another config (e.g. to check the script while a model is in progress).
+CONFIG = Path(os.environ.get("GIGATRON_TEST_SLURM_CONFIG") or (HYBRID_SMOKE if HYBRID_SMOKE.is_file() else SMOKE))
+# Variables of other launchers that would take precedence over SLURM's in DistEnv.
+FOREIGN = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS")
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+                "DEADLINE", "PREEMPTED"}
+
+
+class Cluster:
+    """Submits the sbatch script to the local cluster and remembers every job for the teardown."""
+
+    def __init__(self, slurm_conf: str) -> None:
+        self.env = {k: v for k, v in os.environ.items() if k not in FOREIGN and not k.startswith("SLURM_")}
+        self.env["SLURM_CONF"] = slurm_conf
+        self.jobs: list[str] = []
+
+    def run(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=self.env, cwd=REPO)
+
+    def submit(self, tmp: Path, steps: int, minutes: int = 5) -> tuple[str, Path, Path]:
+        """sbatch the script with 2 tasks; returns (job id, run dir, log file)."""
+        run_dir, log = tmp / "run", tmp / "job.out"
+        extra = (f"--set train.steps={steps} --set train.eval_interval=0 "
+                 "--set logging.progress_bar=false --set logging.tensorboard=false --set logging.interval=1")
+        env = {**self.env, "GIGATRON_CONFIG": str(CONFIG), "GIGATRON_RUN_DIR": str(run_dir),
+               "GIGATRON_VENV": str(Path(sys.executable).parent.parent), "GIGATRON_EXTRA": extra}
+        proc = subprocess.run(
+            ["sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", f"--time={minutes}",
+             f"--output={log}", str(SCRIPT)],
+            capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+        assert proc.returncode == 0, f"sbatch failed: {proc.stderr}"
+        job = proc.stdout.strip().split(";")[0]
+        self.jobs.append(job)
+        return job, run_dir, log
+
+    def job_info(self, job: str) -> dict[str, str]:
+        """scontrol's fields of the job (empty once SLURM forgot it)."""
+        proc = self.run("scontrol", "show", "job", "-o", job)
+        if proc.returncode != 0:
+            return {}
+        return dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
+
+    def wait_final(self, job: str, timeout: float, log: Path, min_restarts: int = 0) -> dict[str, str]:
+        """Poll until the job reaches a final state after at least `min_restarts` requeues."""
+        deadline = time.monotonic() + timeout
+        info: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            info = self.job_info(job)
+            if info.get("JobState") in FINAL_STATES and int(info.get("Restarts", 0)) >= min_restarts:
+                return info
+            time.sleep(1)
+        pytest.fail(f"job {job} not finished after {timeout:.0f} s: {info.get('JobState')} "
+                    f"restarts={info.get('Restarts')}\n{tail(log)}")
+
+
+def tail(log: Path, chars: int = 6000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.is_file() else f"(no log at {log})"
+
+
+def train_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [rec["step"] for rec in records if rec["kind"] == "train"]
+
+
+def latest(run_dir: Path) -> str:
+    return (run_dir / "checkpoints" / "latest").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def slurm(corpus_ready):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the local SLURM cluster needs Linux")
+    if os.geteuid() != 0:
+        pytest.skip("slurm/local_cluster.sh must run as root (it installs Slurm and runs its daemons)")
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("two SLURM tasks need two CPUs")
+    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
+        pytest.skip("Slurm is not installed and apt-get is not available to install it")
+    was_running = subprocess.run(["bash", str(CLUSTER), "status"], capture_output=True, timeout=30).returncode == 0
+    try:
+        start = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        pytest.skip("slurm/local_cluster.sh start timed out (apt-get without network?)")
+    if start.returncode != 0:
+        if shutil.which("slurmctld") is None or shutil.which("sbatch") is None:
+            pytest.skip(f"Slurm is not installed and could not be installed: {start.stderr.strip()[-500:]}")
+        pytest.fail(f"slurm/local_cluster.sh start failed:\n{start.stderr}")
+    match = re.search(r"^export SLURM_CONF=(\S+)$", start.stdout, re.MULTILINE)
+    assert match, f"no SLURM_CONF line in:\n{start.stdout}"
+    cluster = Cluster(match.group(1))
+    yield cluster
+    for job in cluster.jobs:  # leftovers of failed or timed-out tests
+        if cluster.job_info(job).get("JobState") not in FINAL_STATES | {None}:
+            cluster.run("scancel", job)
+    if not was_running:
+        subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, timeout=60)
+
+
+def test_sbatch_trains_and_checkpoints(slurm, tmp_path):
+    job, run_dir, log = slurm.submit(tmp_path, steps=6)
+    info = slurm.wait_final(job, timeout=240, log=log)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
+    text = log.read_text()
+    assert "SLURM_RESTART_COUNT=0" in text
+    assert "2 ranks" in text, tail(log)
+    assert latest(run_dir) == "step_00000006"
+    assert train_steps(run_dir) == list(range(1, 7))
+
+
+def test_usr1_saves_requeues_and_resumes(slurm, tmp_path):
+    steps = 30
+    job, run_dir, log = slurm.submit(tmp_path, steps=steps, minutes=8)
+    deadline = time.monotonic() + 240
+    while len(train_steps(run_dir)) < 3:
+        info = slurm.job_info(job)
+        assert info.get("JobState") not in FINAL_STATES, f"job ended before training:\n{tail(log)}"
+        assert time.monotonic() < deadline, f"no training steps after 240 s:\n{tail(log)}"
+        time.sleep(0.2)
+    # What `#SBATCH --signal=B:USR1@120` does before the time limit: SIGUSR1 to the batch shell only.
+    signal = slurm.run("scancel", "--signal=USR1", "--batch", job)
+    assert signal.returncode == 0, signal.stderr
+
+    info = slurm.wait_final(job, timeout=360, log=log, min_restarts=1)
+    text = log.read_text()
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
+    assert info["Restarts"] == "1", tail(log)
+    assert "SLURM_RESTART_COUNT=0" in text and "SLURM_RESTART_COUNT=1" in text, tail(log)
+    assert "[preempted] SIGUSR1" in text, tail(log)
+    assert f"requeueing job {job}" in text, tail(log)
+    resumed = re.search(r"\[resume\] \S+: step (\d+)", text)
+    assert resumed, tail(log)
+    saved_at = int(resumed.group(1))
+    assert 3 <= saved_at < steps, f"preempted at step {saved_at}: the signal should stop the run early"
+    assert f"[done] step {steps}" in text, tail(log)
+    assert latest(run_dir) == f"step_{steps:08d}"
+    assert train_steps(run_dir) == list(range(1, steps + 1)), "every step logged exactly once across the requeue"
