@@ -65,7 +65,7 @@ def bench_scaling(lengths=(1024, 2048, 4096, 8192, 16384), chunk: int = 64) -> N
             y, state = ssd_chunked(*inputs, chunk)
             (y.square().mean() + state.square().mean()).backward()
 
-        times.append(best_time(step, repeats=2))
+        times.append(best_time(step, repeats=3))
         print(f"[scaling] L={length}: forward+backward {times[-1] * 1e3:.1f} ms")
     xs, ys = [math.log(v) for v in lengths], [math.log(t) for t in times]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)

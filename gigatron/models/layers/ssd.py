@@ -44,7 +44,7 @@ def ssd_sequential(x, dt, A, B, C, D=None, initial_state=None):
 
 # Long sequences are processed in passes of this many tokens, carrying the state between passes:
 # exact, and it keeps each pass's working set cache-sized, which keeps the CPU cost linear in L.
-TOKENS_PER_PASS = 4096
+TOKENS_PER_PASS = 2048
 
 
 def ssd_chunked(x, dt, A, B, C, chunk_size: int, D=None, initial_state=None):
