@@ -14,6 +14,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("gigatron.pretrain.command", "train a registered model from a YAML config"),
     "launch": ("gigatron.launcher.launch", "run N local ranks of a command (laptops, tests)"),
+    "generate": ("gigatron.tools.generate_command", "sample text from a trained checkpoint"),
+    "export-hf": ("gigatron.tools.export_hf", "write a checkpoint as a Hugging Face transformers model"),
     "data": ("gigatron.data.command", "data tools: tokenizer, shard, shard-images, default, inspect"),
 }
 

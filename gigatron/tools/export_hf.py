@@ -1,0 +1,173 @@
+"""`gigatron export-hf --ckpt RUN_OR_TAG --out DIR`: a checkpoint as a transformers model directory.
+
+hybrid -> NemotronHForCausalLM, mamba2 -> Mamba2ForCausalLM, gpt -> LlamaForCausalLM; config.json
+plus model.safetensors, loadable with `AutoModelForCausalLM.from_pretrained(DIR)`. Tested to give
+our logits within 1e-4 (fp32) for all three.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gigatron.models.gpt import GPTConfig
+from gigatron.models.hybrid import HybridConfig
+
+_BLOCK_TYPES = {"M": "mamba", "*": "attention", "-": "mlp"}
+
+
+class ExportError(ValueError):
+    """The model cannot be expressed in the target transformers class; names the config key."""
+
+
+def _mamba2_keys(prefix: str, ours: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {
+        f"{prefix}.in_proj.weight": state[f"{ours}.in_proj.weight"],
+        f"{prefix}.conv1d.weight": state[f"{ours}.conv_weight"][:, None, :],
+        f"{prefix}.conv1d.bias": state[f"{ours}.conv_bias"],
+        f"{prefix}.dt_bias": state[f"{ours}.dt_bias"],
+        f"{prefix}.A_log": state[f"{ours}.A_log"],
+        f"{prefix}.D": state[f"{ours}.D"],
+        f"{prefix}.norm.weight": state[f"{ours}.norm.weight"],
+        f"{prefix}.out_proj.weight": state[f"{ours}.out_proj.weight"],
+    }
+
+
+def _ends(state: dict, last: int, embed: str, final_norm: str) -> dict[str, torch.Tensor]:
+    # Tied models are written untied (lm_head = a copy of the embedding): the same function, and it
+    # does not depend on how each transformers class re-ties weights when loading.
+    head = state.get(f"{last}.output.weight", state["0.tokens.weight"])
+    return {embed: state["0.tokens.weight"], final_norm: state[f"{last}.norm.weight"], "lm_head.weight": head.clone()}
+
+
+def _nemotron_h(cfg: HybridConfig, state: dict) -> tuple[Any, dict]:
+    from transformers import NemotronHConfig
+
+    if cfg.mixer != "mamba2":
+        raise ExportError("model.mixer=mamba1 has no Nemotron-H equivalent (it uses Mamba-2 layers)")
+    if cfg.position_embedding != "none":
+        raise ExportError("model.position_embedding=rope: Nemotron-H attention has no position embedding")
+    if cfg.mlp_activation != "relu2":
+        raise ExportError("model.mlp_activation=swiglu: Nemotron-H MLPs are squared-ReLU")
+    pattern = cfg.layer_pattern
+    hf = NemotronHConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, hybrid_override_pattern=pattern,
+        tie_word_embeddings=False, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.kv_heads, head_dim=cfg.hidden_size // cfg.num_heads, intermediate_size=cfg.ffn_size,
+        mlp_hidden_act="relu2", ssm_state_size=cfg.d_state, mamba_num_heads=cfg.expand * cfg.hidden_size // cfg.headdim,
+        mamba_head_dim=cfg.headdim, n_groups=cfg.ngroups, conv_kernel=cfg.d_conv, expand=cfg.expand,
+        chunk_size=cfg.chunk_size, layer_norm_epsilon=cfg.norm_eps,
+        # Nemotron-H clamps dt at time_step_min; ours (like mamba_ssm's default) does not. A negligible
+        # minimum keeps the forward identical (it is also used as a log in their init, so not 0).
+        time_step_min=1e-12, time_step_limit=(1e-12, float("inf")), residual_in_fp32=False,
+    )
+    tensors = _ends(state, len(pattern) + 1, "model.embeddings.weight", "model.norm_f.weight")
+    for i, symbol in enumerate(pattern):
+        ours, theirs = f"{i + 1}", f"model.layers.{i}"
+        tensors[f"{theirs}.norm.weight"] = state[f"{ours}.norm.weight"]
+        if symbol == "M":
+            tensors.update(_mamba2_keys(f"{theirs}.mixer", f"{ours}.mixer", state))
+        elif symbol == "*":
+            for name in "qkvo":
+                tensors[f"{theirs}.mixer.{name}_proj.weight"] = state[f"{ours}.mixer.{name}.weight"]
+        else:
+            tensors[f"{theirs}.mixer.up_proj.weight"] = state[f"{ours}.mixer.up.weight"]
+            tensors[f"{theirs}.mixer.down_proj.weight"] = state[f"{ours}.mixer.down.weight"]
+    return hf, tensors
+
+
+def _mamba2(cfg: HybridConfig, state: dict) -> tuple[Any, dict]:
+    from transformers import Mamba2Config
+
+    if cfg.mixer != "mamba2" or set(cfg.layer_pattern) != {"M"}:
+        raise ExportError("Mamba2ForCausalLM needs a pure Mamba-2 model (model.family=mamba2)")
+    hf = Mamba2Config(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+        num_heads=cfg.expand * cfg.hidden_size // cfg.headdim, head_dim=cfg.headdim, state_size=cfg.d_state,
+        n_groups=cfg.ngroups, conv_kernel=cfg.d_conv, expand=cfg.expand, chunk_size=cfg.chunk_size,
+        layer_norm_epsilon=cfg.norm_eps, tie_word_embeddings=False, use_bias=False, use_conv_bias=True,
+        rms_norm=True, norm_before_gate=False, residual_in_fp32=False, time_step_limit=(0.0, float("inf")),
+    )
+    tensors = _ends(state, cfg.num_layers + 1, "backbone.embeddings.weight", "backbone.norm_f.weight")
+    for i in range(cfg.num_layers):
+        tensors[f"backbone.layers.{i}.norm.weight"] = state[f"{i + 1}.norm.weight"]
+        tensors.update(_mamba2_keys(f"backbone.layers.{i}.mixer", f"{i + 1}.mixer", state))
+    return hf, tensors
+
+
+def _llama(cfg: GPTConfig, state: dict) -> tuple[Any, dict]:
+    from transformers import LlamaConfig
+
+    hf = LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_base, hidden_act="silu",
+        tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+        max_position_embeddings=8192,
+    )
+    tensors = _ends(state, cfg.num_layers + 1, "model.embed_tokens.weight", "model.norm.weight")
+    names = {"attn.q": "self_attn.q_proj", "attn.k": "self_attn.k_proj", "attn.v": "self_attn.v_proj",
+             "attn.o": "self_attn.o_proj", "mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj",
+             "mlp.down": "mlp.down_proj", "attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+    for i in range(cfg.num_layers):
+        for ours, theirs in names.items():
+            tensors[f"model.layers.{i}.{theirs}.weight"] = state[f"{i + 1}.{ours}.weight"]
+    return hf, tensors
+
+
+def hf_config_and_tensors(model_cfg: Any, model: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
+    """The transformers config and the renamed state dict for our model."""
+    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    family = type(model_cfg).family
+    builders = {"hybrid": _nemotron_h, "mamba2": _mamba2, "gpt": _llama}
+    if family not in builders:
+        raise ExportError(f"model.family={family} cannot be exported; supported: {', '.join(builders)}")
+    return builders[family](model_cfg, state)
+
+
+def to_hf_model(model_cfg: Any, model: nn.Module) -> nn.Module:
+    """The equivalent transformers model, in memory (fp32)."""
+    from transformers import AutoModelForCausalLM
+
+    hf_cfg, tensors = hf_config_and_tensors(model_cfg, model)
+    hf_model = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
+    missing, unexpected = hf_model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise ExportError(f"parameter names do not line up with {type(hf_model).__name__}: missing {missing[:6]}, "
+                          f"unexpected {unexpected[:6]}")
+    return hf_model.eval()
+
+
+def export(ckpt: str | Path, out: str | Path) -> Path:
+    """Write config.json + model.safetensors for the checkpoint into `out`."""
+    from gigatron.tools.checkpoint_io import load_checkpoint_model
+
+    cfg, model = load_checkpoint_model(ckpt)
+    hf_model = to_hf_model(cfg.model, model)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new --out directory")
+    hf_model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `gigatron export-hf`."""
+    parser.add_argument("--ckpt", required=True, help="run dir, checkpoints dir or step_NNNNNNNN dir")
+    parser.add_argument("--out", required=True, help="new directory for config.json + model.safetensors")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export, or explain why not (exit 2)."""
+    try:
+        out = export(args.ckpt, args.out)
+    except (ExportError, FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
+        print(f"gigatron export-hf: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    return 0

@@ -1,0 +1,70 @@
+"""Exported models load in transformers and give our logits (fp32, within 1e-4)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gigatron.models.gpt import GPTConfig
+from gigatron.models.hybrid import HybridConfig, Mamba2Config
+from gigatron.models.layers.factory import LayerFactory
+from gigatron.models.layers.init import initialize_parameters
+from gigatron.models.registry import build_model
+from tests.conftest import REPO, assert_ok, run_pretrain
+
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install -e .[dev])")
+
+
+def hybrid(**kw):
+    base = dict(vocab_size=97, hidden_size=64, num_layers=6, pattern="M-M*M-", d_state=16, headdim=16, ngroups=2,
+                chunk_size=8, num_heads=4, num_kv_heads=2, ffn_hidden_size=128)
+    return HybridConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize(("cfg", "cls"), [
+    (hybrid(), "NemotronHForCausalLM"),
+    (hybrid(tie_embeddings=True), "NemotronHForCausalLM"),
+    (Mamba2Config(vocab_size=97, hidden_size=64, num_layers=3, d_state=16, headdim=16, ngroups=2, chunk_size=8),
+     "Mamba2ForCausalLM"),
+    (GPTConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2), "LlamaForCausalLM"),
+], ids=["nemotron-h", "nemotron-h-tied", "mamba2", "llama"])
+def test_exported_model_reproduces_our_logits(cfg, cls, tmp_path):
+    from gigatron.tools.export_hf import to_hf_model
+
+    model = build_model(cfg, LayerFactory())
+    initialize_parameters(model, seed=5)
+    model.eval()
+    to_hf_model(cfg, model).save_pretrained(tmp_path, safe_serialization=True)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert type(loaded).__name__ == cls
+    ids = torch.randint(0, 97, (2, 21))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("cfg", "key"), [
+    (hybrid(position_embedding="rope"), "model.position_embedding=rope"),
+    (hybrid(mlp_activation="swiglu"), "model.mlp_activation=swiglu"),
+])
+def test_unsupported_shapes_are_named(cfg, key):
+    from gigatron.tools.export_hf import ExportError, hf_config_and_tensors
+
+    with pytest.raises(ExportError, match=key):
+        hf_config_and_tensors(cfg, build_model(cfg, LayerFactory()))
+
+
+def test_export_command_from_a_trained_checkpoint(tmp_path, corpus_ready):
+    run = tmp_path / "run"
+    assert_ok(run_pretrain(run, ["train.steps=2", "train.eval_interval=0", "data.num_workers=0"],
+                           config=REPO / "configs" / "hybrid" / "smoke.yaml"))
+    out = tmp_path / "hf"
+    proc = subprocess.run([sys.executable, "-m", "gigatron", "export-hf", "--ckpt", str(run), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    again = subprocess.run([sys.executable, "-m", "gigatron", "export-hf", "--ckpt", str(run), "--out", str(out)],
+                           capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert again.returncode == 2 and "not empty" in again.stderr
