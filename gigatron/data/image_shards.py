@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import webdataset as wds
 from PIL import Image, ImageOps
 
 from gigatron.data.errors import DataError
 from gigatron.data.image_pipeline import oriented_size
-from gigatron.data.manifest import MANIFEST_NAME, ShardInfo, file_sha256
+from gigatron.data.manifest import MANIFEST_NAME, ShardInfo
+from gigatron.data.tar_writer import RollingTarWriter
 
 IMAGE_FORMAT = "gigatron-image-shards/1"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -46,7 +46,6 @@ ON_ERROR = ("raise", "skip")
 # PIL format name -> member extension; WebP is re-encoded because not every consumer decodes it.
 _STORED_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "png"}
 # Fixed mtime: the same inputs give byte-identical tars, so shard sha256s are reproducible.
-_TAR_MTIME = 0.0
 _MAX_SKIPPED_EXAMPLES = 20
 
 
@@ -221,51 +220,16 @@ def _prepare(item: _Item) -> _Sample:
 # ---------------------------------------------------------------- writing
 
 
-class _ShardWriter:
-    """Rolls `train-NNNNNN.tar` files; each is written under a temporary name and renamed when full."""
+class _ShardWriter(RollingTarWriter):
+    """Image, caption and size metadata per sample."""
 
     def __init__(self, directory: Path, samples_per_shard: int) -> None:
-        self.directory = directory
-        self.samples_per_shard = samples_per_shard
-        self.shards: list[dict[str, Any]] = []
-        self._writer: wds.TarWriter | None = None
-        self._handle: Any = None
-        self._count = 0
+        super().__init__(directory, SPLIT, samples_per_shard)
 
-    def write(self, key: str, sample: _Sample) -> None:
-        if self._writer is None:
-            self._open()
+    def write(self, key: str, sample: _Sample) -> None:  # type: ignore[override]
         meta = {"width": sample.width, "height": sample.height, "source": sample.source}
-        self._writer.write({"__key__": key, sample.ext: sample.data, "txt": sample.caption.encode("utf-8"),
-                            "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")})
-        self._count += 1
-        if self._count == self.samples_per_shard:
-            self.close()
-
-    def _open(self) -> None:
-        name = f"{SPLIT}-{len(self.shards):06d}.tar"
-        # The handle outlives this call (one shard spans many writes); close() or abort() ends it.
-        self._handle = open(self.directory / f"{name}.tmp", "wb")  # noqa: SIM115
-        self._writer = wds.TarWriter(self._handle, encoder=False, mtime=_TAR_MTIME)
-        self.shards.append({"file": name, "samples": 0, "bytes": 0, "sha256": ""})
-
-    def close(self) -> None:
-        if self._writer is None:
-            return
-        self._writer.close()
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
-        entry = self.shards[-1]
-        final = self.directory / entry["file"]
-        os.replace(self.directory / f"{entry['file']}.tmp", final)
-        entry.update(samples=self._count, bytes=final.stat().st_size, sha256=file_sha256(final))
-        self._writer, self._handle, self._count = None, None, 0
-
-    def abort(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-        self._writer, self._handle = None, None
+        super().write({"__key__": key, sample.ext: sample.data, "txt": sample.caption.encode("utf-8"),
+                       "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")})
 
 
 def _stats(values: list[float]) -> dict[str, float]:

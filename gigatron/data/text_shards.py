@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import webdataset as wds
 
 from gigatron.data.documents import ON_ERROR, iter_documents
 from gigatron.data.errors import DataError
-from gigatron.data.manifest import MANIFEST_NAME, SAMPLE_SUFFIX, TEXT_FORMAT, file_sha256
+from gigatron.data.manifest import MANIFEST_NAME, SAMPLE_SUFFIX, TEXT_FORMAT
 from gigatron.data.sp_tokenizer import Tokenizer, load_tokenizer, tokenizer_manifest_entry
+from gigatron.data.tar_writer import RollingTarWriter
 
 SPLITS = ("train", "valid")
 SPLIT_RULE = ("sample i (0-based, in stream order) is valid iff int.from_bytes(blake2b(i.to_bytes(8, 'little'), "
@@ -38,8 +38,6 @@ SPLIT_RULE = ("sample i (0-based, in stream order) is valid iff int.from_bytes(b
 _CHUNK_CHARS = 1 << 20
 _CHUNK_DOCS = 1024
 # Fixed tar metadata: the same inputs give byte-identical shards (and sha256s) on every run.
-_TAR_MTIME = 0.0
-_TAR_OWNER = "gigatron"
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -129,59 +127,21 @@ def _samples(arrays: Iterable[np.ndarray], sample_len: int, counts: dict[str, in
 # ---------------------------------------------------------------- writing
 
 
-class _ShardWriter:
-    """Writes one split's samples into `<split>-NNNNNN.tar` files, each renamed into place when full."""
+class _ShardWriter(RollingTarWriter):
+    """One split's token samples as `<key>.tokens.npy` members."""
 
     def __init__(self, directory: Path, split: str, samples_per_shard: int, sample_len: int, dtype: str) -> None:
-        self.directory = directory
-        self.split = split
-        self.samples_per_shard = samples_per_shard
+        super().__init__(directory, split, samples_per_shard)
         self.dtype = np.dtype(dtype).newbyteorder("<")
-        self.count = 0
-        self.shards: list[dict[str, Any]] = []
-        self._in_shard = 0
-        self._handle: Any = None
-        self._tar: wds.TarWriter | None = None
         # Every member has the same shape and dtype, hence the same .npy header: build it once.
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(
             np.zeros(sample_len, self.dtype)))
         self._npy_header = header.getvalue()
 
-    def write(self, sample: np.ndarray) -> None:
-        if self._tar is None:
-            name = f"{self.split}-{len(self.shards):06d}.tar"
-            # Stays open across write() calls until the shard is full; close()/abort() release it.
-            self._handle = open(self.directory / f"{name}.tmp", "wb")  # noqa: SIM115
-            self._tar = wds.TarWriter(self._handle, encoder=False, mtime=_TAR_MTIME, user=_TAR_OWNER,
-                                      group=_TAR_OWNER)
-            self.shards.append({"file": name, "samples": 0, "bytes": 0, "sha256": ""})
+    def write(self, sample: np.ndarray) -> None:  # type: ignore[override]
         payload = self._npy_header + np.ascontiguousarray(sample, dtype=self.dtype).tobytes()
-        self._tar.write({"__key__": f"{self.count:010d}", SAMPLE_SUFFIX: payload})
-        self.count += 1
-        self._in_shard += 1
-        if self._in_shard == self.samples_per_shard:
-            self.close()
-
-    def close(self) -> None:
-        """Finish the open shard (if any): flush, fsync, rename, record size and sha256."""
-        if self._tar is None:
-            return
-        self._tar.close()
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
-        entry = self.shards[-1]
-        final = self.directory / entry["file"]
-        os.replace(self.directory / f"{entry['file']}.tmp", final)
-        entry.update(samples=self._in_shard, bytes=final.stat().st_size, sha256=file_sha256(final))
-        self._tar, self._handle, self._in_shard = None, None, 0
-
-    def abort(self) -> None:
-        """Close file handles after a failure; the build directory is deleted by the caller."""
-        if self._handle is not None:
-            self._handle.close()
-        self._tar, self._handle = None, None
+        super().write({"__key__": f"{self.count:010d}", SAMPLE_SUFFIX: payload})
 
 
 def _route(samples: Iterator[np.ndarray], writers: dict[str, _ShardWriter], valid_fraction: float) -> None:

@@ -8,12 +8,13 @@ Layout of `<dir>`:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 from pathlib import Path
+
+from gigatron.data.manifest import file_sha256
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -49,20 +50,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_manifest(tag_dir: Path) -> dict:
     """Record size and sha256 of every file in `tag_dir` (except the manifest) in manifest.json."""
     files = {}
     for path in sorted(p for p in tag_dir.rglob("*") if p.is_file() and p.name != MANIFEST):
         rel = path.relative_to(tag_dir).as_posix()
-        files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        files[rel] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     manifest = {"format": 1, "files": files}
     atomic_write_text(tag_dir / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
@@ -84,7 +77,7 @@ def verify_manifest(tag_dir: Path) -> str | None:
         size = path.stat().st_size
         if size != meta["size"]:
             return f"{path} has {size} bytes, the manifest says {meta['size']}"
-        if _sha256(path) != meta["sha256"]:
+        if file_sha256(path) != meta["sha256"]:
             return f"{path} fails its sha256 check"
     return None
 
