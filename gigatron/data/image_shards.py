@@ -45,7 +45,6 @@ SPLIT = "train"
 ON_ERROR = ("raise", "skip")
 # PIL format name -> member extension; WebP is re-encoded because not every consumer decodes it.
 _STORED_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "png"}
-# Fixed mtime: the same inputs give byte-identical tars, so shard sha256s are reproducible.
 _MAX_SKIPPED_EXAMPLES = 20
 
 

@@ -37,7 +37,6 @@ SPLIT_RULE = ("sample i (0-based, in stream order) is valid iff int.from_bytes(b
 # enough to amortize inter-process traffic, small enough to keep every worker busy.
 _CHUNK_CHARS = 1 << 20
 _CHUNK_DOCS = 1024
-# Fixed tar metadata: the same inputs give byte-identical shards (and sha256s) on every run.
 
 
 def token_dtype(vocab_size: int) -> str:
