@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("gigatron.launcher.launch", "run N local ranks of a command (laptops, tests)"),
     "generate": ("gigatron.tools.generate_command", "sample text from a trained checkpoint"),
     "export-hf": ("gigatron.tools.export_hf", "write a checkpoint as a Hugging Face transformers model"),
+    "status": ("gigatron.tools.status_command", "summarise a run directory: progress, loss, speed, restarts"),
+    "sweep": ("gigatron.tools.sweep", "plan a grid of runs as a SLURM job array, and summarise it"),
     "data": ("gigatron.data.command", "data tools: tokenizer, shard, shard-images, default, inspect"),
 }
 

@@ -177,6 +177,9 @@ class Trainer:
                  f"(tp={self.ranks.tp_size} pp={self.ranks.pp_size} dp={self.ranks.dp_size} "
                  f"zero={cfg.parallel.zero_stage}), steps {self.state.step}->{self.total_steps}, "
                  f"{self.tokens_per_step} tokens/step")
+        # One "start" record per invocation: `gigatron status` counts restarts and requeues from them.
+        self.metrics.log(self.state.step, {"world_size": self.env.world_size, "resumed": self.state.step > 0},
+                         kind="start")
         preemption = PreemptionHandler().install()
         try:
             return self._train(preemption)

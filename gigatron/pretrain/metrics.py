@@ -50,7 +50,7 @@ class MetricsWriter:
         # Wall-clock time lets readers measure throughput including everything between steps.
         record = {"kind": kind, "step": step, "time": time.time(), **values}
         self._jsonl.write(json.dumps(record) + "\n")
-        if self._tb is not None:
+        if self._tb is not None and kind != "start":
             for key, value in values.items():
                 if isinstance(value, (int, float)) and value is not None:
                     self._tb.add_scalar(f"{kind}/{key}", value, step)

@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from tests.conftest import REPO, SMOKE
+from tests.conftest import REPO, SMOKE, assert_ok, final_weights, read_metrics, run_pretrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -127,6 +128,25 @@ def slurm(corpus_ready):
         subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, timeout=60)
 
 
+LOCAL_OVERRIDES = ["train.eval_interval=0", "logging.interval=1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, corpus_ready):
+    """The same 2-rank runs launched locally, for exact comparison (6 and 30 steps)."""
+    runs = {}
+    for steps in (6, 30):
+        out = tmp_path_factory.mktemp(f"local-{steps}")
+        assert_ok(run_pretrain(out, [f"train.steps={steps}", *LOCAL_OVERRIDES], nproc=2, config=CONFIG))
+        runs[steps] = out
+    return runs
+
+
+def consumed_samples(run_dir: Path) -> int:
+    state = json.loads((run_dir / "checkpoints" / latest(run_dir) / "trainer_state.json").read_text())
+    return state["loader"]["consumed_samples"]
+
+
 def test_sbatch_trains_and_checkpoints(slurm, tmp_path):
     job, run_dir, log = slurm.submit(tmp_path, steps=6)
     info = slurm.wait_final(job, timeout=240, log=log)
@@ -138,7 +158,13 @@ def test_sbatch_trains_and_checkpoints(slurm, tmp_path):
     assert train_steps(run_dir) == list(range(1, 7))
 
 
-def test_usr1_saves_requeues_and_resumes(slurm, tmp_path):
+def test_sbatch_final_loss_equals_a_local_run(slurm, uninterrupted, tmp_path):
+    job, run_dir, log = slurm.submit(tmp_path, steps=6)
+    assert slurm.wait_final(job, timeout=240, log=log)["JobState"] == "COMPLETED", tail(log)
+    assert read_metrics(run_dir)[-1]["loss"] == read_metrics(uninterrupted[6])[-1]["loss"]
+
+
+def test_usr1_saves_requeues_and_resumes(slurm, uninterrupted, tmp_path):
     steps = 30
     job, run_dir, log = slurm.submit(tmp_path, steps=steps, minutes=8)
     deadline = time.monotonic() + 240
@@ -165,3 +191,44 @@ def test_usr1_saves_requeues_and_resumes(slurm, tmp_path):
     assert f"[done] step {steps}" in text, tail(log)
     assert latest(run_dir) == f"step_{steps:08d}"
     assert train_steps(run_dir) == list(range(1, steps + 1)), "every step logged exactly once across the requeue"
+    # No sample repeated or skipped: the loader consumed exactly steps x global batch.
+    assert consumed_samples(run_dir) == steps * 8
+    reference = final_weights(uninterrupted[steps])
+    weights = final_weights(run_dir)
+    assert weights.keys() == reference.keys()
+    for name in reference:
+        assert torch.equal(weights[name], reference[name]), f"{name} differs from the uninterrupted run"
+
+
+def test_sweep_runs_as_a_job_array_and_summarises(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    gigatron = Path(sys.executable).parent / "gigatron"
+    plan = subprocess.run(
+        [str(gigatron), "sweep", "plan", "--config", str(CONFIG), "--grid", "model.hidden_size=64,128",
+         "--grid", "train.steps=2,3", "--set", "train.eval_interval=0", "--set", "logging.progress_bar=false",
+         "--set", "logging.tensorboard=false", "--set", "data.num_workers=0", "--out", str(sweep)],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert plan.returncode == 0, plan.stderr
+    env = {**slurm.env, "GIGATRON_VENV": str(Path(sys.executable).parent.parent)}
+    proc = subprocess.run(
+        ["sbatch", "--parsable", "--array=0-3", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=5",
+         f"--output={tmp_path}/task-%a.out", str(REPO / "slurm" / "sweep.sh"), str(sweep)],
+        capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    slurm.jobs.append(job)
+    deadline = time.monotonic() + 300
+    while not all((sweep / f"task-{i:03d}" / "checkpoints" / "latest").is_file() for i in range(4)):
+        assert time.monotonic() < deadline, "\n".join(tail(p, 2000) for p in tmp_path.glob("task-*.out"))
+        time.sleep(1)
+    time.sleep(2)  # let the last task's srun step exit
+    summary = subprocess.run([str(gigatron), "sweep", "summary", str(sweep)], capture_output=True, text=True,
+                             timeout=120, cwd=REPO)
+    assert summary.returncode == 0, summary.stderr
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert [r["status"] for r in rows] == ["done"] * 4
+    assert [(r["model.hidden_size"], r["train.steps"]) for r in rows] == [("64", "2"), ("64", "3"), ("128", "2"),
+                                                                       ("128", "3")]
+    assert all(r["final_loss"] > 0 and r["flops"] > 0 for r in rows)
+    assert rows[2]["params"] > rows[0]["params"] and rows[1]["tokens"] > rows[0]["tokens"]
+    assert (sweep / "summary.csv").read_text().startswith("task,")
