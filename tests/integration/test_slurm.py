@@ -1,6 +1,6 @@
 """slurm/pretrain_hybrid.sh on a real single-node SLURM cluster: a run, and preemption -> requeue -> resume.
 
-The module fixture starts the cluster with slurm/local_cluster.sh (root only; it installs Slurm
+The module fixture starts the cluster with slurm/local-cluster/cluster.sh (root only; it installs Slurm
 22.05 with apt-get when missing). The local cluster sets AuthInfo=cred_expire=10, so a requeued
 job waits ~15 s instead of SLURM's default ~2 minutes before it runs again.
 """
@@ -24,7 +24,7 @@ from tests.conftest import REPO, SMOKE, assert_ok, final_weights, read_metrics, 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 SCRIPT = REPO / "slurm" / "pretrain_hybrid.sh"
-CLUSTER = REPO / "slurm" / "local_cluster.sh"
+CLUSTER = REPO / "slurm" / "local-cluster/cluster.sh"
 HYBRID_SMOKE = REPO / "configs" / "hybrid" / "smoke.yaml"
 # The script's own default; the GPT smoke config only until the hybrid one exists.
 # GIGATRON_TEST_SLURM_CONFIG picks another config (e.g. to check the script while a model is in progress).
@@ -103,7 +103,7 @@ def slurm(corpus_ready):
     if not sys.platform.startswith("linux"):
         pytest.skip("the local SLURM cluster needs Linux")
     if os.geteuid() != 0:
-        pytest.skip("slurm/local_cluster.sh must run as root (it installs Slurm and runs its daemons)")
+        pytest.skip("slurm/local-cluster/cluster.sh must run as root (it installs Slurm and runs its daemons)")
     if (os.cpu_count() or 1) < 2:
         pytest.skip("two SLURM tasks need two CPUs")
     if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
@@ -112,11 +112,11 @@ def slurm(corpus_ready):
     try:
         start = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
-        pytest.skip("slurm/local_cluster.sh start timed out (apt-get without network?)")
+        pytest.skip("slurm/local-cluster/cluster.sh start timed out (apt-get without network?)")
     if start.returncode != 0:
         if shutil.which("slurmctld") is None or shutil.which("sbatch") is None:
             pytest.skip(f"Slurm is not installed and could not be installed: {start.stderr.strip()[-500:]}")
-        pytest.fail(f"slurm/local_cluster.sh start failed:\n{start.stderr}")
+        pytest.fail(f"slurm/local-cluster/cluster.sh start failed:\n{start.stderr}")
     match = re.search(r"^export SLURM_CONF=(\S+)$", start.stdout, re.MULTILINE)
     assert match, f"no SLURM_CONF line in:\n{start.stdout}"
     cluster = Cluster(match.group(1))

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # A single-node SLURM cluster on this machine, for tests and for trying the sbatch scripts.
 #
-#   slurm/local_cluster.sh [start]   install (if missing) and start munged, slurmctld, slurmd; wait for an
+#   slurm/local-cluster/cluster.sh [start]   install (if missing) and start munged, slurmctld, slurmd; wait for an
 #                                    idle node; print the SLURM_CONF line to use. Idempotent.
-#   slurm/local_cluster.sh stop      stop the daemons it started (by their pid files)
-#   slurm/local_cluster.sh status    exit 0 if the cluster answers, print sinfo
+#   slurm/local-cluster/cluster.sh stop      stop the daemons it started (by their pid files)
+#   slurm/local-cluster/cluster.sh status    exit 0 if the cluster answers, print sinfo
 #
 # Root only (it installs packages and runs the daemons as root). Everything it writes lives in
 # $GIGATRON_SLURM_DIR (default /tmp/gigatron-slurm): slurm.conf, state, spool, logs, pid files.
-# The last line of `start` is `export SLURM_CONF=...`, so `eval "$(slurm/local_cluster.sh | tail -n1)"` works.
+# The last line of `start` is `export SLURM_CONF=...`, so `eval "$(slurm/local-cluster/cluster.sh | tail -n1)"` works.
 #
 # Test-cluster settings, not for production: AuthInfo=cred_expire (default here 10 s instead of SLURM's
 # 120 s) also sets how long a requeued job waits before it may run again, which keeps the preemption
@@ -83,7 +83,7 @@ write_conf() {
     mem="$(real_memory_mb)"
     mkdir -p "$DIR/state" "$DIR/spool"
     cat >"$CONF" <<EOF
-# Written by slurm/local_cluster.sh: a single-node test cluster.
+# Written by slurm/local-cluster/cluster.sh: a single-node test cluster.
 ClusterName=gigatron-local
 SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$PORT
