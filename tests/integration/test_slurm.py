@@ -232,3 +232,27 @@ def test_sweep_runs_as_a_job_array_and_summarises(slurm, tmp_path):
     assert all(r["final_loss"] > 0 and r["flops"] > 0 for r in rows)
     assert rows[2]["params"] > rows[0]["params"] and rows[1]["tokens"] > rows[0]["tokens"]
     assert (sweep / "summary.csv").read_text().startswith("task,")
+
+
+def test_scontrol_requeue_saves_and_resumes_bitwise(slurm, uninterrupted, tmp_path):
+    # `scontrol requeue` (an admin, or preemption with PreemptMode=REQUEUE) sends SIGTERM to the job;
+    # the trainer must treat it like USR1: agree, save, exit 75, and the requeued job resumes.
+    steps = 30
+    job, run_dir, log = slurm.submit(tmp_path, steps=steps, minutes=8)
+    deadline = time.monotonic() + 240
+    while len(train_steps(run_dir)) < 3:
+        assert slurm.job_info(job).get("JobState") not in FINAL_STATES, f"job ended before training:\n{tail(log)}"
+        assert time.monotonic() < deadline, f"no training steps after 240 s:\n{tail(log)}"
+        time.sleep(0.2)
+    requeue = slurm.run("scontrol", "requeue", job)
+    assert requeue.returncode == 0, requeue.stderr
+    info = slurm.wait_final(job, timeout=360, log=log, min_restarts=1)
+    text = log.read_text()
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
+    assert "[preempted] SIGTERM" in text, tail(log)
+    assert train_steps(run_dir) == list(range(1, steps + 1)), "every step logged exactly once across the requeue"
+    assert consumed_samples(run_dir) == steps * 8
+    reference = final_weights(uninterrupted[steps])
+    weights = final_weights(run_dir)
+    for name in reference:
+        assert torch.equal(weights[name], reference[name]), f"{name} differs from the uninterrupted run"
