@@ -8,6 +8,7 @@ our logits within 1e-4 (fp32) for all three.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def _ends(state: dict, last: int, embed: str, final_norm: str) -> dict[str, torc
     return {embed: state["0.tokens.weight"], final_norm: state[f"{last}.norm.weight"], "lm_head.weight": head.clone()}
 
 
-def _nemotron_h(cfg: HybridConfig, state: dict) -> tuple[Any, dict]:
+def _nemotron_h(cfg: HybridConfig, state: dict, token_ids: dict[str, int | None]) -> tuple[Any, dict]:
     from transformers import NemotronHConfig
 
     if cfg.mixer != "mamba2":
@@ -65,6 +66,9 @@ def _nemotron_h(cfg: HybridConfig, state: dict) -> tuple[Any, dict]:
         # Nemotron-H clamps dt at time_step_min; ours (like mamba_ssm's default) does not. A negligible
         # minimum keeps the forward identical (it is also used as a log in their init, so not 0).
         time_step_min=1e-12, time_step_limit=(1e-12, float("inf")), residual_in_fp32=False,
+        # Spelled out (equal to today's defaults) so that a change of default cannot change the function.
+        mamba_hidden_act="silu", use_bias=False, use_conv_bias=True, mamba_proj_bias=False, attention_bias=False,
+        mlp_bias=False, attention_dropout=0.0, hidden_dropout=0.0, **token_ids,
     )
     tensors = _ends(state, len(pattern) + 1, "model.embeddings.weight", "model.norm_f.weight")
     for i, symbol in enumerate(pattern):
@@ -81,7 +85,7 @@ def _nemotron_h(cfg: HybridConfig, state: dict) -> tuple[Any, dict]:
     return hf, tensors
 
 
-def _mamba2(cfg: HybridConfig, state: dict) -> tuple[Any, dict]:
+def _mamba2(cfg: HybridConfig, state: dict, token_ids: dict[str, int | None]) -> tuple[Any, dict]:
     from transformers import Mamba2Config
 
     if cfg.mixer != "mamba2" or set(cfg.layer_pattern) != {"M"}:
@@ -92,6 +96,7 @@ def _mamba2(cfg: HybridConfig, state: dict) -> tuple[Any, dict]:
         n_groups=cfg.ngroups, conv_kernel=cfg.d_conv, expand=cfg.expand, chunk_size=cfg.chunk_size,
         layer_norm_epsilon=cfg.norm_eps, tie_word_embeddings=False, use_bias=False, use_conv_bias=True,
         rms_norm=True, norm_before_gate=False, residual_in_fp32=False, time_step_limit=(0.0, float("inf")),
+        hidden_act="silu", **token_ids,
     )
     tensors = _ends(state, cfg.num_layers + 1, "backbone.embeddings.weight", "backbone.norm_f.weight")
     for i in range(cfg.num_layers):
@@ -100,15 +105,16 @@ def _mamba2(cfg: HybridConfig, state: dict) -> tuple[Any, dict]:
     return hf, tensors
 
 
-def _llama(cfg: GPTConfig, state: dict) -> tuple[Any, dict]:
+def _llama(cfg: GPTConfig, state: dict, token_ids: dict[str, int | None]) -> tuple[Any, dict]:
     from transformers import LlamaConfig
 
     hf = LlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.kv_heads,
-        head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_base, hidden_act="silu",
-        tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
-        max_position_embeddings=8192,
+        head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps, hidden_act="silu",
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_base},  # transformers 5's rope_theta
+        tie_word_embeddings=False, attention_bias=False, mlp_bias=False, attention_dropout=0.0,
+        max_position_embeddings=8192, **token_ids,
     )
     tensors = _ends(state, cfg.num_layers + 1, "model.embed_tokens.weight", "model.norm.weight")
     names = {"attn.q": "self_attn.q_proj", "attn.k": "self_attn.k_proj", "attn.v": "self_attn.v_proj",
@@ -120,21 +126,27 @@ def _llama(cfg: GPTConfig, state: dict) -> tuple[Any, dict]:
     return hf, tensors
 
 
-def hf_config_and_tensors(model_cfg: Any, model: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
-    """The transformers config and the renamed state dict for our model."""
+def hf_config_and_tensors(model_cfg: Any, model: nn.Module, token_ids: dict[str, int | None] | None = None
+                          ) -> tuple[Any, dict[str, torch.Tensor]]:
+    """The transformers config and the renamed state dict for our model.
+
+    `token_ids` sets bos/eos/pad_token_id (used by transformers' generate); None leaves them unset
+    rather than inheriting another model's defaults.
+    """
+    token_ids = token_ids or {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     family = type(model_cfg).family
     builders = {"hybrid": _nemotron_h, "mamba2": _mamba2, "gpt": _llama}
     if family not in builders:
         raise ExportError(f"model.family={family} cannot be exported; supported: {', '.join(builders)}")
-    return builders[family](model_cfg, state)
+    return builders[family](model_cfg, state, token_ids)
 
 
-def to_hf_model(model_cfg: Any, model: nn.Module) -> nn.Module:
+def to_hf_model(model_cfg: Any, model: nn.Module, token_ids: dict[str, int | None] | None = None) -> nn.Module:
     """The equivalent transformers model, in memory (fp32)."""
     from transformers import AutoModelForCausalLM
 
-    hf_cfg, tensors = hf_config_and_tensors(model_cfg, model)
+    hf_cfg, tensors = hf_config_and_tensors(model_cfg, model, token_ids)
     hf_model = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
     missing, unexpected = hf_model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
@@ -143,15 +155,32 @@ def to_hf_model(model_cfg: Any, model: nn.Module) -> nn.Module:
     return hf_model.eval()
 
 
+def special_token_ids(cfg: Any) -> dict[str, int | None]:
+    """bos/eos/pad ids of the run's tokenizer from its training data manifest; unset if unavailable."""
+    from gigatron.tools.checkpoint_io import training_manifest
+
+    ids: dict[str, int | None] = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    try:
+        entry = json.loads(training_manifest(cfg).read_text())["tokenizer"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ids  # the model is still exact; only transformers' generate() defaults are missing
+    for key in ids:
+        value = entry.get(key.removesuffix("_token_id") + "_id")
+        # sentencepiece reports an absent special token as -1.
+        ids[key] = value if isinstance(value, int) and value >= 0 else None
+    return ids
+
+
 def export(ckpt: str | Path, out: str | Path) -> Path:
-    """Write config.json + model.safetensors for the checkpoint into `out`."""
+    """Write config.json + model.safetensors (+ generation_config.json) for the checkpoint into `out`."""
     from gigatron.tools.checkpoint_io import load_checkpoint_model
 
-    cfg, model = load_checkpoint_model(ckpt)
-    hf_model = to_hf_model(cfg.model, model)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new --out directory")
+    # Checked before the (possibly long) load so that a typo fails at once.
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"--out {out} exists and is not an empty directory; choose a new --out directory")
+    cfg, model = load_checkpoint_model(ckpt)
+    hf_model = to_hf_model(cfg.model, model, special_token_ids(cfg))
     hf_model.save_pretrained(out, safe_serialization=True)
     return out
 

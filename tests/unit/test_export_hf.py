@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from gigatron.config import config_from_dict, config_to_yaml
 from gigatron.models.gpt import GPTConfig
-from gigatron.models.hybrid import HybridConfig, Mamba2Config
+from gigatron.models.hybrid import HybridConfig, Mamba2Config, MambaConfig
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.registry import build_model
-from tests.conftest import REPO, assert_ok, run_pretrain
+from tests.conftest import REPO
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install -e .[dev])")
 
@@ -29,7 +33,8 @@ def hybrid(**kw):
     (hybrid(tie_embeddings=True), "NemotronHForCausalLM"),
     (Mamba2Config(vocab_size=97, hidden_size=64, num_layers=3, d_state=16, headdim=16, ngroups=2, chunk_size=8),
      "Mamba2ForCausalLM"),
-    (GPTConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2), "LlamaForCausalLM"),
+    (GPTConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, rope_base=5e5, norm_eps=1e-6),
+     "LlamaForCausalLM"),
 ], ids=["nemotron-h", "nemotron-h-tied", "mamba2", "llama"])
 def test_exported_model_reproduces_our_logits(cfg, cls, tmp_path):
     from gigatron.tools.export_hf import to_hf_model
@@ -48,6 +53,7 @@ def test_exported_model_reproduces_our_logits(cfg, cls, tmp_path):
 @pytest.mark.parametrize(("cfg", "key"), [
     (hybrid(position_embedding="rope"), "model.position_embedding=rope"),
     (hybrid(mlp_activation="swiglu"), "model.mlp_activation=swiglu"),
+    (MambaConfig(vocab_size=97, hidden_size=64, num_layers=2), "model.family=mamba cannot be exported"),
 ])
 def test_unsupported_shapes_are_named(cfg, key):
     from gigatron.tools.export_hf import ExportError, hf_config_and_tensors
@@ -56,15 +62,30 @@ def test_unsupported_shapes_are_named(cfg, key):
         hf_config_and_tensors(cfg, build_model(cfg, LayerFactory()))
 
 
-def test_export_command_from_a_trained_checkpoint(tmp_path, corpus_ready):
-    run = tmp_path / "run"
-    assert_ok(run_pretrain(run, ["train.steps=2", "train.eval_interval=0", "data.num_workers=0"],
-                           config=REPO / "configs" / "hybrid" / "smoke.yaml"))
+def write_checkpoint(run: Path, model_cfg: HybridConfig, seed: int) -> torch.nn.Sequential:
+    """A checkpoint in the layout DeepSpeed and gigatron write (pp=1), without a training run."""
+    tag = run / "checkpoints" / "step_00000001"
+    tag.mkdir(parents=True)
+    model = build_model(model_cfg, LayerFactory())
+    initialize_parameters(model, seed=seed)
+    raw = {"model": {"family": "hybrid", **dataclasses.asdict(model_cfg)}, "data": {"cache_dir": str(run / "none")}}
+    (tag / "config.yaml").write_text(config_to_yaml(config_from_dict(raw)))
+    (tag / "trainer_state.json").write_text(json.dumps({"step": 1, "tokens": 0, "tokenizer_fingerprint": ""}))
+    torch.save({"module": model.state_dict(), "global_steps": 1}, tag / "mp_rank_00_model_states.pt")
+    (run / "checkpoints" / "latest").write_text("step_00000001\n")
+    return model.eval()
+
+
+def test_export_command_writes_a_loadable_directory(tmp_path):
+    model = write_checkpoint(tmp_path / "run", hybrid(), seed=7)
     out = tmp_path / "hf"
-    proc = subprocess.run([sys.executable, "-m", "gigatron", "export-hf", "--ckpt", str(run), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    command = [sys.executable, "-m", "gigatron", "export-hf", "--ckpt", str(tmp_path / "run"), "--out", str(out)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
-    again = subprocess.run([sys.executable, "-m", "gigatron", "export-hf", "--ckpt", str(run), "--out", str(out)],
-                           capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert again.returncode == 2 and "not empty" in again.stderr
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = torch.randint(0, 97, (1, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids), rtol=1e-4, atol=1e-4)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert again.returncode == 2 and "not an empty directory" in again.stderr
