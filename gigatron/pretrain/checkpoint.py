@@ -116,9 +116,12 @@ def _broadcast_object(value: Any) -> Any:
 def resume_tag(ckpt_dir: Path, resume: str, log=print) -> tuple[Path, str] | None:
     """Where to resume from, agreed by all ranks: (directory, tag) or None for a fresh start.
 
-    `resume` is 'auto' (the newest intact checkpoint in `ckpt_dir`, if any), 'none', or the path of
-    a checkpoint tag directory.
+    `resume` is 'auto' (the newest intact checkpoint in `ckpt_dir`, if any), 'none', or a path:
+    a run directory, a checkpoints directory, a step_NNNNNNNN tag of any layout or a consolidated
+    checkpoint directory.
     """
+    from gigatron.tools.checkpoint_io import resolve_checkpoint
+
     rank = dist.get_rank() if dist.is_initialized() else 0
     choice: tuple[str, str] | None | str = None
     if rank == 0:
@@ -129,10 +132,11 @@ def resume_tag(ckpt_dir: Path, resume: str, log=print) -> tuple[Path, str] | Non
                 tag = choose_resume_tag(ckpt_dir, log=log)
                 choice = (str(ckpt_dir), tag) if tag else None
             else:
-                path = Path(resume)
-                if not (path / TRAINER_STATE).is_file():
-                    raise RuntimeError(f"checkpoint.resume={resume!r} is not a checkpoint directory "
-                                       f"(no {TRAINER_STATE}); valid: auto, none, or a step_NNNNNNNN path")
+                try:
+                    path = resolve_checkpoint(resume)
+                except FileNotFoundError as exc:
+                    raise RuntimeError(f"checkpoint.resume={resume!r}: {exc}; valid: auto, none, or a checkpoint "
+                                       "path") from exc
                 choice = (str(path.parent), path.name)
         except RuntimeError as exc:
             choice = f"error: {exc}"
@@ -142,8 +146,73 @@ def resume_tag(ckpt_dir: Path, resume: str, log=print) -> tuple[Path, str] | Non
     return None if choice is None else (Path(choice[0]), choice[1])
 
 
+@dataclass
+class ResumePlan:
+    """How to resume: DeepSpeed's own loader when the layout is unchanged, else the logical path."""
+
+    path: Path
+    logical: Any | None  # a LogicalCheckpoint when the layout changed or the source is consolidated
+
+    @property
+    def same_layout(self) -> bool:
+        """Whether DeepSpeed's files are loaded as they are."""
+        return self.logical is None
+
+
+def current_layout(parallel, precision: str, dp_size: int) -> dict[str, Any]:
+    """This run's layout, in the terms of NativeCheckpoint.layout."""
+    return {"tp": parallel.tp, "pp": parallel.pp, "dp": dp_size if parallel.zero_stage else None,
+            "zero_stage": parallel.zero_stage, "precision": precision}
+
+
+def _scan_safely(tag_dir: Path) -> None:
+    # DeepSpeed's loader unpickles without restriction. Every file it will read is first read
+    # here with weights-only loading (storages mapped, not read); one that needs arbitrary
+    # objects is refused before DeepSpeed ever opens it.
+    from gigatron.tools.safe_load import safe_torch_load
+
+    for path in sorted(tag_dir.rglob("*.pt")):
+        safe_torch_load(path, mmap=True)
+
+
+def plan_resume(where: tuple[Path, str] | None, layout: dict[str, Any], log=print) -> ResumePlan | None:
+    """Open the chosen checkpoint, check it is safe to read, and pick the loading path (all ranks)."""
+    from gigatron.tools.checkpoint_io import open_checkpoint
+    from gigatron.tools.consolidated import is_consolidated
+
+    if where is None:
+        return None
+    path = where[0] / where[1]
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    problem = None
+    if rank == 0:
+        try:
+            if not is_consolidated(path):
+                _scan_safely(path)
+        except ValueError as exc:
+            problem = str(exc)
+    problem = _broadcast_object(problem)
+    if problem is not None:
+        raise RuntimeError(problem)
+    ckpt = open_checkpoint(path)
+    if ckpt.kind == "native" and ckpt.layout == layout:
+        return ResumePlan(path, None)
+    log(f"[resume] {path} was written by {ckpt.layout}; this run is {layout}: loading its logical state")
+    return ResumePlan(path, ckpt)
+
+
+def load_logical_state(ckpt) -> TrainerState:
+    """Counters and RNG of a logical checkpoint (weights and optimizer were set when the engine was built).
+
+    RNG streams of other layouts do not map to ours; every rank continues rank 0's.
+    """
+    if ckpt.rng is not None:
+        set_rng_state(ckpt.rng)
+    return TrainerState(**ckpt.trainer_state)
+
+
 def load_checkpoint(engine, load_dir: Path, tag: str) -> TrainerState:
-    """Restore model, optimizer, scheduler, RNG and counters from `load_dir/tag`."""
+    """Restore model, optimizer, scheduler, RNG and counters from `load_dir/tag` (same layout)."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     tag_dir = load_dir / tag
     path, _ = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,

@@ -12,10 +12,12 @@ from gigatron.config.schema import Config
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.registry import build_model, get_model_spec
+from gigatron.pretrain.logical_load import load_model_weights, load_optimizer_state
 from gigatron.pretrain.optimizer import ClippedAdamW, param_groups
 from gigatron.pretrain.parallel import MegatronMPU, ParallelRanks
 from gigatron.pretrain.schedule import lr_at
 from gigatron.pretrain.tasks import LanguageModelingTask, build_task
+from gigatron.tools.consolidated import LogicalCheckpoint
 
 
 @dataclass
@@ -74,8 +76,13 @@ def _build_pipeline(cfg: Config, factory: LayerFactory, task: LanguageModelingTa
     )
 
 
-def build_engine(cfg: Config, ranks: ParallelRanks, device: str) -> TrainingEngine:
-    """Build this rank's share of the model, initialise it layout-independently, wrap it in DeepSpeed."""
+def build_engine(cfg: Config, ranks: ParallelRanks, device: str, init_from: LogicalCheckpoint | None = None
+                 ) -> TrainingEngine:
+    """Build this rank's share of the model, initialise it layout-independently, wrap it in DeepSpeed.
+
+    `init_from` starts from a logical checkpoint (written by any layout): weights, AdamW moments,
+    step counters and LR schedule position instead of the seeded initialisation.
+    """
     import deepspeed
     from megatron.core import parallel_state as ps
 
@@ -87,10 +94,12 @@ def build_engine(cfg: Config, ranks: ParallelRanks, device: str) -> TrainingEngi
     deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl", auto_mpi_discovery=False)
     model = _build_pipeline(cfg, factory, task, ranks) if is_pipeline else build_model(cfg.model, factory)
     initialize_parameters(model, cfg.train.seed, ranks.tp_rank, ranks.tp_size)
+    if init_from is not None:
+        load_model_weights(model, init_from, ranks.tp_rank, ranks.tp_size)
     model.to(device)
 
     zero0 = cfg.parallel.zero_stage == 0
-    groups = param_groups(model, cfg.train.weight_decay)
+    groups = param_groups(model, cfg.train.weight_decay, with_names=zero0)
     if zero0:
         optimizer: torch.optim.Optimizer = ClippedAdamW(
             groups, cfg.train,
@@ -109,5 +118,7 @@ def build_engine(cfg: Config, ranks: ParallelRanks, device: str) -> TrainingEngi
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
         mpu=None if is_pipeline else MegatronMPU(),
     )
+    if init_from is not None:
+        load_optimizer_state(engine, init_from, ranks.tp_rank, ranks.tp_size)
     return TrainingEngine(engine=engine, task=task, factory=factory, is_pipeline=is_pipeline,
                           num_params=spec.num_params(cfg.model))

@@ -16,7 +16,16 @@ from gigatron.launcher.dist_env import DistEnv
 from gigatron.launcher.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from gigatron.launcher.signals import PreemptionHandler, agree_on_preemption
 from gigatron.models.registry import get_model_spec
-from gigatron.pretrain.checkpoint import TrainerState, load_checkpoint, resume_tag, save_checkpoint
+from gigatron.pretrain.checkpoint import (
+    ResumePlan,
+    TrainerState,
+    current_layout,
+    load_checkpoint,
+    load_logical_state,
+    plan_resume,
+    resume_tag,
+    save_checkpoint,
+)
 from gigatron.pretrain.engine import TrainingEngine, build_engine, total_steps
 from gigatron.pretrain.metrics import MetricsWriter, memory_gib
 from gigatron.pretrain.parallel import ParallelRanks, initialize_parallel
@@ -61,7 +70,14 @@ class Trainer:
             raise ConfigError(f"model.vocab_size={model_vocab} is smaller than the tokenizer's {self.data.vocab_size} "
                              f"ids ({self.data.roots[0]}); set model.vocab_size >= {self.data.vocab_size}")
         torch.manual_seed(cfg.train.seed)
-        self.engine: TrainingEngine = build_engine(cfg, self.ranks, self.device)
+        self.metrics: MetricsWriter | None = None
+        self.ckpt_dir = Path(cfg.checkpoint_dir)
+        # Chosen before the engine exists: a checkpoint of another layout is loaded while building it.
+        where = resume_tag(self.ckpt_dir, cfg.checkpoint.resume, log=self.log)
+        layout = current_layout(cfg.parallel, cfg.train.precision, self.ranks.dp_size)
+        self.resume: ResumePlan | None = plan_resume(where, layout, log=self.log)
+        init_from = None if self.resume is None else self.resume.logical
+        self.engine: TrainingEngine = build_engine(cfg, self.ranks, self.device, init_from=init_from)
         t = cfg.train
         self.loader = GlobalBatchLoader(self.data.train, t.global_batch_size, t.micro_batch_size,
                                         self.ranks.dp_rank, self.ranks.dp_size, t.seed, cfg.data.shuffle,
@@ -69,14 +85,12 @@ class Trainer:
                                         on_error=cfg.data.on_error)
         self.total_steps = total_steps(cfg)
         self.state = TrainerState(tokenizer_fingerprint=self.data.tokenizer_fingerprint)
-        self.ckpt_dir = Path(cfg.checkpoint_dir)
         self.config_yaml = config_to_yaml(cfg)
         self.tokens_per_step = t.global_batch_size * cfg.data.seq_len
         spec = get_model_spec(type(cfg.model).family)
         self.flops_per_token = spec.flops_per_token(cfg.model, cfg.data.seq_len)
         peak = peak_flops(self.device, t.precision)
         self.cluster_peak = None if peak is None else peak * env.world_size
-        self.metrics: MetricsWriter | None = None
 
     def _build_data(self) -> LMData:
         # Local rank 0 downloads and tokenizes; the others then read its cache instead of racing.
@@ -97,19 +111,21 @@ class Trainer:
     # ---- resume -------------------------------------------------------------------------------
     def maybe_resume(self) -> None:
         """Load the checkpoint chosen by `checkpoint.resume`, if any."""
-        where = resume_tag(self.ckpt_dir, self.cfg.checkpoint.resume, log=self.log)
-        if where is None:
+        if self.resume is None:
             return
-        load_dir, tag = where
-        state = load_checkpoint(self.engine.engine, load_dir, tag)
+        path = self.resume.path
+        if self.resume.same_layout:
+            state = load_checkpoint(self.engine.engine, path.parent, path.name)
+        else:
+            state = load_logical_state(self.resume.logical)
         if state.tokenizer_fingerprint and state.tokenizer_fingerprint != self.data.tokenizer_fingerprint:
             raise ConfigError(
-                f"checkpoint {load_dir / tag} was trained with tokenizer {state.tokenizer_fingerprint!r} but "
+                f"checkpoint {path} was trained with tokenizer {state.tokenizer_fingerprint!r} but "
                 f"data.tokenizer gives {self.data.tokenizer_fingerprint!r}; resume with the same tokenizer"
             )
         self.loader.load_state_dict(state.loader)
         self.state = state
-        self.log(f"[resume] {load_dir / tag}: step {state.step}, {state.tokens} tokens")
+        self.log(f"[resume] {path}: step {state.step}, {state.tokens} tokens")
 
     # ---- one step -----------------------------------------------------------------------------
     def train_step(self) -> StepResult:

@@ -12,19 +12,27 @@ from gigatron.config.schema import TrainConfig
 from gigatron.models.layers.init import NO_DECAY_ATTR
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, with_names: bool = False) -> list[dict]:
     """Two groups: matrices decay; norms, biases (ndim < 2) and parameters marked
-    `no_weight_decay` (e.g. SSM A_log, D, dt_bias) do not, as in Megatron and mamba_ssm."""
-    decay, no_decay = [], []
-    for param in model.parameters():
+    `no_weight_decay` (e.g. SSM A_log, D, dt_bias) do not, as in Megatron and mamba_ssm.
+
+    `with_names` adds torch's `param_names` to each group, so that the optimizer's saved state says
+    which parameter each moment belongs to (checkpoint conversion reads it).
+    """
+    groups = {True: ([], []), False: ([], [])}
+    for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         skip = param.ndim < 2 or getattr(param, NO_DECAY_ATTR, False)
-        (no_decay if skip else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+        groups[skip][0].append(param)
+        groups[skip][1].append(name)
+    result = [
+        {"params": groups[False][0], "weight_decay": weight_decay, "name": "decay"},
+        {"params": groups[True][0], "weight_decay": 0.0, "name": "no_decay"},
     ]
+    if with_names:
+        result[0]["param_names"], result[1]["param_names"] = groups[False][1], groups[True][1]
+    return result
 
 
 def global_grad_norm(params: Iterable[nn.Parameter], tp_rank: int, tp_group=None, pp_group=None) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gigatron.models.layers.init import mark_init, mark_sharded
+from gigatron.models.layers.init import mark_init, mark_sharded, mark_tp_plan
 from gigatron.models.layers.norms import RMSNorm
 
 
@@ -86,6 +86,9 @@ class LayerFactory:
             out_features = sum(segments)
         if self.tp_size == 1:
             layer = nn.Linear(in_features, out_features, bias=bias, device=self.device, dtype=self.params_dtype)
+            mark_tp_plan(layer.weight, 0, segments)
+            if bias:
+                mark_tp_plan(layer.bias, 0, segments)
         else:
             from megatron.core.tensor_parallel import ColumnParallelLinear
 
@@ -104,6 +107,7 @@ class LayerFactory:
         """y = x W^T with W split by input columns: takes the sharded input, returns the full sum."""
         if self.tp_size == 1:
             layer = nn.Linear(in_features, out_features, bias=bias, device=self.device, dtype=self.params_dtype)
+            mark_tp_plan(layer.weight, 1)
         else:
             from megatron.core.tensor_parallel import RowParallelLinear
 
@@ -128,6 +132,7 @@ class LayerFactory:
         """Token embedding, split over the vocabulary at TP>1 (each rank holds a vocab range)."""
         if self.tp_size == 1:
             layer = nn.Embedding(num_embeddings, dim, device=self.device, dtype=self.params_dtype)
+            mark_tp_plan(layer.weight, 0)
         else:
             from megatron.core.tensor_parallel import VocabParallelEmbedding
 
@@ -155,6 +160,8 @@ class LayerFactory:
         param = nn.Parameter(torch.empty(shape, device=self.device, dtype=self.params_dtype))
         if shard_dim is not None and self.tp_size > 1:
             mark_sharded(param, shard_dim, segments)
+        elif shard_dim is not None:
+            mark_tp_plan(param, shard_dim, segments)
         return param
 
     def norm(self, dim: int, eps: float = 1e-5) -> nn.Module:

@@ -68,6 +68,24 @@ def no_weight_decay(param: nn.Parameter) -> nn.Parameter:
     return param
 
 
+TP_PLAN_ATTR = "gigatron_tp_plan"
+
+
+def mark_tp_plan(param: nn.Parameter, dim: int, segments: list[int] | None = None) -> nn.Parameter:
+    """Record how `param` is split at TP>1, also on a TP=1 build.
+
+    Checkpoint conversion builds the TP=1 model to learn every parameter's logical shape and how
+    any TP layout shards it, without process groups.
+    """
+    setattr(param, TP_PLAN_ATTR, (dim, None if segments is None else list(segments)))
+    return param
+
+
+def tp_plan(param: nn.Parameter) -> tuple[int, list[int] | None] | None:
+    """(shard dim, fused segment sizes) of a TP-split parameter, or None if it is replicated."""
+    return getattr(param, TP_PLAN_ATTR, None)
+
+
 def mark_sharded(param: nn.Parameter, dim: int, segments: list[int] | None = None) -> nn.Parameter:
     """Declare `param` a TP shard along `dim`.
 
@@ -75,6 +93,7 @@ def mark_sharded(param: nn.Parameter, dim: int, segments: list[int] | None = Non
     each segment is split across ranks separately and the rank's pieces concatenated, so every rank
     holds its own part of every segment.
     """
+    mark_tp_plan(param, dim, segments)
     param.tensor_model_parallel = True
     param.partition_dim = dim
     param.partition_stride = 1
