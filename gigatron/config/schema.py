@@ -86,7 +86,8 @@ class CheckpointConfig:
     dir: str | None = None  # default: <output_dir>/checkpoints
     interval: int = 0  # steps between saves; 0 saves only at the end and on preemption
     keep_last: int = 3
-    # auto: resume from `latest` in dir when there is one; none: start fresh; or a checkpoint path.
+    # auto: resume from `latest` in dir when there is one; none: start fresh; or a checkpoint path
+    # (any layout, or consolidated), used until this run has saved a checkpoint of its own.
     resume: str = "auto"
     save_final: bool = True
 

@@ -28,6 +28,10 @@ TRAINER_STATE = "trainer_state.json"
 CONFIG_FILE = "config.yaml"
 
 
+class ResumeError(RuntimeError):
+    """The checkpoint to resume from is missing, damaged or unsafe; the message names it."""
+
+
 @dataclass
 class TrainerState:
     """Counters that, with the loader state, say exactly where a run is."""
@@ -118,7 +122,7 @@ def resume_tag(ckpt_dir: Path, resume: str, log=print) -> tuple[Path, str] | Non
 
     `resume` is 'auto' (the newest intact checkpoint in `ckpt_dir`, if any), 'none', or a path:
     a run directory, a checkpoints directory, a step_NNNNNNNN tag of any layout or a consolidated
-    checkpoint directory.
+    checkpoint directory. A path is used only while `ckpt_dir` holds no checkpoint of its own.
     """
     from gigatron.tools.checkpoint_io import resolve_checkpoint
 
@@ -131,6 +135,12 @@ def resume_tag(ckpt_dir: Path, resume: str, log=print) -> tuple[Path, str] | Non
             elif resume == "auto":
                 tag = choose_resume_tag(ckpt_dir, log=log)
                 choice = (str(ckpt_dir), tag) if tag else None
+            elif (own := choose_resume_tag(ckpt_dir, log=log)) is not None:
+                # A path seeds a new run; once the run has saved, a restart (requeue, preemption)
+                # must continue the run, not go back to the seed (torchtitan's initial_load_path).
+                log(f"[resume] {ckpt_dir} holds this run's own checkpoint {own}; resuming from it, not from "
+                    f"checkpoint.resume={resume} (which only seeds a run that has not saved yet)")
+                choice = (str(ckpt_dir), own)
             else:
                 try:
                     path = resolve_checkpoint(resume)
@@ -142,7 +152,7 @@ def resume_tag(ckpt_dir: Path, resume: str, log=print) -> tuple[Path, str] | Non
             choice = f"error: {exc}"
     choice = _broadcast_object(choice)
     if isinstance(choice, str):
-        raise RuntimeError(choice.removeprefix("error: "))
+        raise ResumeError(choice.removeprefix("error: "))
     return None if choice is None else (Path(choice[0]), choice[1])
 
 
@@ -193,8 +203,11 @@ def plan_resume(where: tuple[Path, str] | None, layout: dict[str, Any], log=prin
             problem = str(exc)
     problem = _broadcast_object(problem)
     if problem is not None:
-        raise RuntimeError(problem)
-    ckpt = open_checkpoint(path)
+        raise ResumeError(problem)
+    try:
+        ckpt = open_checkpoint(path)
+    except ValueError as exc:
+        raise ResumeError(str(exc)) from exc
     if ckpt.kind == "native" and ckpt.layout == layout:
         return ResumePlan(path, None)
     log(f"[resume] {path} was written by {ckpt.layout}; this run is {layout}: loading its logical state")

@@ -14,6 +14,9 @@ from gigatron.launcher.exit_codes import EXIT_CONFIG_ERROR
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line flags of `gigatron pretrain`."""
     parser.add_argument("--config", required=True, help="YAML run config, e.g. configs/gpt/smoke.yaml")
+    parser.add_argument("--resume-from", metavar="CKPT", default=None,
+                        help="start from this checkpoint, written by any layout: a run dir, checkpoints dir, "
+                             "step_NNNNNNNN dir or consolidated dir (same as --set checkpoint.resume=CKPT)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.steps=10 (repeatable)")
 
@@ -27,17 +30,21 @@ def run(args: argparse.Namespace) -> int:
     from gigatron.launcher.dist_env import DistEnv, init_distributed
 
     env = DistEnv.from_environ()
+    overrides = list(args.overrides)
+    if args.resume_from is not None:
+        overrides.append(f"checkpoint.resume={args.resume_from}")
     try:
-        cfg = validate_config(load_config(args.config, args.overrides), env.world_size)
+        cfg = validate_config(load_config(args.config, overrides), env.world_size)
     except ConfigError as exc:
         print(f"gigatron pretrain: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     init_distributed(env)
+    from gigatron.pretrain.checkpoint import ResumeError
     from gigatron.pretrain.loop import Trainer
 
     try:
         code = Trainer(cfg, env).run()
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, FileNotFoundError, ResumeError) as exc:
         # Input problems found once data and checkpoints are visible: a message, not a traceback.
         print(f"gigatron pretrain (rank {env.rank}): {exc}", file=sys.stderr, flush=True)
         os._exit(EXIT_CONFIG_ERROR)

@@ -90,7 +90,7 @@ def _load_zero3(zero, module: nn.Module, ckpt: LogicalCheckpoint, step: int, tp_
             _, offset, count = zero.grad_position[zero.get_param_id(param)]
             per_rank = param.ds_tensor.ds_numel  # ZeRO-3 pads every parameter to a multiple of the DP size
             start = dp_rank * per_rank
-            take = max(0, min(count, plan.numel // tp_size - start))
+            take = max(0, min(count, param.ds_numel - start))  # ds_numel: this TP rank's shard
             for key in (None, *MOMENTS):
                 if take:
                     source = plan.take_shard(ckpt.tensor(plan.name, key), tp_rank, tp_size).reshape(-1)

@@ -55,8 +55,10 @@ def safe_torch_load(path: str | Path, mmap: bool = False) -> Any:
         with torch.serialization.safe_globals(_STAND_INS):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        detail = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "global" in line),
-                      str(exc).splitlines()[0] if str(exc) else "")
+        detail = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), None)
+        if detail is None:  # not a request for a forbidden object: the file is simply not a checkpoint
+            raise ValueError(f"{path}: not a readable torch checkpoint file (neither torch's zip format nor a "
+                             "pickle of tensors)") from exc
         raise UnsafeCheckpointError(
             f"{path}: refused, it can only be read by unpickling arbitrary objects ({detail[:200]}); gigatron reads "
             "checkpoints with safetensors or torch.load(weights_only=True) and never runs code from a file. "
@@ -64,3 +66,4 @@ def safe_torch_load(path: str | Path, mmap: bool = False) -> Any:
     except (RuntimeError, OSError, EOFError) as exc:
         raise ValueError(f"{path}: not a readable torch checkpoint file ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+

@@ -1,4 +1,4 @@
-"""Loading trained checkpoints on one process: single file, pipeline files, refused layouts, CLI generate."""
+"""Loading trained checkpoints on one process: single file, pipeline files, incomplete or hostile files, CLI generate."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gigatron.tools.checkpoint_io import load_checkpoint_model, read_model_state, resolve_checkpoint
+from gigatron.tools.checkpoint_io import load_checkpoint_model, resolve_checkpoint
 from tests.conftest import REPO, assert_ok, final_weights, run_pretrain
 
 TWO_STEPS = ["train.steps=2", "train.eval_interval=0", "data.num_workers=0"]
@@ -74,9 +74,9 @@ def copy_tag(trained: Path, tmp_path: Path, old: str = "", new: str = "") -> Pat
     return tag
 
 
-def test_tensor_parallel_checkpoints_are_refused_with_the_reason(trained, tmp_path):
+def test_files_missing_for_the_recorded_layout_are_named(trained, tmp_path):
     tag = copy_tag(trained, tmp_path, "  tp: 1\n", "  tp: 2\n")
-    with pytest.raises(ValueError, match=r"parallel.tp=2: TP-sharded checkpoints must be merged.*not supported yet"):
+    with pytest.raises(ValueError, match=r"incomplete for parallel.tp=2.*missing mp_rank_01_model_states.pt"):
         load_checkpoint_model(tag)
 
 
@@ -90,8 +90,8 @@ def test_files_that_would_run_code_are_refused(trained, tmp_path):
     tag = copy_tag(trained, tmp_path)
     # Any pickled callable is refused by weights_only; loading it unrestricted would call it.
     torch.save({"module": {}, "hook": print}, tag / "mp_rank_00_model_states.pt")
-    with pytest.raises(ValueError, match=r"mp_rank_00_model_states.pt: cannot be read as a weights-only"):
-        read_model_state(tag)
+    with pytest.raises(ValueError, match=r"mp_rank_00_model_states.pt: refused, it can only be read by unpickling"):
+        load_checkpoint_model(tag)
 
 
 def test_generate_command_end_to_end(trained):

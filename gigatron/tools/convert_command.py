@@ -1,0 +1,156 @@
+"""`gigatron convert consolidate|reshard`: move a checkpoint between layouts.
+
+    consolidate CKPT OUT    any checkpoint (ZeRO 0-3, any TP/PP) -> one consolidated directory
+    reshard CKPT OUT --tp T --pp P --dp D --zero Z
+                            any checkpoint -> DeepSpeed files of another layout (OUT is a checkpoints
+                            directory with `latest`, resumable with `pretrain --resume-from OUT`)
+
+Both reload what they wrote and compare it with the source (tensors bitwise, logits on a fixed
+batch) before reporting success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from gigatron.config import ConfigError, config_to_yaml, validate_config
+from gigatron.launcher.exit_codes import EXIT_CONFIG_ERROR
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sub-commands of `gigatron convert`."""
+    sub = parser.add_subparsers(dest="convert_command", required=True, metavar="SUBCOMMAND")
+    cons = sub.add_parser("consolidate", help="any checkpoint -> one consolidated safetensors directory")
+    cons.add_argument("ckpt", help="run dir, checkpoints dir, step_NNNNNNNN dir or consolidated dir")
+    cons.add_argument("out", help="new directory")
+    cons.add_argument("--no-verify", action="store_true", help="skip reloading and comparing the result")
+    resh = sub.add_parser("reshard", help="any checkpoint -> DeepSpeed checkpoint files of another layout")
+    resh.add_argument("ckpt", help="run dir, checkpoints dir, step_NNNNNNNN dir or consolidated dir")
+    resh.add_argument("out", help="new checkpoints directory (gets `latest` and one step_NNNNNNNN tag)")
+    resh.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the new layout")
+    resh.add_argument("--pp", type=int, default=1, help="pipeline stages of the new layout")
+    resh.add_argument("--dp", type=int, default=1, help="data-parallel size (matters for ZeRO >= 1)")
+    resh.add_argument("--zero", type=int, default=None, choices=[0, 1, 2, 3], help="ZeRO stage (default: source's)")
+    resh.add_argument("--no-verify", action="store_true", help="skip reloading and comparing the result")
+    worker = sub.add_parser("reshard-worker", help=argparse.SUPPRESS)
+    worker.add_argument("--source", required=True)
+    worker.add_argument("--config", required=True)
+    worker.add_argument("--out", required=True)
+
+
+def _fresh_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty directory; choose a new output directory")
+
+
+def consolidate(ckpt: str | Path, out: str | Path, verify: bool = True, log=print) -> Path:
+    """Write any checkpoint as a consolidated directory and check it against the source."""
+    from gigatron.tools.checkpoint_io import open_checkpoint
+    from gigatron.tools.consolidated import ConsolidatedCheckpoint, write_consolidated
+    from gigatron.tools.verify import verify_conversion
+
+    out = Path(out)
+    _fresh_out(out)
+    source = open_checkpoint(ckpt)
+    write_consolidated(source, out, log=log)
+    if verify:
+        verify_conversion(source, ConsolidatedCheckpoint(out), log=log)
+    return out
+
+
+def reshard(ckpt: str | Path, out: str | Path, tp: int, pp: int, dp: int, zero: int | None, verify: bool = True,
+            log=print) -> Path:
+    """Write any checkpoint as DeepSpeed files of the layout (tp, pp, dp, zero), using tp*pp*dp CPU ranks."""
+    from gigatron.tools.checkpoint_io import open_checkpoint, resolve_checkpoint
+    from gigatron.tools.native_checkpoint import NativeCheckpoint
+    from gigatron.tools.verify import verify_conversion
+
+    out = Path(out)
+    _fresh_out(out)
+    source = open_checkpoint(ckpt)
+    cfg = copy.deepcopy(source.cfg)
+    cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.cp = tp, pp, 1
+    cfg.parallel.dp = None
+    if zero is not None:
+        cfg.parallel.zero_stage = zero
+    world = tp * pp * dp
+    cfg = validate_config(cfg, world)
+    with tempfile.TemporaryDirectory(prefix="gigatron-reshard-") as tmp:
+        config = Path(tmp) / "config.yaml"
+        config.write_text(config_to_yaml(cfg))
+        partial = out.with_name(f".{out.name}.partial.{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        worker = [sys.executable, "-m", "gigatron", "convert", "reshard-worker", "--source",
+                  str(resolve_checkpoint(ckpt)), "--config", str(config), "--out", str(partial)]
+        command = worker if world == 1 else [sys.executable, "-m", "gigatron", "launch", "--nproc", str(world),
+                                             "--", *worker]
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        proc = subprocess.run(command, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise RuntimeError(f"resharding to tp={tp} pp={pp} dp={dp} failed (exit {proc.returncode}):\n"
+                               f"{proc.stderr[-3000:]}")
+        if out.exists():
+            out.rmdir()
+        os.replace(partial, out)
+    tag = resolve_checkpoint(out)
+    log(f"[convert] wrote {tag} for tp={tp} pp={pp} dp={dp} zero={cfg.parallel.zero_stage}")
+    if verify:
+        verify_conversion(source, NativeCheckpoint(tag), log=log)
+    return out
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """One rank of `reshard`: build the target layout's engine from the source, save it."""
+    import torch.distributed as dist
+
+    from gigatron.config import load_config
+    from gigatron.launcher.dist_env import DistEnv, init_distributed
+    from gigatron.pretrain.checkpoint import TrainerState, save_checkpoint, set_rng_state
+    from gigatron.pretrain.engine import build_engine
+    from gigatron.pretrain.parallel import initialize_parallel
+    from gigatron.tools.checkpoint_io import open_checkpoint
+
+    env = DistEnv.from_environ()
+    cfg = validate_config(load_config(args.config), env.world_size)
+    init_distributed(env)
+    ranks = initialize_parallel(cfg.parallel)
+    source = open_checkpoint(args.source)
+    engine = build_engine(cfg, ranks, "cpu", init_from=source)
+    if source.rng is not None:
+        set_rng_state(source.rng)
+    state = TrainerState(**source.trainer_state)
+    save_checkpoint(engine.engine, Path(args.out), state, config_to_yaml(cfg), keep_last=1,
+                    log=print if env.is_main else (lambda _text: None))
+    dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # see pretrain.command: gloo teardown after ZeRO-3 can abort a finished process
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch; input problems exit 2 with a message naming the file or value."""
+    from gigatron.tools.safe_load import UnsafeCheckpointError
+    from gigatron.tools.verify import VerificationError
+
+    try:
+        if args.convert_command == "reshard-worker":
+            return run_worker(args)
+        if args.convert_command == "consolidate":
+            consolidate(args.ckpt, args.out, verify=not args.no_verify)
+        else:
+            reshard(args.ckpt, args.out, args.tp, args.pp, args.dp, args.zero, verify=not args.no_verify)
+    except (VerificationError, RuntimeError) as exc:
+        print(f"gigatron convert: {exc}", file=sys.stderr)
+        return 1
+    except (UnsafeCheckpointError, ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
+        print(f"gigatron convert: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    return 0

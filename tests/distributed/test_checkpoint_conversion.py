@@ -1,0 +1,150 @@
+"""Checkpoints move between layouts: consolidation agrees with the single-process run, round trips
+are bitwise, training resumed on another layout continues the loss curve, hostile files are refused."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gigatron.tools.checkpoint_io import open_checkpoint
+from gigatron.tools.consolidated import ConsolidatedCheckpoint
+from gigatron.tools.convert_command import consolidate, reshard
+from gigatron.tools.native_checkpoint import MOMENTS
+from tests.conftest import REPO, assert_ok, pretrain_command, read_metrics, run_pretrain
+
+pytestmark = pytest.mark.distributed
+
+STEPS = ["train.steps=10", "train.warmup_steps=2", "train.eval_interval=0", "checkpoint.interval=5",
+         "checkpoint.keep_last=2", "data.num_workers=0"]
+LAYOUTS = {
+    "single": ([], 1),
+    "tp2": (["parallel.tp=2"], 2),
+    "pp2-dp2-zero1": (["parallel.pp=2", "parallel.zero_stage=1"], 4),
+    "dp2-zero3": (["parallel.zero_stage=3"], 2),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, corpus_ready) -> dict[str, Path]:
+    """10-step smoke runs of every layout, with checkpoints after steps 5 and 10."""
+    root = tmp_path_factory.mktemp("layouts")
+    for name, (layout, nproc) in LAYOUTS.items():
+        assert_ok(run_pretrain(root / name, STEPS + layout, nproc=nproc))
+    return {name: root / name for name in LAYOUTS}
+
+
+def step5(run: Path) -> Path:
+    return run / "checkpoints" / "step_00000005"
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run)}
+
+
+def assert_bitwise(a, b) -> None:
+    assert set(a.plans) == set(b.plans)
+    assert a.optimizer_step == b.optimizer_step and a.trainer_state == b.trainer_state
+    for name in a.plans:
+        for key in (None, *MOMENTS):
+            assert torch.equal(a.tensor(name, key), b.tensor(name, key)), (name, key)
+
+
+@pytest.mark.parametrize("layout", ["tp2", "pp2-dp2-zero1", "dp2-zero3"])
+def test_consolidated_state_matches_the_single_process_run(runs, layout, tmp_path):
+    reference = consolidate(step5(runs["single"]), tmp_path / "single", log=lambda _: None)
+    ours = ConsolidatedCheckpoint(consolidate(step5(runs[layout]), tmp_path / layout, log=lambda _: None))
+    ref = ConsolidatedCheckpoint(reference)
+    assert ours.optimizer_step == ref.optimizer_step == 5
+    assert ours.trainer_state == ref.trainer_state  # step, tokens, loader counters: layout-free
+    for name in ref.plans:
+        for key in (None, *MOMENTS):
+            a, b = ours.tensor(name, key), ref.tensor(name, key)
+            # Different layouts sum in different orders: equal to float rounding, amplified a little by Adam.
+            assert (a - b).abs().max() <= 2e-3 * b.abs().max() + 1e-12, (layout, name, key)
+    source = open_checkpoint(step5(runs[layout]))
+    if source.zero_stage < 3:
+        # The weights the model held (DeepSpeed's module files) are a second, independent record of
+        # the master weights assembled from optimizer partitions.
+        for name in ref.plans:
+            assert torch.equal(source.model_weight(name), ours.tensor(name)), name
+
+
+@pytest.mark.parametrize(("layout", "target"), [
+    ("tp2", dict(tp=1, pp=2, dp=2, zero=1)),
+    ("dp2-zero3", dict(tp=2, pp=1, dp=2, zero=3)),
+    ("pp2-dp2-zero1", dict(tp=2, pp=1, dp=2, zero=1)),
+], ids=["tp2-to-pp2-dp2-zero1", "zero3-dp2-to-tp2-dp2-zero3", "pp2-zero1-to-tp2-dp2-zero1"])
+def test_round_trip_through_another_layout_is_bitwise(runs, layout, target, tmp_path):
+    first = consolidate(step5(runs[layout]), tmp_path / "first", log=lambda _: None)
+    moved = reshard(first, tmp_path / "moved", **target, log=lambda _: None)
+    back = consolidate(moved, tmp_path / "back", log=lambda _: None)
+    moved_layout = open_checkpoint(moved).layout
+    assert moved_layout["tp"] == target["tp"] and moved_layout["pp"] == target["pp"]
+    assert moved_layout["zero_stage"] == target["zero"]
+    assert_bitwise(ConsolidatedCheckpoint(first), ConsolidatedCheckpoint(back))
+
+
+@pytest.mark.parametrize(("source", "layout"), [
+    ("tp2", "pp2-dp2-zero1"),
+    ("pp2-dp2-zero1", "tp2"),
+    ("single", "dp2-zero3"),
+], ids=["tp2-to-pp2-dp2", "pp2-dp2-to-tp2", "single-to-zero3"])
+def test_training_resumed_on_another_layout_continues_the_loss_curve(runs, source, layout, tmp_path):
+    overrides, nproc = LAYOUTS[layout]
+    start = step5(runs[source])
+    if layout == "dp2-zero3":  # also resume from a consolidated directory
+        start = consolidate(start, tmp_path / "consolidated", log=lambda _: None)
+    proc = run_pretrain(tmp_path / "resumed", [*STEPS, *overrides, f"checkpoint.resume={start}"], nproc=nproc)
+    assert_ok(proc)
+    assert "loading its logical state" in proc.stdout + proc.stderr
+    resumed, original = losses(tmp_path / "resumed"), losses(runs[source])
+    assert sorted(resumed) == [6, 7, 8, 9, 10]
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(original[step], rel=1e-5), (step, loss, original[step])
+
+
+def test_same_layout_resume_keeps_deepspeed_files_and_a_restart_prefers_the_runs_own_checkpoint(runs, tmp_path):
+    out = tmp_path / "run"
+    assert_ok(run_pretrain(out, [*STEPS, "train.exit_interval=2", f"checkpoint.resume={step5(runs['single'])}"]))
+    # Restarted with the same seed checkpoint (a requeue), the run continues from its own step 7.
+    proc = run_pretrain(out, [*STEPS, f"checkpoint.resume={step5(runs['single'])}"])
+    assert_ok(proc)
+    assert "holds this run's own checkpoint step_00000007" in proc.stdout
+    assert [r["step"] for r in read_metrics(out)] == [6, 7, 8, 9, 10]
+    for step, loss in losses(out).items():
+        assert loss == pytest.approx(losses(runs["single"])[step], rel=1e-6)
+
+
+class _Payload:
+    """Unpickling this creates a file: the side effect a refused load must not have."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_not_executed(runs, tmp_path):
+    tag = tmp_path / "step_00000005"
+    shutil.copytree(step5(runs["single"]), tag)
+    marker = tmp_path / "pwned"
+    torch.save({"module": {}, "evil": _Payload(marker)}, tag / "mp_rank_00_model_states.pt")
+    convert = subprocess.run([sys.executable, "-m", "gigatron", "convert", "consolidate", str(tag),
+                              str(tmp_path / "out")], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert convert.returncode == 2, convert.stderr
+    assert "refused" in convert.stderr and "mp_rank_00_model_states.pt" in convert.stderr
+    resume = subprocess.run([*pretrain_command(tmp_path / "run", STEPS), "--resume-from", str(tag)],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert resume.returncode == 2, resume.stderr[-3000:]
+    assert "refused" in resume.stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    # The payload is real: an unrestricted load would have run it.
+    torch.load(tag / "mp_rank_00_model_states.pt", weights_only=False)
+    assert marker.exists()
