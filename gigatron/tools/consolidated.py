@@ -1,6 +1,7 @@
 """The consolidated checkpoint: one layout-free directory any layout can resume from.
 
     config.yaml            the run's resolved config (its `parallel` section only records the source)
+    config.json            the same config as JSON
     trainer_state.json     step, tokens, data-loader counters, tokenizer fingerprint (as in every tag)
     consolidated.json      format, AdamW step counter, source layout, rank 0's RNG states
     model.safetensors      fp32 master weights by logical name (`<global layer index>.<param>`)
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gigatron.config import Config, load_config
+from gigatron.config import Config, config_to_dict, config_to_yaml, load_config
 from gigatron.pretrain.checkpoint_files import atomic_write_text, verify_manifest, write_manifest
 from gigatron.tools.native_checkpoint import MOMENTS
 from gigatron.tools.param_plan import ParamPlan, param_plans
@@ -159,7 +160,9 @@ def write_consolidated(source: LogicalCheckpoint, out: Path, log=print) -> Path:
             for name in source.plans:
                 writer.write(name, source.tensor(name, key).float())
             writer.close()
-        shutil.copyfile(source.path / "config.yaml", tmp / "config.yaml")
+        atomic_write_text(tmp / "config.yaml", config_to_yaml(source.cfg))
+        # The same config as JSON, for readers outside gigatron (the documented exchange format).
+        atomic_write_text(tmp / "config.json", json.dumps(config_to_dict(source.cfg), indent=1))
         atomic_write_text(tmp / "trainer_state.json", json.dumps(source.trainer_state, indent=1))
         meta = {"format": FORMAT, "optimizer_step": source.optimizer_step, "source": str(source.path),
                 "source_layout": source.layout, "rng": rng_to_json(source.rng)}

@@ -1,8 +1,9 @@
-"""`gigatron export-hf --ckpt RUN_OR_TAG --out DIR`: a checkpoint as a transformers model directory.
+"""`gigatron export-hf --ckpt CKPT --out DIR`: a checkpoint as a transformers model directory.
 
 hybrid -> NemotronHForCausalLM, mamba2 -> Mamba2ForCausalLM, gpt -> LlamaForCausalLM; config.json
-plus model.safetensors, loadable with `AutoModelForCausalLM.from_pretrained(DIR)`. Tested to give
-our logits within 1e-4 (fp32) for all three.
+plus model.safetensors, loadable with `AutoModelForCausalLM.from_pretrained(DIR)`. Every export
+reloads what it wrote with transformers and compares logits with ours (fp32, within 1e-4). The
+(transformers name, our name) pairs are shared with `import_hf`, so both directions agree.
 """
 
 from __future__ import annotations
@@ -26,27 +27,21 @@ class ExportError(ValueError):
     """The model cannot be expressed in the target transformers class; names the config key."""
 
 
-def _mamba2_keys(prefix: str, ours: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {
-        f"{prefix}.in_proj.weight": state[f"{ours}.in_proj.weight"],
-        f"{prefix}.conv1d.weight": state[f"{ours}.conv_weight"][:, None, :],
-        f"{prefix}.conv1d.bias": state[f"{ours}.conv_bias"],
-        f"{prefix}.dt_bias": state[f"{ours}.dt_bias"],
-        f"{prefix}.A_log": state[f"{ours}.A_log"],
-        f"{prefix}.D": state[f"{ours}.D"],
-        f"{prefix}.norm.weight": state[f"{ours}.norm.weight"],
-        f"{prefix}.out_proj.weight": state[f"{ours}.out_proj.weight"],
-    }
+def _mamba2_names(prefix: str, ours: str) -> list[tuple[str, str]]:
+    return [(f"{prefix}.{theirs}", f"{ours}.{mine}") for theirs, mine in (
+        ("in_proj.weight", "in_proj.weight"), ("conv1d.weight", "conv_weight"), ("conv1d.bias", "conv_bias"),
+        ("dt_bias", "dt_bias"), ("A_log", "A_log"), ("D", "D"), ("norm.weight", "norm.weight"),
+        ("out_proj.weight", "out_proj.weight"))]
 
 
-def _ends(state: dict, last: int, embed: str, final_norm: str) -> dict[str, torch.Tensor]:
+def _ends(last: int, embed: str, final_norm: str, tied: bool) -> list[tuple[str, str]]:
     # Tied models are written untied (lm_head = a copy of the embedding): the same function, and it
     # does not depend on how each transformers class re-ties weights when loading.
-    head = state.get(f"{last}.output.weight", state["0.tokens.weight"])
-    return {embed: state["0.tokens.weight"], final_norm: state[f"{last}.norm.weight"], "lm_head.weight": head.clone()}
+    head = "0.tokens.weight" if tied else f"{last}.output.weight"
+    return [(embed, "0.tokens.weight"), (final_norm, f"{last}.norm.weight"), ("lm_head.weight", head)]
 
 
-def _nemotron_h(cfg: HybridConfig, state: dict, token_ids: dict[str, int | None]) -> tuple[Any, dict]:
+def _nemotron_h(cfg: HybridConfig, token_ids: dict[str, int | None]) -> tuple[Any, list[tuple[str, str]]]:
     from transformers import NemotronHConfig
 
     if cfg.mixer != "mamba2":
@@ -70,22 +65,21 @@ def _nemotron_h(cfg: HybridConfig, state: dict, token_ids: dict[str, int | None]
         mamba_hidden_act="silu", use_bias=False, use_conv_bias=True, mamba_proj_bias=False, attention_bias=False,
         mlp_bias=False, attention_dropout=0.0, hidden_dropout=0.0, **token_ids,
     )
-    tensors = _ends(state, len(pattern) + 1, "model.embeddings.weight", "model.norm_f.weight")
+    names = _ends(len(pattern) + 1, "model.embeddings.weight", "model.norm_f.weight", cfg.tie_embeddings)
     for i, symbol in enumerate(pattern):
         ours, theirs = f"{i + 1}", f"model.layers.{i}"
-        tensors[f"{theirs}.norm.weight"] = state[f"{ours}.norm.weight"]
+        names.append((f"{theirs}.norm.weight", f"{ours}.norm.weight"))
         if symbol == "M":
-            tensors.update(_mamba2_keys(f"{theirs}.mixer", f"{ours}.mixer", state))
+            names += _mamba2_names(f"{theirs}.mixer", f"{ours}.mixer")
         elif symbol == "*":
-            for name in "qkvo":
-                tensors[f"{theirs}.mixer.{name}_proj.weight"] = state[f"{ours}.mixer.{name}.weight"]
+            names += [(f"{theirs}.mixer.{n}_proj.weight", f"{ours}.mixer.{n}.weight") for n in "qkvo"]
         else:
-            tensors[f"{theirs}.mixer.up_proj.weight"] = state[f"{ours}.mixer.up.weight"]
-            tensors[f"{theirs}.mixer.down_proj.weight"] = state[f"{ours}.mixer.down.weight"]
-    return hf, tensors
+            names += [(f"{theirs}.mixer.up_proj.weight", f"{ours}.mixer.up.weight"),
+                      (f"{theirs}.mixer.down_proj.weight", f"{ours}.mixer.down.weight")]
+    return hf, names
 
 
-def _mamba2(cfg: HybridConfig, state: dict, token_ids: dict[str, int | None]) -> tuple[Any, dict]:
+def _mamba2(cfg: HybridConfig, token_ids: dict[str, int | None]) -> tuple[Any, list[tuple[str, str]]]:
     from transformers import Mamba2Config
 
     if cfg.mixer != "mamba2" or set(cfg.layer_pattern) != {"M"}:
@@ -98,14 +92,19 @@ def _mamba2(cfg: HybridConfig, state: dict, token_ids: dict[str, int | None]) ->
         rms_norm=True, norm_before_gate=False, residual_in_fp32=False, time_step_limit=(0.0, float("inf")),
         hidden_act="silu", **token_ids,
     )
-    tensors = _ends(state, cfg.num_layers + 1, "backbone.embeddings.weight", "backbone.norm_f.weight")
+    names = _ends(cfg.num_layers + 1, "backbone.embeddings.weight", "backbone.norm_f.weight", cfg.tie_embeddings)
     for i in range(cfg.num_layers):
-        tensors[f"backbone.layers.{i}.norm.weight"] = state[f"{i + 1}.norm.weight"]
-        tensors.update(_mamba2_keys(f"backbone.layers.{i}.mixer", f"{i + 1}.mixer", state))
-    return hf, tensors
+        names.append((f"backbone.layers.{i}.norm.weight", f"{i + 1}.norm.weight"))
+        names += _mamba2_names(f"backbone.layers.{i}.mixer", f"{i + 1}.mixer")
+    return hf, names
 
 
-def _llama(cfg: GPTConfig, state: dict, token_ids: dict[str, int | None]) -> tuple[Any, dict]:
+_LLAMA_NAMES = {"attn.q": "self_attn.q_proj", "attn.k": "self_attn.k_proj", "attn.v": "self_attn.v_proj",
+                "attn.o": "self_attn.o_proj", "mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj",
+                "mlp.down": "mlp.down_proj", "attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+
+
+def _llama(cfg: GPTConfig, token_ids: dict[str, int | None]) -> tuple[Any, list[tuple[str, str]]]:
     from transformers import LlamaConfig
 
     hf = LlamaConfig(
@@ -116,14 +115,35 @@ def _llama(cfg: GPTConfig, state: dict, token_ids: dict[str, int | None]) -> tup
         tie_word_embeddings=False, attention_bias=False, mlp_bias=False, attention_dropout=0.0,
         max_position_embeddings=8192, **token_ids,
     )
-    tensors = _ends(state, cfg.num_layers + 1, "model.embed_tokens.weight", "model.norm.weight")
-    names = {"attn.q": "self_attn.q_proj", "attn.k": "self_attn.k_proj", "attn.v": "self_attn.v_proj",
-             "attn.o": "self_attn.o_proj", "mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj",
-             "mlp.down": "mlp.down_proj", "attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+    names = _ends(cfg.num_layers + 1, "model.embed_tokens.weight", "model.norm.weight", cfg.tie_embeddings)
     for i in range(cfg.num_layers):
-        for ours, theirs in names.items():
-            tensors[f"model.layers.{i}.{theirs}.weight"] = state[f"{i + 1}.{ours}.weight"]
-    return hf, tensors
+        names += [(f"model.layers.{i}.{theirs}.weight", f"{i + 1}.{ours}.weight") for ours, theirs in _LLAMA_NAMES.items()]
+    return hf, names
+
+
+_BUILDERS = {"hybrid": _nemotron_h, "mamba2": _mamba2, "gpt": _llama}
+
+
+def to_hf_layout(hf_name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Our tensor in the shape transformers stores (Mamba's depthwise conv has a singleton channel dim)."""
+    return tensor[:, None, :] if hf_name.endswith("conv1d.weight") else tensor
+
+
+def from_hf_layout(hf_name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Inverse of `to_hf_layout`."""
+    return tensor[:, 0, :] if hf_name.endswith("conv1d.weight") else tensor
+
+
+def hf_config_and_names(model_cfg: Any, token_ids: dict[str, int | None] | None = None
+                        ) -> tuple[Any, list[tuple[str, str]]]:
+    """The transformers config and the (transformers name, our name) pairs of every tensor."""
+    token_ids = token_ids or {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    family = type(model_cfg).family
+    if family not in _BUILDERS:
+        raise ExportError(f"model.family={family} cannot be exported to transformers; supported: "
+                          f"{', '.join(_BUILDERS)}. `gigatron convert consolidate` writes any family as "
+                          "safetensors + config.json (see docs/checkpoints.md)")
+    return _BUILDERS[family](model_cfg, token_ids)
 
 
 def hf_config_and_tensors(model_cfg: Any, model: nn.Module, token_ids: dict[str, int | None] | None = None
@@ -133,13 +153,10 @@ def hf_config_and_tensors(model_cfg: Any, model: nn.Module, token_ids: dict[str,
     `token_ids` sets bos/eos/pad_token_id (used by transformers' generate); None leaves them unset
     rather than inheriting another model's defaults.
     """
-    token_ids = token_ids or {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    hf, names = hf_config_and_names(model_cfg, token_ids)
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
-    family = type(model_cfg).family
-    builders = {"hybrid": _nemotron_h, "mamba2": _mamba2, "gpt": _llama}
-    if family not in builders:
-        raise ExportError(f"model.family={family} cannot be exported; supported: {', '.join(builders)}")
-    return builders[family](model_cfg, state, token_ids)
+    # Each tensor is cloned: a tied head must be its own tensor in the file.
+    return hf, {theirs: to_hf_layout(theirs, state[ours]).clone() for theirs, ours in names}
 
 
 def to_hf_model(model_cfg: Any, model: nn.Module, token_ids: dict[str, int | None] | None = None) -> nn.Module:
@@ -182,19 +199,47 @@ def export(ckpt: str | Path, out: str | Path) -> Path:
     cfg, model = load_checkpoint_model(ckpt)
     hf_model = to_hf_model(cfg.model, model, special_token_ids(cfg))
     hf_model.save_pretrained(out, safe_serialization=True)
+    verify_export(cfg, model, out)
     return out
+
+
+def verify_export(cfg: Any, model: nn.Module, out: Path, tolerance: float = 1e-4, log=print) -> float:
+    """Reload `out` with transformers and compare its logits with ours on a fixed batch.
+
+    A mismatch removes `out` (it was created empty by the export) and raises.
+    """
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from gigatron.tools.verify import VerificationError, fixed_batch, max_logit_difference
+
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, local_files_only=True).eval()
+    diff = max_logit_difference(model, loaded, fixed_batch(cfg.model.vocab_size, cfg.data.seq_len))
+    if diff > tolerance:
+        shutil.rmtree(out, ignore_errors=True)
+        raise VerificationError(f"the exported {type(loaded).__name__} gives logits {diff:.3g} away from ours "
+                                f"(tolerance {tolerance:g}); nothing was kept")
+    log(f"[verify] {out}: {type(loaded).__name__} reloaded; max logit difference {diff:.3g} on a fixed batch")
+    return diff
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `gigatron export-hf`."""
-    parser.add_argument("--ckpt", required=True, help="run dir, checkpoints dir or step_NNNNNNNN dir")
+    parser.add_argument("--ckpt", required=True,
+                        help="run dir, checkpoints dir, step_NNNNNNNN dir (any layout) or consolidated dir")
     parser.add_argument("--out", required=True, help="new directory for config.json + model.safetensors")
 
 
 def run(args: argparse.Namespace) -> int:
     """Export, or explain why not (exit 2)."""
+    from gigatron.tools.verify import VerificationError
+
     try:
         out = export(args.ckpt, args.out)
+    except VerificationError as exc:
+        print(f"gigatron export-hf: verification failed: {exc}", file=sys.stderr)
+        return 1
     except (ExportError, FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
         print(f"gigatron export-hf: {exc}", file=sys.stderr)
         return 2

@@ -148,3 +148,16 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_not_executed(runs, tmp_
     # The payload is real: an unrestricted load would have run it.
     torch.load(tag / "mp_rank_00_model_states.pt", weights_only=False)
     assert marker.exists()
+
+
+@pytest.mark.parametrize("layout", ["tp2", "dp2-zero3"])
+def test_export_hf_from_a_sharded_run_is_verified_and_imports_back_bitwise(runs, layout, tmp_path):
+    pytest.importorskip("transformers", reason="transformers is not installed (pip install -e .[dev])")
+    from gigatron.tools.export_hf import export
+    from gigatron.tools.import_hf import import_hf
+
+    export(step5(runs[layout]), tmp_path / "hf")  # reloads with transformers, compares logits (1e-4)
+    imported = ConsolidatedCheckpoint(import_hf(tmp_path / "hf", tmp_path / "back", log=lambda _: None))
+    source = open_checkpoint(step5(runs[layout]))
+    for name in source.plans:
+        assert torch.equal(imported.tensor(name), source.tensor(name)), name

@@ -89,3 +89,45 @@ def test_export_command_writes_a_loadable_directory(tmp_path):
         torch.testing.assert_close(loaded(ids).logits, model(ids), rtol=1e-4, atol=1e-4)
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert again.returncode == 2 and "not an empty directory" in again.stderr
+
+
+@pytest.mark.parametrize("cfg", [
+    hybrid(tie_embeddings=True),
+    Mamba2Config(vocab_size=97, hidden_size=64, num_layers=2, d_state=16, headdim=16, ngroups=2, chunk_size=8),
+    GPTConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, rope_base=5e5,
+              ffn_hidden_size=160),
+], ids=["nemotron-h", "mamba2", "llama"])
+def test_import_hf_round_trips_an_export_bitwise(cfg, tmp_path):
+    from gigatron.tools.checkpoint_io import load_checkpoint_model
+    from gigatron.tools.consolidated import ConsolidatedCheckpoint
+    from gigatron.tools.export_hf import to_hf_model
+    from gigatron.tools.import_hf import import_hf
+
+    model = build_model(cfg, LayerFactory())
+    initialize_parameters(model, seed=11)
+    to_hf_model(cfg, model.eval()).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    import_hf(tmp_path / "hf", tmp_path / "ours", log=lambda _: None)
+    imported = ConsolidatedCheckpoint(tmp_path / "ours")
+    assert not imported.has_optimizer and imported.trainer_state["step"] == 0
+    loaded_cfg, loaded = load_checkpoint_model(tmp_path / "ours")
+    # Exports are written untied (the head a copy of the embedding), so they come back untied.
+    assert loaded_cfg.model == dataclasses.replace(cfg, tie_embeddings=False)
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_import_hf_refuses_pickled_weights_and_unrepresentable_configs(tmp_path):
+    from gigatron.tools.export_hf import to_hf_model
+    from gigatron.tools.import_hf import UnsupportedModelError, import_hf
+
+    cfg = GPTConfig(vocab_size=97, hidden_size=64, num_layers=1, num_heads=4)
+    hf_model = to_hf_model(cfg, build_model(cfg, LayerFactory()))
+    hf_model.config.save_pretrained(tmp_path / "bin")
+    torch.save(hf_model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match=r"pytorch_model.bin: pickled weights are never loaded"):
+        import_hf(tmp_path / "bin", tmp_path / "out1")
+    hf_model.config.attention_bias = True
+    hf_model.save_pretrained(tmp_path / "bias")
+    with pytest.raises(UnsupportedModelError, match="attention_bias=True cannot be represented"):
+        import_hf(tmp_path / "bias", tmp_path / "out2")
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
