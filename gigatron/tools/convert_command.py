@@ -12,6 +12,7 @@ batch) before reporting success.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import ctypes
 import os
@@ -141,10 +142,8 @@ def _return_freed_tensors_to_the_os() -> None:
     # tensors below it from the heap, which it does not give back: a conversion would keep the
     # memory of every freed tensor up to that size. A fixed 1 MiB threshold turns that off, so
     # memory stays bounded by the tensors alive at once. No effect on other C libraries.
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def run(args: argparse.Namespace) -> int:
