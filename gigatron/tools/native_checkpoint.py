@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from gigatron.config import Config, load_config
-from gigatron.tools.param_plan import ParamPlan, param_plans
+from gigatron.tools.param_plan import ParamPlan, param_plans, tied_aliases
 from gigatron.tools.safe_load import safe_torch_load
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -284,7 +284,8 @@ class NativeCheckpoint:
         else:
             module = self._load(self._mp_files[(0,)])["module"]
             names = {k for k, v in module.items() if isinstance(v, torch.Tensor)}
-        return names
+        # A tied weight is in the state dict under both names; it is one parameter.
+        return names - set(tied_aliases(self.cfg.model))
 
 
 def _narrow_across(chunks: list[torch.Tensor], offset: int, length: int) -> torch.Tensor:

@@ -131,3 +131,17 @@ def test_import_hf_refuses_pickled_weights_and_unrepresentable_configs(tmp_path)
     with pytest.raises(UnsupportedModelError, match="attention_bias=True cannot be represented"):
         import_hf(tmp_path / "bias", tmp_path / "out2")
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+
+
+def test_a_tied_checkpoint_consolidates_and_loads_with_one_embedding(tmp_path):
+    from gigatron.tools.checkpoint_io import load_checkpoint_model
+    from gigatron.tools.consolidated import ConsolidatedCheckpoint
+    from gigatron.tools.convert_command import consolidate
+
+    model = write_checkpoint(tmp_path / "run", hybrid(tie_embeddings=True), seed=3)
+    out = ConsolidatedCheckpoint(consolidate(tmp_path / "run", tmp_path / "c", log=lambda _: None))
+    assert "0.tokens.weight" in out.stored_names() and "7.output.weight" not in out.stored_names()
+    _, loaded = load_checkpoint_model(tmp_path / "c")
+    assert loaded[-1].output.weight is loaded[0].tokens.weight
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
