@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("gigatron.tools.generate_command", "sample text from a trained checkpoint"),
     "convert": ("gigatron.tools.convert_command", "move a checkpoint between layouts: consolidate, reshard"),
     "export-hf": ("gigatron.tools.export_hf", "write a checkpoint as a Hugging Face transformers model"),
+    "grow": ("gigatron.tools.tokenformer_growth", "grow a TokenFormer checkpoint by appending parameter tokens"),
     "import-hf": ("gigatron.tools.import_hf", "read a local transformers model as a gigatron checkpoint"),
     "status": ("gigatron.tools.status_command", "summarise a run directory: progress, loss, speed, restarts"),
     "sweep": ("gigatron.tools.sweep", "plan a grid of runs as a SLURM job array, and summarise it"),

@@ -50,6 +50,11 @@ class TrainConfig:
     # --exit-interval: splits a run into fixed-length jobs. None runs to the budget.
     exit_interval: int | None = None
     eval_batches: int = 4  # global batches of the validation split per evaluation
+    # TokenFormer growth: start from this (smaller) checkpoint, grown to model.*_tokens, while the
+    # run has no checkpoint of its own (see `gigatron grow` and docs/tokenformer.md).
+    grow_from: str | None = None
+    grow_init: Literal["preserve", "random"] = "preserve"
+    grow_optimizer: Literal["keep", "reset"] = "keep"  # AdamW moments of the existing tokens
 
 
 @dataclass

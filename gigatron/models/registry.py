@@ -25,6 +25,7 @@ _FAMILY_MODULES: dict[str, tuple[str, str]] = {
     "hybrid": ("gigatron.models.hybrid", "SPEC"),
     "mamba2": ("gigatron.models.hybrid", "MAMBA2_SPEC"),
     "mamba": ("gigatron.models.hybrid", "MAMBA_SPEC"),
+    "tokenformer": ("gigatron.models.tokenformer", "SPEC"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
 from gigatron.config import ConfigError, load_config, validate_config
 from gigatron.data.errors import DataError
@@ -48,6 +49,12 @@ def run(args: argparse.Namespace) -> int:
         # Input problems found once data and checkpoints are visible: a message, not a traceback.
         print(f"gigatron pretrain (rank {env.rank}): {exc}", file=sys.stderr, flush=True)
         os._exit(EXIT_CONFIG_ERROR)
+    except BaseException:  # noqa: BLE001 - any crash must end the process, not hang it
+        # Loader workers, TensorBoard's writer thread or a pending collective can keep a crashed
+        # rank alive forever after a normal exit; the scheduler must see the failure at once.
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
     import torch.distributed as dist
 
     # Every rank has finished writing (the trainer's last save ends with a barrier). Leave without

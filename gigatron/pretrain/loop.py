@@ -76,6 +76,10 @@ class Trainer:
         where = resume_tag(self.ckpt_dir, cfg.checkpoint.resume, log=self.log)
         layout = current_layout(cfg.parallel, cfg.train.precision, self.ranks.dp_size)
         self.resume: ResumePlan | None = plan_resume(where, layout, log=self.log)
+        grown = self._apply_growth(cfg) if cfg.train.grow_from else None
+        if self.resume is None and grown is not None:
+            self.log(f"[grow] starting from {grown.path} grown to {grown.layout}")
+            self.resume = ResumePlan(grown.path, grown)
         init_from = None if self.resume is None else self.resume.logical
         self.engine: TrainingEngine = build_engine(cfg, self.ranks, self.device, init_from=init_from)
         t = cfg.train
@@ -91,6 +95,23 @@ class Trainer:
         self.flops_per_token = spec.flops_per_token(cfg.model, cfg.data.seq_len)
         peak = peak_flops(self.device, t.precision)
         self.cluster_peak = None if peak is None else peak * env.world_size
+
+    def _apply_growth(self, cfg: Config):
+        """The grown view of `train.grow_from`; sets the model's Θ scales as the growth defines them.
+
+        Applied on every start, also when resuming the grown run's own checkpoints, so the model
+        always computes what it computed right after growth.
+        """
+        from gigatron.tools.checkpoint_io import open_checkpoint
+        from gigatron.tools.tokenformer_growth import GrownCheckpoint, GrowthError
+
+        t = cfg.train
+        try:
+            grown = GrownCheckpoint(open_checkpoint(t.grow_from), cfg.model, t.grow_init, t.grow_optimizer, t.seed)
+        except (GrowthError, FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"train.grow_from={t.grow_from}: {exc}") from exc
+        cfg.model = grown.cfg.model
+        return grown
 
     def _build_data(self) -> LMData:
         # Local rank 0 downloads and tokenizes; the others then read its cache instead of racing.

@@ -13,7 +13,7 @@ from gigatron.models.layers.init import NO_DECAY_ATTR
 
 
 def param_groups(model: nn.Module, weight_decay: float, with_names: bool = False) -> list[dict]:
-    """Two groups: matrices decay; norms, biases (ndim < 2) and parameters marked
+    """Up to two groups: matrices decay; norms, biases (ndim < 2) and parameters marked
     `no_weight_decay` (e.g. SSM A_log, D, dt_bias) do not, as in Megatron and mamba_ssm.
 
     `with_names` adds torch's `param_names` to each group, so that the optimizer's saved state says
@@ -32,7 +32,9 @@ def param_groups(model: nn.Module, weight_decay: float, with_names: bool = False
     ]
     if with_names:
         result[0]["param_names"], result[1]["param_names"] = groups[False][1], groups[True][1]
-    return result
+    # A model without norms or biases (TokenFormer) has no no-decay parameter; an empty group would
+    # be dropped by DeepSpeed but not by the LR scheduler, which then disagree on the group count.
+    return [group for group in result if group["params"]]
 
 
 def global_grad_norm(params: Iterable[nn.Parameter], tp_rank: int, tp_group=None, pp_group=None) -> torch.Tensor:

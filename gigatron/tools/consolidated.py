@@ -130,6 +130,36 @@ class ConsolidatedCheckpoint:
         return set(self._names)
 
 
+class InMemoryCheckpoint:
+    """Weights held in memory (an import, a test, a benchmark) as a LogicalCheckpoint at step 0."""
+
+    kind = "in-memory"
+    has_optimizer = False
+    optimizer_step = 0
+    rng = None
+
+    def __init__(self, path: Path, cfg: Config, tensors: dict[str, torch.Tensor],
+                 layout: dict[str, Any] | None = None) -> None:
+        self.path, self.cfg, self._tensors = Path(path), cfg, tensors
+        self.plans = param_plans(cfg.model)
+        self.trainer_state = {"step": 0, "tokens": 0, "loader": None, "tokenizer_fingerprint": ""}
+        self.layout = layout or {}
+
+    def tensor(self, name: str, key: str | None = None) -> torch.Tensor:
+        """The weight (there are no moments)."""
+        if key is not None:
+            raise KeyError(f"{self.path}: holds no optimizer moments")
+        return self._tensors[name]
+
+    def model_weight(self, name: str) -> torch.Tensor:
+        """The weight."""
+        return self._tensors[name]
+
+    def stored_names(self) -> set[str]:
+        """Names of the held tensors."""
+        return set(self._tensors)
+
+
 def _check_names(source: LogicalCheckpoint) -> None:
     stored, wanted = source.stored_names(), set(source.plans)
     if stored != wanted:

@@ -95,38 +95,12 @@ def _safetensors_files(src: Path) -> list[Path]:
     raise FileNotFoundError(f"{src}: no model.safetensors or model.safetensors.index.json.{hint}")
 
 
-class _InMemoryCheckpoint:
-    """The imported weights, shaped like a LogicalCheckpoint for `write_consolidated`."""
-
-    kind = "imported"
-    has_optimizer = False
-    optimizer_step = 0
-    rng = None
-
-    def __init__(self, src: Path, cfg: Any, tensors: dict[str, torch.Tensor]) -> None:
-        from gigatron.tools.param_plan import param_plans
-
-        self.path, self.cfg, self._tensors = src, cfg, tensors
-        self.plans = param_plans(cfg.model)
-        self.trainer_state = {"step": 0, "tokens": 0, "loader": None, "tokenizer_fingerprint": ""}
-        self.layout = {"source": "transformers"}
-
-    def tensor(self, name: str, key: str | None = None) -> torch.Tensor:
-        return self._tensors[name]
-
-    def model_weight(self, name: str) -> torch.Tensor:
-        return self._tensors[name]
-
-    def stored_names(self) -> set[str]:
-        return set(self._tensors)
-
-
 def import_hf(src: str | Path, out: str | Path, tolerance: float = 1e-4, log=print) -> Path:
     """Convert the transformers directory `src` into the consolidated checkpoint `out`, verified."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from gigatron.tools.checkpoint_io import model_from_checkpoint
-    from gigatron.tools.consolidated import ConsolidatedCheckpoint, write_consolidated
+    from gigatron.tools.consolidated import ConsolidatedCheckpoint, InMemoryCheckpoint, write_consolidated
     from gigatron.tools.verify import VerificationError, fixed_batch, max_logit_difference
 
     src, out = Path(src), Path(out)
@@ -152,7 +126,7 @@ def import_hf(src: str | Path, out: str | Path, tolerance: float = 1e-4, log=pri
             raise UnsupportedModelError(f"{src}: {type(theirs_model).__name__} has no parameter {theirs!r} "
                                         f"(needed for {ours})")
         tensors[ours] = from_hf_layout(theirs, stored[theirs]).detach().float().contiguous()
-    write_consolidated(_InMemoryCheckpoint(src, cfg, tensors), out, log=log)
+    write_consolidated(InMemoryCheckpoint(src, cfg, tensors, {"source": "transformers"}), out, log=log)
     ours_model = model_from_checkpoint(ConsolidatedCheckpoint(out))
     diff = max_logit_difference(ours_model, theirs_model, fixed_batch(cfg.model.vocab_size, 64))
     if diff > tolerance:

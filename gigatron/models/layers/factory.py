@@ -164,6 +164,20 @@ class LayerFactory:
             mark_tp_plan(param, shard_dim, segments)
         return param
 
+    def pattention(self, d_in: int, d_out: int, n_tokens: int, *, normalization: str, scale_tokens: int | None,
+                   key_std: float, value_std: float) -> nn.Module:
+        """TokenFormer's token-parameter attention (see `pattention.py`); the tokens split across TP ranks."""
+        from gigatron.models.layers.pattention import Pattention
+
+        keys = mark_init(self.parameter((n_tokens, d_in), shard_dim=0), "normal", key_std)
+        values = mark_init(self.parameter((n_tokens, d_out), shard_dim=0), "normal", value_std)
+        group = None
+        if self.tp_size > 1:
+            from megatron.core import parallel_state
+
+            group = parallel_state.get_tensor_model_parallel_group()
+        return Pattention(keys, values, normalization, scale_tokens or n_tokens, group)
+
     def norm(self, dim: int, eps: float = 1e-5) -> nn.Module:
         """RMSNorm; replicated on every TP rank."""
         return RMSNorm(dim, eps=eps, device=self.device).to(self.params_dtype)

@@ -107,7 +107,8 @@ def scaled_std(std: float, num_layers: int) -> float:
     return std / math.sqrt(2.0 * num_layers)
 
 
-def _name_seed(seed: int, name: str) -> int:
+def name_seed(seed: int, name: str) -> int:
+    """A generator seed for one named parameter: the same on every layout and process."""
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
@@ -151,7 +152,7 @@ def initialize_parameters(module: nn.Module, seed: int, tp_rank: int = 0, tp_siz
             param.zero_()
             continue
         shape, dim = _full_shape(param, tp_size)
-        generator = torch.Generator().manual_seed(_name_seed(seed, name))
+        generator = torch.Generator().manual_seed(name_seed(seed, name))
         full = _RANDOM_RULES[kind](shape, generator, *args)
         if dim is not None:
             full = shard_of(full, dim, tp_rank, tp_size, getattr(param, "partition_segments", None))

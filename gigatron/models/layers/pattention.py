@@ -1,0 +1,91 @@
+"""Pattention (TokenFormer, Wang et al. 2024): a linear map replaced by attention over parameter tokens.
+
+    O = Θ(X · K_Pᵀ) · V_P,  K_P: [n, d_in] key tokens,  V_P: [n, d_out] value tokens
+
+Θ normalises each row of the n scores and scales it by √s (or s), where s is `scale_tokens`
+(normally n; kept at its old value when a model grows with function preservation):
+    l2_norm_gelu  GeLU(A / ‖A‖₂ · √s)          (the reference implementation's default)
+    gelu_l2_norm  GeLU(A) / ‖GeLU(A)‖₂ · √s
+    softmax_n     exp(A) / ‖exp(A)‖₁ · s
+
+Under tensor parallelism each rank holds n/tp key and value tokens; the row norm over all n tokens
+is summed across ranks (autograd-aware), and the partial outputs are summed like a row-parallel
+linear, so every rank computes what TP=1 computes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Normalization = Literal["l2_norm_gelu", "gelu_l2_norm", "softmax_n"]
+NORMALIZATIONS: tuple[str, ...] = ("l2_norm_gelu", "gelu_l2_norm", "softmax_n")
+_EPS = 1e-6
+
+
+class Pattention(nn.Module):
+    """Token-parameter attention from `d_in` to `d_out` features over `n_tokens` parameter tokens.
+
+    Built by `LayerFactory.pattention`: `key_tokens`/`value_tokens` hold this TP rank's tokens and
+    `tp_group` is None at TP=1.
+    """
+
+    def __init__(self, key_tokens: nn.Parameter, value_tokens: nn.Parameter, normalization: Normalization,
+                 scale_tokens: int, tp_group=None) -> None:
+        super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization={normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+        self.key_tokens = key_tokens
+        self.value_tokens = value_tokens
+        self.normalization = normalization
+        self.scale_tokens = scale_tokens
+        self.tp_group = tp_group
+
+    def _sum_over_ranks(self, local: torch.Tensor) -> torch.Tensor:
+        # Sums the per-rank pieces of a row statistic; the backward sums the gradient too, because
+        # each rank uses the total with its own tokens only.
+        if self.tp_group is None:
+            return local
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(local, group=self.tp_group)
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Θ(X K_Pᵀ) for this rank's tokens: [..., n_local]."""
+        if self.tp_group is not None:
+            from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+
+            x = copy_to_tensor_model_parallel_region(x)  # replicated input: its gradient is summed
+        a = x @ self.key_tokens.t()
+        if self.normalization == "l2_norm_gelu":
+            norm = self._sum_over_ranks(a.float().pow(2).sum(-1, keepdim=True)).add(_EPS).sqrt()
+            return F.gelu((a.float() / norm * math.sqrt(self.scale_tokens)).to(a.dtype))
+        if self.normalization == "gelu_l2_norm":
+            g = F.gelu(a.float())
+            norm = self._sum_over_ranks(g.pow(2).sum(-1, keepdim=True)).add(_EPS).sqrt()
+            return (g / norm * math.sqrt(self.scale_tokens)).to(a.dtype)
+        # softmax_n: shift by the row maximum over all ranks (no gradient needed: it cancels).
+        peak = a.detach().float().amax(-1, keepdim=True)
+        if self.tp_group is not None:
+            import torch.distributed as dist
+
+            dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=self.tp_group)
+        e = (a.float() - peak).exp()
+        total = self._sum_over_ranks(e.sum(-1, keepdim=True))
+        return (e / total * self.scale_tokens).to(a.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.scores(x) @ self.value_tokens
+        if self.tp_group is not None:
+            from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
+
+            out = reduce_from_tensor_model_parallel_region(out)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"tokens={self.key_tokens.shape[0]} (this rank), d_in={self.key_tokens.shape[1]}, "
+                f"d_out={self.value_tokens.shape[1]}, {self.normalization}, scale_tokens={self.scale_tokens}")

@@ -1,0 +1,247 @@
+"""TokenFormer (Wang et al., "Rethinking Transformer Scaling with Tokenized Model Parameters").
+
+Every linear projection is a Pattention over parameter tokens, so the model grows by appending
+tokens (see `gigatron grow`). Per block, as in the reference code:
+
+    x = x + Proj(Attention(Q(LN(x)), K(LN(x)), V(LN(x))))      Q, K, V, Proj: Pattention
+    x = x + FFN(LN(x))                                          FFN: one Pattention, no activation
+
+LN is a LayerNorm without parameters; rotary embeddings rotate the first `rotary_pct` of each
+head's dimensions; the output head is tied to the token embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gigatron.config.validate import divisibility_problems
+from gigatron.models.layers.attention import KVCache
+from gigatron.models.layers.factory import LayerFactory
+from gigatron.models.layers.lm_ends import Embedding, tie_output_to_embedding
+from gigatron.models.layers.pattention import NORMALIZATIONS
+from gigatron.models.layers.rotary import apply_rotary, rotary_tables
+from gigatron.models.registry import LayerRecipe, ModelSpec
+
+
+@dataclass
+class TokenFormerConfig:
+    """Shape of a TokenFormer; token counts are per Pattention layer."""
+
+    family: ClassVar[str] = "tokenformer"
+
+    vocab_size: int = 2048
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    qkv_tokens: int = 256  # each of Q, K, V
+    proj_tokens: int | None = None  # attention output projection; None = qkv_tokens
+    ffn_tokens: int = 1024
+    # The s in Θ's √s (None = the layer's token count). Growth with --init preserve keeps these at
+    # their pre-growth values so that the grown model computes the same function.
+    qkv_scale_tokens: int | None = None
+    proj_scale_tokens: int | None = None
+    ffn_scale_tokens: int | None = None
+    normalization: Literal["l2_norm_gelu", "gelu_l2_norm", "softmax_n"] = "l2_norm_gelu"
+    rotary_pct: float = 0.25
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    key_init_std: float = 0.02
+    value_init_std: float | None = None  # None = 2 / (num_layers * sqrt(hidden)), as the paper
+    tie_embeddings: bool = True  # the paper's choice; untie to use pipeline parallelism
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.num_heads
+
+    @property
+    def proj_token_count(self) -> int:
+        """Parameter tokens of the attention output projection."""
+        return self.proj_tokens or self.qkv_tokens
+
+    @property
+    def value_std(self) -> float:
+        """Std of value tokens."""
+        if self.value_init_std is not None:
+            return self.value_init_std
+        return 2.0 / (self.num_layers * math.sqrt(self.hidden_size))
+
+    @property
+    def rotary_dim(self) -> int:
+        """Rotated dimensions per head (even)."""
+        return int(self.head_dim * self.rotary_pct) // 2 * 2
+
+    def validate(self, parallel: Any, data: Any) -> list[str]:
+        """Problems with this shape for the layout, each naming its key."""
+        problems = divisibility_problems([
+            ("model.hidden_size", self.hidden_size, "model.num_heads", self.num_heads),
+            ("model.qkv_tokens", self.qkv_tokens, "parallel.tp", parallel.tp),
+            ("model.proj_tokens", self.proj_token_count, "parallel.tp", parallel.tp),
+            ("model.ffn_tokens", self.ffn_tokens, "parallel.tp", parallel.tp),
+            ("model.vocab_size", self.vocab_size, "parallel.tp", parallel.tp),
+        ])
+        if self.normalization not in NORMALIZATIONS:
+            problems.append(f"model.normalization={self.normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+        if not 0.0 <= self.rotary_pct <= 1.0:
+            problems.append(f"model.rotary_pct={self.rotary_pct} must be in [0, 1]")
+        for key in ("qkv_scale_tokens", "proj_scale_tokens", "ffn_scale_tokens"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                problems.append(f"model.{key}={value} must be >= 1 (or null for the token count)")
+        if parallel.pp > 1 and self.tie_embeddings:
+            problems.append("model.tie_embeddings=true is not supported with parallel.pp>1 (the tied matrices "
+                            "would live on different stages); set model.tie_embeddings=false or parallel.pp=1")
+        if parallel.cp > 1:
+            problems.append(f"parallel.cp={parallel.cp}: context parallelism is not available for TokenFormer yet")
+        return problems
+
+
+def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm without a learned scale or bias (TokenFormer's blocks)."""
+    return F.layer_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+class TokenFormerAttention(nn.Module):
+    """Causal multi-head attention whose Q, K, V and output projections are Pattentions.
+
+    Pattention outputs are complete on every TP rank, so all heads are computed on each rank; TP
+    splits the parameter tokens (memory and the Pattention work), not the heads.
+    """
+
+    def __init__(self, cfg: TokenFormerConfig, factory: LayerFactory) -> None:
+        super().__init__()
+        h, kstd, vstd, norm = cfg.hidden_size, cfg.key_init_std, cfg.value_std, cfg.normalization
+        self.q = factory.pattention(h, h, cfg.qkv_tokens, normalization=norm, scale_tokens=cfg.qkv_scale_tokens,
+                                    key_std=kstd, value_std=vstd)
+        self.k = factory.pattention(h, h, cfg.qkv_tokens, normalization=norm, scale_tokens=cfg.qkv_scale_tokens,
+                                    key_std=kstd, value_std=vstd)
+        self.v = factory.pattention(h, h, cfg.qkv_tokens, normalization=norm, scale_tokens=cfg.qkv_scale_tokens,
+                                    key_std=kstd, value_std=vstd)
+        self.proj = factory.pattention(h, h, cfg.proj_token_count, normalization=norm,
+                                       scale_tokens=cfg.proj_scale_tokens, key_std=kstd, value_std=vstd)
+        self.num_heads, self.head_dim, self.rotary_dim = cfg.num_heads, cfg.head_dim, cfg.rotary_dim
+        self.rope_base = cfg.rope_base
+
+    def _rotate(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        if self.rotary_dim == 0:
+            return x
+        seq = x.shape[2]
+        cos, sin = rotary_tables(start + seq, self.rotary_dim, self.rope_base, device=x.device)
+        cos, sin = cos[start:].to(x.dtype), sin[start:].to(x.dtype)
+        rotated = apply_rotary(x[..., :self.rotary_dim], cos, sin)
+        return torch.cat([rotated, x[..., self.rotary_dim:]], dim=-1)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = t.shape
+        return t.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _project(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
+        return self._rotate(q, start), self._rotate(k, start), v
+
+    def _output(self, out: torch.Tensor) -> torch.Tensor:
+        batch, _, seq, _ = out.shape
+        return self.proj(out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._project(x, 0)
+        return self._output(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+    def new_cache(self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype) -> KVCache:
+        """An empty KV cache for generation."""
+        shape = (batch, self.num_heads, max_len, self.head_dim)
+        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """New tokens attend to the cached ones and causally to each other; extends the cache."""
+        start, seq = cache.length, x.shape[1]
+        if start + seq > cache.k.shape[2]:
+            raise ValueError(f"KV cache holds {cache.k.shape[2]} positions; {start + seq} needed")
+        q, k, v = self._project(x, start)
+        cache.k[:, :, start:start + seq], cache.v[:, :, start:start + seq] = k, v
+        cache.length = start + seq
+        positions = torch.arange(cache.length, device=x.device)
+        allowed = positions[None, :] <= (start + torch.arange(seq, device=x.device))[:, None]
+        out = F.scaled_dot_product_attention(q, cache.k[:, :, :cache.length], cache.v[:, :, :cache.length],
+                                             attn_mask=allowed)
+        return self._output(out)
+
+
+class TokenFormerBlock(nn.Module):
+    """x + attention(LN(x)), then + FFN-Pattention(LN(x))."""
+
+    def __init__(self, cfg: TokenFormerConfig, factory: LayerFactory) -> None:
+        super().__init__()
+        self.eps = cfg.norm_eps
+        self.attn = TokenFormerAttention(cfg, factory)
+        self.ffn = factory.pattention(cfg.hidden_size, cfg.hidden_size, cfg.ffn_tokens,
+                                      normalization=cfg.normalization, scale_tokens=cfg.ffn_scale_tokens,
+                                      key_std=cfg.key_init_std, value_std=cfg.value_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(layer_norm(x, self.eps))
+        return x + self.ffn(layer_norm(x, self.eps))
+
+    def new_cache(self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype) -> KVCache:
+        """Generation state: the attention's KV cache."""
+        return self.attn.new_cache(batch, max_len, device, dtype)
+
+    def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """`forward` for new tokens after the cached ones."""
+        x = x + self.attn.forward_cached(layer_norm(x, self.eps), cache)
+        return x + self.ffn(layer_norm(x, self.eps))
+
+
+class TokenFormerHead(nn.Module):
+    """Final parameter-free LayerNorm and the output projection (tied to the embedding)."""
+
+    def __init__(self, cfg: TokenFormerConfig, factory: LayerFactory) -> None:
+        super().__init__()
+        self.eps = cfg.norm_eps
+        self.output = factory.column_linear(cfg.hidden_size, cfg.vocab_size, std=cfg.key_init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(layer_norm(x, self.eps))
+
+
+def layer_recipes(cfg: TokenFormerConfig, factory: LayerFactory) -> list[LayerRecipe]:
+    """embedding, blocks, head."""
+    return [(Embedding, (cfg.vocab_size, cfg.hidden_size, factory, cfg.key_init_std), {})] + [
+        (TokenFormerBlock, (cfg, factory), {})
+    ] * cfg.num_layers + [(TokenFormerHead, (cfg, factory), {})]
+
+
+def tie_weights(cfg: TokenFormerConfig, model: nn.Sequential) -> None:
+    """The head shares the embedding matrix (unless untied for pipeline parallelism)."""
+    if cfg.tie_embeddings:
+        tie_output_to_embedding(model)
+
+
+def num_params(cfg: TokenFormerConfig) -> int:
+    """Key and value tokens of every Pattention plus the embedding (and the head when untied)."""
+    h = cfg.hidden_size
+    per_layer = 2 * h * (3 * cfg.qkv_tokens + cfg.proj_token_count + cfg.ffn_tokens)
+    return cfg.num_layers * per_layer + cfg.vocab_size * h * (1 if cfg.tie_embeddings else 2)
+
+
+def flops_per_token(cfg: TokenFormerConfig, seq_len: int) -> float:
+    """6 × matmul parameters (every token-parameter product and the head; the input lookup of an
+    untied embedding is not a matmul) plus the attention scores, 12 · L · s · h, as for the Transformer."""
+    matmul = num_params(cfg) - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size)
+    return 6.0 * matmul + 12.0 * cfg.num_layers * seq_len * cfg.hidden_size
+
+
+SPEC = ModelSpec(
+    family="tokenformer",
+    config_cls=TokenFormerConfig,
+    layer_recipes=layer_recipes,
+    flops_per_token=flops_per_token,
+    num_params=num_params,
+    tie_weights=tie_weights,
+)
