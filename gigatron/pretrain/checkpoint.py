@@ -3,6 +3,7 @@ to continue bitwise-identically (loader counters, RNG states, step/token counter
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -162,6 +163,20 @@ class ResumePlan:
 
     path: Path
     logical: Any | None  # a LogicalCheckpoint when the layout changed or the source is consolidated
+    model: Any = None  # the checkpoint's model config
+
+    def check_model(self, model: Any) -> None:
+        """Raise unless the run's model config is the checkpoint's: fields that are not parameter
+        shapes (Θ scales, rope base, epsilons) would otherwise change the function silently."""
+        if self.model is None or self.model == model:
+            return
+        if type(self.model) is not type(model):
+            raise ResumeError(f"{self.path} holds a model.family={type(self.model).family} model; the config asks "
+                              f"for model.family={type(model).family}")
+        differ = [f"model.{f.name}: checkpoint {getattr(self.model, f.name)!r}, config {getattr(model, f.name)!r}"
+                  for f in dataclasses.fields(model) if getattr(self.model, f.name) != getattr(model, f.name)]
+        raise ResumeError(f"{self.path} was written for a different model: {'; '.join(differ)}. Use the "
+                          f"checkpoint's config.yaml (or set these keys) to continue from it")
 
     @property
     def same_layout(self) -> bool:
@@ -212,9 +227,9 @@ def plan_resume(where: tuple[Path, str] | None, layout: dict[str, Any], log=prin
     except ValueError as exc:
         raise ResumeError(str(exc)) from exc
     if ckpt.kind == "native" and ckpt.layout == layout:
-        return ResumePlan(path, None)
+        return ResumePlan(path, None, ckpt.cfg.model)
     log(f"[resume] {path} was written by {ckpt.layout}; this run is {layout}: loading its logical state")
-    return ResumePlan(path, ckpt)
+    return ResumePlan(path, ckpt, ckpt.cfg.model)
 
 
 def load_logical_state(ckpt) -> TrainerState:

@@ -79,7 +79,9 @@ class Trainer:
         grown = self._apply_growth(cfg) if cfg.train.grow_from else None
         if self.resume is None and grown is not None:
             self.log(f"[grow] starting from {grown.path} grown to {grown.layout}")
-            self.resume = ResumePlan(grown.path, grown)
+            self.resume = ResumePlan(grown.path, grown, grown.cfg.model)
+        if self.resume is not None:
+            self.resume.check_model(cfg.model)
         init_from = None if self.resume is None else self.resume.logical
         self.engine: TrainingEngine = build_engine(cfg, self.ranks, self.device, init_from=init_from)
         t = cfg.train

@@ -133,9 +133,10 @@ def grow(ckpt: str | Path, out: str | Path, qkv: int | None, proj: int | None, f
     old = source.cfg.model
     if type(old).family != "tokenformer":
         raise GrowthError(f"{source.path}: model.family={type(old).family}; only TokenFormer checkpoints grow")
-    counts = _counts(old)
-    target = dataclasses.replace(old, qkv_tokens=qkv or counts["qkv"], proj_tokens=proj or counts["proj"],
-                                 ffn_tokens=ffn or counts["ffn"])
+    # Unset counts keep the checkpoint's setting; a proj_tokens that follows qkv_tokens keeps following
+    # it, exactly as the same keys in a config do.
+    target = dataclasses.replace(old, qkv_tokens=qkv or old.qkv_tokens, proj_tokens=proj or old.proj_tokens,
+                                 ffn_tokens=ffn or old.ffn_tokens)
     grown = GrownCheckpoint(source, target, init, optimizer, seed=source.cfg.train.seed)
     write_consolidated(grown, Path(out), log=log)
     try:
@@ -178,7 +179,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `gigatron grow`."""
     parser.add_argument("ckpt", help="TokenFormer checkpoint: run dir, checkpoints dir, step_* or consolidated dir")
     parser.add_argument("--qkv-tokens", type=int, default=None, help="new token count of each Q/K/V Pattention")
-    parser.add_argument("--proj-tokens", type=int, default=None, help="new token count of the attention output")
+    parser.add_argument("--proj-tokens", type=int, default=None,
+                        help="new token count of the attention output (default: as the checkpoint, which may "
+                             "mean 'same as qkv')")
     parser.add_argument("--ffn-tokens", type=int, default=None, help="new token count of the FFN Pattention")
     parser.add_argument("--init", choices=["preserve", "random"], default="preserve",
                         help="preserve: same function after growth (default); random: the reference code's")

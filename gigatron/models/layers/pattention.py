@@ -27,6 +27,30 @@ NORMALIZATIONS: tuple[str, ...] = ("l2_norm_gelu", "gelu_l2_norm", "softmax_n")
 _EPS = 1e-6
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose backward is also a sum: every rank uses the total with its own tokens
+    only, so the gradient of the total is the sum of the ranks' gradients. (Megatron's
+    reduce_from_tensor_model_parallel_region passes the gradient through unchanged, which is right
+    only when the rest of the computation is replicated.)"""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, group) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.group = group
+        total = local.clone()
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
 class Pattention(nn.Module):
     """Token-parameter attention from `d_in` to `d_out` features over `n_tokens` parameter tokens.
 
@@ -46,13 +70,9 @@ class Pattention(nn.Module):
         self.tp_group = tp_group
 
     def _sum_over_ranks(self, local: torch.Tensor) -> torch.Tensor:
-        # Sums the per-rank pieces of a row statistic; the backward sums the gradient too, because
-        # each rank uses the total with its own tokens only.
         if self.tp_group is None:
             return local
-        from torch.distributed.nn.functional import all_reduce
-
-        return all_reduce(local, group=self.tp_group)
+        return _SumOverRanks.apply(local, self.tp_group)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Θ(X K_Pᵀ) for this rank's tokens: [..., n_local]."""
