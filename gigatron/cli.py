@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-hf": ("gigatron.tools.export_hf", "write a checkpoint as a Hugging Face transformers model"),
     "grow": ("gigatron.tools.tokenformer_growth", "grow a TokenFormer checkpoint by appending parameter tokens"),
     "import-hf": ("gigatron.tools.import_hf", "read a local transformers model as a gigatron checkpoint"),
+    "scaling": ("gigatron.tools.scaling.command", "fit, check and use scaling laws: fit, predict"),
     "status": ("gigatron.tools.status_command", "summarise a run directory: progress, loss, speed, restarts"),
     "sweep": ("gigatron.tools.sweep", "plan a grid of runs as a SLURM job array, and summarise it"),
     "data": ("gigatron.data.command", "data tools: tokenizer, shard, shard-images, default, inspect"),

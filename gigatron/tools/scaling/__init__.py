@@ -1,0 +1,1 @@
+"""Scaling-law fits from real runs: parametric (Chinchilla approach 3), IsoFLOP, envelope, power laws."""
