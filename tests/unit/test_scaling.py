@@ -28,7 +28,7 @@ def law(n, d):
 def chinchilla():
     points = read_csv(CHINCHILLA).drop_highest_losses(5)
     fitted = parametric.fit(points)
-    return points, fitted, parametric.bootstrap(points, fitted, 200, seed=1)
+    return points, fitted, parametric.bootstrap(points, fitted, 1000, seed=1)
 
 
 def test_chinchilla_parametric_fit_reproduces_the_replication(chinchilla):
@@ -69,7 +69,7 @@ def test_parametric_bootstrap_intervals_cover_the_truth():
     for seed in SEEDS:
         points = grid_points(seed)
         fitted = parametric.fit(points, starts=32)
-        hits += covered(parametric.bootstrap(points, fitted, 60, seed=seed), truth)
+        hits += covered(parametric.bootstrap(points, fitted, 200, seed=seed), truth)
     assert np.all(hits / len(SEEDS) >= 0.9), dict(zip(parametric.NAMES, hits / len(SEEDS), strict=True))
 
 

@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: none)")
     fit.add_argument("--drop-highest", type=int, default=0, help="drop the N highest-loss points first")
     fit.add_argument("--delta", type=float, default=1e-3, help="Huber delta (parametric)")
-    fit.add_argument("--starts", type=int, default=256,
-                     help="L-BFGS starts, the best-scoring of the 4,500-point grid (parametric; 0: all)")
+    fit.add_argument("--starts", type=int, default=0,
+                     help="parametric: run L-BFGS from the K best-scoring of the 4,500 grid starts (0: all)")
     fit.add_argument("--flops-per-param-token", type=float, default=6.0, help="k in C = k N D")
     fit.add_argument("--budget-tolerance", type=float, default=0.05, help="relative C spread of one IsoFLOP budget")
     for kind in ("n", "d", "c", "loss"):
