@@ -187,3 +187,36 @@ def test_fit_and_predict_commands(tmp_path):
     assert result["N_opt_interval"][0] < result["N_opt"] < result["N_opt_interval"][1]
     bad = gigatron("predict", "--fit", str(tmp_path / "fit" / "fit.json"))
     assert bad.returncode == 2 and "needs --compute, or --params and --tokens" in bad.stderr
+
+
+def test_sweep_summary_isoflop_and_power_commands(tmp_path):
+    iso = isoflop_points(3)
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    rows = ["task,model.hidden_size,status,params,tokens,flops,final_loss,valid_loss"]
+    rows += [f"{i},64,done,{n},{d},{c},{loss + 0.01},{loss}" for i, (n, d, c, loss) in
+             enumerate(zip(iso.N, iso.D, iso.C, iso.loss, strict=True))]
+    rows.append(f"{len(iso)},64,step 3/10,1e9,1e9,1e19,9.0,9.0")  # unfinished: left out
+    (sweep / "summary.csv").write_text("\n".join(rows) + "\n")
+
+    def gigatron(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "gigatron", "scaling", *args], capture_output=True, text=True,
+                              timeout=300, cwd=REPO)
+
+    fit = gigatron("fit", "--sweep", str(sweep), "--method", "isoflop", "--bootstrap", "50", "--out",
+                   str(tmp_path / "iso"))
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    result = json.loads((tmp_path / "iso" / "fit.json").read_text())
+    assert result["n_points"] == len(iso) and result["params"]["a"] == pytest.approx(true_a(), abs=0.03)
+    assert (tmp_path / "iso" / "isoflop.png").is_file() and (tmp_path / "iso" / "frontier.png").is_file()
+    x = np.geomspace(1e2, 1e6, 10)
+    (tmp_path / "t2i.csv").write_text("params,color_accuracy\n" + "".join(
+        f"{v},{0.9 - 3 * v ** -0.3}\n" for v in x))
+    power_fit = gigatron("fit", "--csv", str(tmp_path / "t2i.csv"), "--method", "power", "--x-col", "params",
+                         "--y-col", "color_accuracy", "--bootstrap", "50", "--out", str(tmp_path / "power"))
+    assert power_fit.returncode == 0, power_fit.stderr[-2000:]
+    assert (tmp_path / "power" / "power.png").is_file()
+    predicted = json.loads(gigatron("predict", "--fit", str(tmp_path / "power" / "fit.json"), "--x", "1e8").stdout)
+    assert predicted["y"] == pytest.approx(0.9 - 3 * 1e8 ** -0.3, abs=1e-4)
+    missing = gigatron("fit", "--sweep", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
+    assert missing.returncode == 2 and "run `gigatron sweep summary" in missing.stderr
