@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gigatron.config.validate import divisibility_problems
-from gigatron.models.layers.attention import KVCache
+from gigatron.models.layers.attention import KVCache, attend_cached, check_room, new_kv_cache
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.lm_ends import Embedding, tie_output_to_embedding
 from gigatron.models.layers.pattention import NORMALIZATIONS
@@ -155,22 +155,12 @@ class TokenFormerAttention(nn.Module):
 
     def new_cache(self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype) -> KVCache:
         """An empty KV cache for generation."""
-        shape = (batch, self.num_heads, max_len, self.head_dim)
-        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        return new_kv_cache(batch, self.num_heads, max_len, self.head_dim, device, dtype)
 
     def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """New tokens attend to the cached ones and causally to each other; extends the cache."""
-        start, seq = cache.length, x.shape[1]
-        if start + seq > cache.k.shape[2]:
-            raise ValueError(f"KV cache holds {cache.k.shape[2]} positions; {start + seq} needed")
-        q, k, v = self._project(x, start)
-        cache.k[:, :, start:start + seq], cache.v[:, :, start:start + seq] = k, v
-        cache.length = start + seq
-        positions = torch.arange(cache.length, device=x.device)
-        allowed = positions[None, :] <= (start + torch.arange(seq, device=x.device))[:, None]
-        out = F.scaled_dot_product_attention(q, cache.k[:, :, :cache.length], cache.v[:, :, :cache.length],
-                                             attn_mask=allowed)
-        return self._output(out)
+        q, k, v = self._project(x, check_room(cache, x.shape[1]))
+        return self._output(attend_cached(q, k, v, cache))
 
 
 class TokenFormerBlock(nn.Module):

@@ -74,20 +74,35 @@ class GroupedQueryAttention(nn.Module):
 
     def new_cache(self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype) -> KVCache:
         """An empty KV cache for generation."""
-        shape = (batch, self.local_kv_heads, max_len, self.head_dim)
-        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        return new_kv_cache(batch, self.local_kv_heads, max_len, self.head_dim, device, dtype)
 
     def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Attend the new tokens `x` to everything cached and to each other (causally); extends the cache."""
-        start, seq = cache.length, x.shape[1]
-        if start + seq > cache.k.shape[2]:
-            raise ValueError(f"KV cache holds {cache.k.shape[2]} positions; {start + seq} needed")
-        q, k, v = self._project(x, start)
-        cache.k[:, :, start:start + seq] = k
-        cache.v[:, :, start:start + seq] = v
-        cache.length = start + seq
-        keys, values = cache.k[:, :, :cache.length], cache.v[:, :, :cache.length]
-        allowed = torch.arange(cache.length, device=x.device)[None, :] <= (start + torch.arange(seq, device=x.device))[:, None]
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed,
-                                             enable_gqa=self.local_kv_heads != self.local_heads)
-        return self._output(out)
+        q, k, v = self._project(x, check_room(cache, x.shape[1]))
+        return self._output(attend_cached(q, k, v, cache, enable_gqa=self.local_kv_heads != self.local_heads))
+
+
+def new_kv_cache(batch: int, heads: int, max_len: int, head_dim: int, device: torch.device | str,
+                 dtype: torch.dtype) -> KVCache:
+    """Zeroed keys and values for `max_len` positions."""
+    shape = (batch, heads, max_len, head_dim)
+    return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+
+def check_room(cache: KVCache, seq: int) -> int:
+    """The position the next `seq` tokens start at; raises if the cache cannot hold them."""
+    if cache.length + seq > cache.k.shape[2]:
+        raise ValueError(f"KV cache holds {cache.k.shape[2]} positions; {cache.length + seq} needed")
+    return cache.length
+
+
+def attend_cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
+                  enable_gqa: bool = False) -> torch.Tensor:
+    """Store the new tokens' k/v in `cache` and attend q to everything cached, causally among the new."""
+    start, seq = cache.length, q.shape[2]
+    cache.k[:, :, start:start + seq] = k
+    cache.v[:, :, start:start + seq] = v
+    cache.length = start + seq
+    keys, values = cache.k[:, :, :cache.length], cache.v[:, :, :cache.length]
+    allowed = torch.arange(cache.length, device=q.device)[None, :] <= (start + torch.arange(seq, device=q.device))[:, None]
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, enable_gqa=enable_gqa)

@@ -60,14 +60,14 @@ def _pick(header: list[str], kind: str, explicit: str | None, path: Path) -> str
     return next((name for name in COLUMNS[kind] if name in header), None)
 
 
-def _number(raw: str, path: Path, row: int, column: str) -> float:
+def _number(raw: str, path: Path, row: int, column: str, positive: bool = True) -> float:
     try:
         value = float(raw)
     except (TypeError, ValueError):
         raise ScalingDataError(f"{path}: row {row}, column {column!r}: {raw!r} is not a number") from None
     if not math.isfinite(value):
         raise ScalingDataError(f"{path}: row {row}, column {column!r}: {raw!r} is not finite")
-    if value <= 0:
+    if positive and value <= 0:
         raise ScalingDataError(f"{path}: row {row}, column {column!r}: {value} must be > 0 (logarithms are taken)")
     return value
 
@@ -129,14 +129,7 @@ def read_xy(path: str | Path, x_col: str, y_col: str) -> tuple[np.ndarray, np.nd
         xs, ys = [], []
         for row_number, row in enumerate(reader, start=2):
             xs.append(_number(row[x_col], path, row_number, x_col))
-            raw = row[y_col]
-            try:
-                y = float(raw)
-            except (TypeError, ValueError):
-                raise ScalingDataError(f"{path}: row {row_number}, column {y_col!r}: {raw!r} is not a number") from None
-            if not math.isfinite(y):
-                raise ScalingDataError(f"{path}: row {row_number}, column {y_col!r}: {raw!r} is not finite")
-            ys.append(y)
+            ys.append(_number(row[y_col], path, row_number, y_col, positive=False))
     return np.asarray(xs), np.asarray(ys)
 
 
