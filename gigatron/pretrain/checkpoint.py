@@ -186,10 +186,9 @@ class ResumePlan:
 
 def current_layout(parallel, precision: str, dp_size: int) -> dict[str, Any]:
     """This run's layout, in the terms of NativeCheckpoint.layout."""
-    # DP matters to the files only where the optimizer is partitioned: ZeRO >= 1, and bf16 at stage 0
-    # (DeepSpeed's bf16 optimizer shards its fp32 master weights like ZeRO-1).
-    partitioned = parallel.zero_stage > 0 or precision == "bf16"
-    return {"tp": parallel.tp, "pp": parallel.pp, "dp": dp_size if partitioned else None,
+    # DP matters to the files only where the optimizer is partitioned (ZeRO >= 1); at stage 0 every
+    # DP rank holds the same state (bf16 included: DeepSpeed's unfused wrapper keeps whole fp32 masters).
+    return {"tp": parallel.tp, "pp": parallel.pp, "dp": dp_size if parallel.zero_stage > 0 else None,
             "zero_stage": parallel.zero_stage, "precision": precision}
 
 

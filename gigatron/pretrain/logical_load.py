@@ -43,16 +43,24 @@ def _names(module: nn.Module) -> dict[int, str]:
 
 
 @torch.no_grad()
-def _load_zero0(optimizer: torch.optim.Optimizer, module: nn.Module, ckpt: LogicalCheckpoint, step: int,
-                tp_rank: int, tp_size: int) -> None:
+def _load_zero0(optimizer, module: nn.Module, ckpt: LogicalCheckpoint, step: int, tp_rank: int, tp_size: int
+                ) -> None:
     names = _names(module)
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            plan = ckpt.plans[names[id(param)]]
-            state = {"step": _step_tensor(step)}
-            for key in MOMENTS:
-                state[key] = plan.take_shard(ckpt.tensor(plan.name, key), tp_rank, tp_size).to(param).clone()
-            optimizer.state[param] = state
+    if hasattr(optimizer, "fp32_groups") and hasattr(optimizer, "fp16_groups"):
+        # bf16/fp16 at stage 0: DeepSpeed's unfused wrapper steps fp32 copies of the model's weights.
+        pairs = [(lp, hp) for lp_group, hp_group in zip(optimizer.fp16_groups, optimizer.fp32_groups, strict=True)
+                 for lp, hp in zip(lp_group, hp_group, strict=True)]
+        inner = optimizer.optimizer
+    else:
+        pairs = [(p, p) for group in optimizer.param_groups for p in group["params"]]
+        inner = optimizer
+    for model_param, stepped in pairs:
+        plan = ckpt.plans[names[id(model_param)]]
+        stepped.copy_(plan.take_shard(ckpt.tensor(plan.name), tp_rank, tp_size).to(stepped.dtype))
+        state = {"step": _step_tensor(step)}
+        for key in MOMENTS:
+            state[key] = plan.take_shard(ckpt.tensor(plan.name, key), tp_rank, tp_size).to(stepped).clone()
+        inner.state[stepped] = state
 
 
 @torch.no_grad()

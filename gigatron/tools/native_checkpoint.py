@@ -111,21 +111,34 @@ class NativeCheckpoint:
                     index[(name, m % self.tp)] = (m, group)
         return index
 
+    def _zero0_optimizer(self, m: int) -> tuple[dict | None, list | None]:
+        """(torch optimizer state dict, fp32 master groups or None) of mp rank m at ZeRO-0.
+
+        fp32 runs save our AdamW's state directly; bf16/fp16 runs save DeepSpeed's unfused
+        wrapper: {'optimizer_state_dict': AdamW's state, 'fp32_groups': the fp32 masters per group}.
+        """
+        saved = self._load(self._mp_files[(m,)]).get("optimizer")
+        if saved is None:
+            return None, None
+        if "optimizer_state_dict" in saved:
+            return saved["optimizer_state_dict"], saved.get("fp32_groups")
+        return saved, None
+
     @cached_property
-    def _zero0_index(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """(name, tp rank) -> (mp rank, optimizer state index) from the groups' `param_names`."""
+    def _zero0_index(self) -> dict[tuple[str, int], tuple[int, int, int, int]]:
+        """(name, tp rank) -> (mp rank, optimizer state index, group, position in group) via `param_names`."""
         index = {}
         for m in range(self.tp * self.pp):
-            optimizer = self._load(self._mp_files[(m,)]).get("optimizer")
+            optimizer, _ = self._zero0_optimizer(m)
             if optimizer is None:
                 continue
-            for group in optimizer["param_groups"]:
+            for g, group in enumerate(optimizer["param_groups"]):
                 if "param_names" not in group:
                     raise CheckpointFormatError(
                         f"{self._mp_files[(m,)]}: the optimizer state does not name its parameters (written before "
                         "gigatron recorded param_names); only the weights of this checkpoint can be converted")
-                for name, position in zip(group["param_names"], group["params"], strict=True):
-                    index[(name, m % self.tp)] = (m, position)
+                for j, (name, position) in enumerate(zip(group["param_names"], group["params"], strict=True)):
+                    index[(name, m % self.tp)] = (m, position, g, j)
         return index
 
     @cached_property
@@ -199,13 +212,16 @@ class NativeCheckpoint:
             if (name, t) not in self._zero12_index:
                 raise CheckpointFormatError(f"{self.path}: parameter {name} is in no optimizer partition")
             flat = self._zero12_shard(name, t, key)
-        elif key is None:
+        elif key is None and not self._has_fp32_masters:
             return self._zero0_weight(name, t).detach().float().view(shape)
         else:
             if (name, t) not in self._zero0_index:
                 raise CheckpointFormatError(f"{self.path}: no optimizer state for parameter {name}")
-            m, position = self._zero0_index[(name, t)]
-            state = self._load(self._mp_files[(m,)])["optimizer"]["state"].get(position)
+            m, position, g, j = self._zero0_index[(name, t)]
+            optimizer, masters = self._zero0_optimizer(m)
+            if key is None:
+                return masters[g][j].detach().float().view(shape)
+            state = optimizer["state"].get(position)
             if state is None:
                 raise CheckpointFormatError(f"{self.path}: optimizer state of {name} is empty (no step taken yet)")
             return state[key].detach().float().view(shape)
@@ -243,6 +259,11 @@ class NativeCheckpoint:
         return out
 
     @cached_property
+    def _has_fp32_masters(self) -> bool:
+        # A bf16/fp16 ZeRO-0 run keeps fp32 masters beside the (low-precision) model weights.
+        return self.zero_stage == 0 and not self._zero_files and self._zero0_optimizer(0)[1] is not None
+
+    @cached_property
     def has_optimizer(self) -> bool:
         """Whether AdamW moments are stored (a run that took no step has none)."""
         if self.zero_stage >= 1 or self._zero_files:
@@ -257,7 +278,7 @@ class NativeCheckpoint:
         elif self._zero_files:
             states = self._load(self._zero_files[(0, 0)])["optimizer_state_dict"]["base_optimizer_state"]["state"]
         else:
-            optimizer = self._load(self._mp_files[(0,)]).get("optimizer") or {"state": {}}
+            optimizer = self._zero0_optimizer(0)[0] or {"state": {}}
             states = optimizer["state"]
         steps = {int(s["step"]) for s in states.values() if "step" in s}
         if len(steps) > 1:

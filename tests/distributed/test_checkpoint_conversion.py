@@ -161,3 +161,24 @@ def test_export_hf_from_a_sharded_run_is_verified_and_imports_back_bitwise(runs,
     source = open_checkpoint(step5(runs[layout]))
     for name in source.plans:
         assert torch.equal(imported.tensor(name), source.tensor(name)), name
+
+
+def test_bf16_checkpoints_keep_their_fp32_masters_through_conversion_and_resume(tmp_path, corpus_ready):
+    """bf16 at ZeRO-0 (DeepSpeed's unfused wrapper) and ZeRO-1: fp32 masters, not the bf16 weights,
+    are what moves; resuming from the consolidated state continues the run bitwise."""
+    bf16 = ["train.steps=5", "train.warmup_steps=1", "train.eval_interval=0", "checkpoint.interval=3",
+            "train.precision=bf16", "data.num_workers=0", "logging.interval=1"]
+    assert_ok(run_pretrain(tmp_path / "zero0", bf16))
+    assert_ok(run_pretrain(tmp_path / "zero1", [*bf16, "parallel.zero_stage=1"], nproc=2))
+    for layout in ("zero0", "zero1"):
+        source = open_checkpoint(tmp_path / layout / "checkpoints" / "step_00000003")
+        master, model = source.tensor("1.attn.q.weight"), source.model_weight("1.attn.q.weight")
+        assert master.dtype == torch.float32 and not torch.equal(master, model)
+        assert torch.equal(master.to(torch.bfloat16).float(), model)  # the model holds bf16(master)
+    consolidated = consolidate(tmp_path / "zero0" / "checkpoints" / "step_00000003", tmp_path / "c",
+                               log=lambda _: None)
+    proc = run_pretrain(tmp_path / "resumed", [*bf16, f"checkpoint.resume={consolidated}"])
+    assert_ok(proc)
+    resumed = losses(tmp_path / "resumed")
+    assert sorted(resumed) == [4, 5]
+    assert all(resumed[step] == losses(tmp_path / "zero0")[step] for step in resumed)
