@@ -142,7 +142,7 @@ def hf_config_and_names(model_cfg: Any, token_ids: dict[str, int | None] | None 
     if family not in _BUILDERS:
         raise ExportError(f"model.family={family} cannot be exported to transformers; supported: "
                           f"{', '.join(_BUILDERS)}. `gigatron convert consolidate` writes any family as "
-                          "safetensors + config.json (see docs/checkpoints.md)")
+                          "safetensors + config.json (see docs/convert.md)")
     return _BUILDERS[family](model_cfg, token_ids)
 
 
