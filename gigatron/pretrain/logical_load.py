@@ -87,7 +87,7 @@ def _load_zero12(zero, module: nn.Module, ckpt: LogicalCheckpoint, step: int, tp
 
 @torch.no_grad()
 def _load_zero3(zero, module: nn.Module, ckpt: LogicalCheckpoint, step: int, tp_rank: int, tp_size: int) -> None:
-    names = {id(p): name for name, p in module.named_parameters()}
+    names = _names(module)
     dp_rank = dist.get_rank(group=zero.dp_process_group)
     base = zero.optimizer
     for i, flat in enumerate(zero.fp32_partitioned_groups_flat):

@@ -68,14 +68,13 @@ def check_parameters_match(ckpt: LogicalCheckpoint, model: nn.Module) -> None:
                          f"wrong shape: {_listed(wrong_shape)}")
 
 
-def model_from_checkpoint(ckpt: LogicalCheckpoint, master: bool = True) -> nn.Sequential:
-    """The TP=1 fp32 model (eval mode) with the checkpoint's master weights (or, `master=False`, the
-    weights as the training model held them, e.g. bf16)."""
+def model_from_checkpoint(ckpt: LogicalCheckpoint) -> nn.Sequential:
+    """The TP=1 fp32 model (eval mode) with the checkpoint's master weights."""
     model = build_model(ckpt.cfg.model, LayerFactory())
     check_parameters_match(ckpt, model)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            param.copy_(ckpt.tensor(name) if master else ckpt.model_weight(name))
+            param.copy_(ckpt.tensor(name))
     return model.eval()
 
 
