@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("gigatron.tools.convert_command", "move a checkpoint between layouts: consolidate, reshard"),
     "export-hf": ("gigatron.tools.export_hf", "write a checkpoint as a Hugging Face transformers model"),
     "grow": ("gigatron.tools.tokenformer_growth", "grow a TokenFormer checkpoint by appending parameter tokens"),
+    "matformer": ("gigatron.tools.matformer.command", "MatFormer submodels: extract (Mix'n'Match), eval"),
     "import-hf": ("gigatron.tools.import_hf", "read a local transformers model as a gigatron checkpoint"),
     "scaling": ("gigatron.tools.scaling.command", "fit, check and use scaling laws: fit, predict"),
     "status": ("gigatron.tools.status_command", "summarise a run directory: progress, loss, speed, restarts"),

@@ -7,6 +7,7 @@ stateless and run their plain `forward`.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -27,3 +28,38 @@ def forward_cached(model: nn.Sequential, ids: torch.Tensor, caches: list[Any]) -
     for layer, cache in zip(model, caches, strict=True):
         x = layer.forward_cached(x, cache) if cache is not None else layer(x)
     return x
+
+
+def _is_kv(cache: Any) -> bool:
+    return cache is None or (hasattr(cache, "length") and hasattr(cache, "k"))
+
+
+def snapshot_caches(caches: list[Any]) -> list[Any]:
+    """What `keep_fed_prefix` needs to undo later feeding: KV lengths, copies of recurrent states."""
+    return [None if c is None else c.length if _is_kv(c) else copy.deepcopy(c) for c in caches]
+
+
+@torch.no_grad()
+def keep_fed_prefix(model: nn.Sequential, caches: list[Any], snapshot: list[Any], fed: torch.Tensor,
+                    keep: int) -> None:
+    """After feeding `fed` [batch, n] since `snapshot`, make `caches` hold only its first `keep` tokens.
+
+    KV caches just forget the rest; a recurrent state (Mamba) cannot, so it is restored and the kept
+    tokens are fed again (speculative decoding's rollback).
+    """
+    if keep == fed.shape[1]:
+        return
+    if all(_is_kv(c) for c in caches):
+        for cache, length in zip(caches, snapshot, strict=True):
+            if cache is not None:
+                cache.length = length + keep
+        return
+    for i, (cache, saved) in enumerate(zip(caches, snapshot, strict=True)):
+        if cache is None:
+            continue
+        if _is_kv(cache):
+            cache.length = saved
+        else:
+            caches[i] = copy.deepcopy(saved)
+    if keep:
+        forward_cached(model, fed[:, :keep], caches)

@@ -19,6 +19,7 @@ from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import scaled_std
 from gigatron.models.layers.lm_ends import Embedding, Head, tie_output_to_embedding
 from gigatron.models.layers.mlp import SwiGLU
+from gigatron.models.layers.nested_ffn import MatFormerConfig, ffn_width_problems
 from gigatron.models.registry import LayerRecipe, ModelSpec
 
 
@@ -39,6 +40,11 @@ class GPTConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     tie_embeddings: bool = False
+    # One FFN width per block (a Mix'n'Match model from `gigatron matformer extract`); overrides
+    # ffn_hidden_size.
+    ffn_hidden_sizes: list[int] | None = None
+    # Nested FFNs (MatFormer, docs/matformer.md); None trains an ordinary model.
+    matformer: MatFormerConfig | None = None
 
     @property
     def kv_heads(self) -> int:
@@ -57,16 +63,21 @@ class GPTConfig:
             return self.ffn_hidden_size
         return 256 * ((int(8 * self.hidden_size / 3) + 255) // 256)
 
+    @property
+    def ffn_sizes(self) -> list[int]:
+        """The FFN width of every block."""
+        return list(self.ffn_hidden_sizes) if self.ffn_hidden_sizes is not None else [self.ffn_size] * self.num_layers
+
     def validate(self, parallel, data) -> list[str]:
         """Problems with this shape on a layout (empty when fine); messages name the keys."""
         problems = divisibility_problems([
             ("model.num_heads", self.num_heads, "model.num_kv_heads", self.kv_heads),
             ("model.num_heads", self.num_heads, "parallel.tp", parallel.tp),
             ("model.num_kv_heads", self.kv_heads, "parallel.tp", parallel.tp),
-            ("model.ffn_hidden_size", self.ffn_size, "parallel.tp", parallel.tp),
             ("model.vocab_size", self.vocab_size, "parallel.tp", parallel.tp),
             ("model.num_layers", self.num_layers, "parallel.pp", parallel.pp),
         ])
+        problems += ffn_width_problems(self.ffn_size, self.num_layers, self.ffn_hidden_sizes, self.matformer, parallel.tp)
         if self.hidden_size % self.num_heads:
             problems.append(f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}")
         elif self.head_dim % 2:
@@ -82,14 +93,15 @@ class GPTConfig:
 class Block(nn.Module):
     """x + attn(norm(x)), then + mlp(norm(x))."""
 
-    def __init__(self, cfg: GPTConfig, factory: LayerFactory) -> None:
+    def __init__(self, cfg: GPTConfig, factory: LayerFactory, index: int = 0) -> None:
         super().__init__()
         out_std = scaled_std(cfg.init_std, cfg.num_layers)
         self.attn_norm = factory.norm(cfg.hidden_size, cfg.norm_eps)
         self.attn = GroupedQueryAttention(factory, cfg.hidden_size, cfg.num_heads, cfg.kv_heads, cfg.head_dim,
                                           cfg.rope_base, std=cfg.init_std, out_std=out_std)
         self.mlp_norm = factory.norm(cfg.hidden_size, cfg.norm_eps)
-        self.mlp = SwiGLU(factory, cfg.hidden_size, cfg.ffn_size, std=cfg.init_std, out_std=out_std)
+        self.mlp = SwiGLU(factory, cfg.hidden_size, cfg.ffn_sizes[index], std=cfg.init_std, out_std=out_std,
+                          matformer=cfg.matformer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x))
@@ -108,8 +120,8 @@ class Block(nn.Module):
 def layer_recipes(cfg: GPTConfig, factory: LayerFactory) -> list[LayerRecipe]:
     """embedding, blocks, head."""
     return [(Embedding, (cfg.vocab_size, cfg.hidden_size, factory, cfg.init_std), {})] + [
-        (Block, (cfg, factory), {})
-    ] * cfg.num_layers + [(Head, (cfg.vocab_size, cfg.hidden_size, factory, cfg.init_std, cfg.norm_eps), {})]
+        (Block, (cfg, factory, i), {}) for i in range(cfg.num_layers)
+    ] + [(Head, (cfg.vocab_size, cfg.hidden_size, factory, cfg.init_std, cfg.norm_eps), {})]
 
 
 def tie_weights(cfg: GPTConfig, model: nn.Sequential) -> None:
@@ -122,10 +134,10 @@ def num_params(cfg: GPTConfig) -> int:
     """Parameters counted from the shape (untied head counted separately)."""
     h, hd = cfg.hidden_size, cfg.head_dim
     attn = h * cfg.num_heads * hd + 2 * h * cfg.kv_heads * hd + cfg.num_heads * hd * h
-    mlp = 3 * h * cfg.ffn_size
-    per_layer = attn + mlp + 2 * h
+    mlp = 3 * h * sum(cfg.ffn_sizes)
+    per_layer = attn + 2 * h
     embeddings = cfg.vocab_size * h * (1 if cfg.tie_embeddings else 2)
-    return cfg.num_layers * per_layer + embeddings + h
+    return cfg.num_layers * per_layer + mlp + embeddings + h
 
 
 def flops_per_token(cfg: GPTConfig, seq_len: int) -> float:

@@ -25,6 +25,7 @@ from gigatron.models.layers.lm_ends import Embedding, Head, tie_output_to_embedd
 from gigatron.models.layers.mamba1 import Mamba1Mixer, Mamba1Shape
 from gigatron.models.layers.mamba2 import Mamba2Mixer, Mamba2Shape
 from gigatron.models.layers.mlp import SquaredReLUMLP, SwiGLU
+from gigatron.models.layers.nested_ffn import MatFormerConfig, ffn_width_problems
 from gigatron.models.registry import LayerRecipe, ModelSpec
 
 SYMBOLS = {"M": "mamba", "*": "attention", "-": "mlp"}
@@ -60,6 +61,10 @@ class HybridConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     tie_embeddings: bool = False
+    # One width per MLP (`-`) layer in depth order (a Mix'n'Match model); overrides ffn_hidden_size.
+    ffn_hidden_sizes: list[int] | None = None
+    # Nested MLPs (MatFormer, docs/matformer.md); None trains an ordinary model.
+    matformer: MatFormerConfig | None = None
 
     @property
     def layer_pattern(self) -> str:
@@ -79,6 +84,13 @@ class HybridConfig:
     def ffn_size(self) -> int:
         """MLP inner width."""
         return self.ffn_hidden_size or 4 * self.hidden_size
+
+    @property
+    def ffn_sizes(self) -> list[int]:
+        """The width of every MLP layer, in depth order."""
+        if self.ffn_hidden_sizes is not None:
+            return list(self.ffn_hidden_sizes)
+        return [self.ffn_size] * self.layer_pattern.count("-")
 
     def mamba2_shape(self) -> Mamba2Shape:
         """Sizes of the Mamba-2 mixers."""
@@ -101,10 +113,10 @@ class HybridConfig:
         elif not (self.attention_ratio >= 0 and self.mlp_ratio >= 0 and self.attention_ratio + self.mlp_ratio <= 1):
             problems.append(f"model.attention_ratio={self.attention_ratio} and model.mlp_ratio={self.mlp_ratio} must be "
                             ">= 0 and sum to at most 1")
+        pattern_ok = not problems
         checks = [
             ("model.num_layers", self.num_layers, "parallel.pp", parallel.pp),
             ("model.vocab_size", self.vocab_size, "parallel.tp", parallel.tp),
-            ("model.ffn_hidden_size", self.ffn_size, "parallel.tp", parallel.tp),
             ("model.num_heads", self.num_heads, "parallel.tp", parallel.tp),
             ("model.num_kv_heads", self.kv_heads, "parallel.tp", parallel.tp),
             ("model.num_heads", self.num_heads, "model.num_kv_heads", self.kv_heads),
@@ -119,6 +131,8 @@ class HybridConfig:
         else:
             checks.append(("model.expand*model.hidden_size", d_inner, "parallel.tp", parallel.tp))
         problems += divisibility_problems(checks)
+        if pattern_ok:
+            problems += ffn_width_problems(self.ffn_size, self.layer_pattern.count("-"), self.ffn_hidden_sizes, self.matformer, parallel.tp)
         if self.mixer == "mamba2" and d_inner % self.headdim == 0 and (d_inner // self.headdim) % parallel.tp:
             problems.append(f"Mamba-2 heads ({d_inner // self.headdim}) are not divisible by parallel.tp={parallel.tp}")
         if parallel.pp > 1 and self.tie_embeddings:
@@ -200,10 +214,10 @@ class AttentionLayer(_PreNormResidual):
 class MLPLayer(_PreNormResidual):
     """`-`: squared-ReLU (or SwiGLU) MLP."""
 
-    def __init__(self, cfg: HybridConfig, factory: LayerFactory) -> None:
+    def __init__(self, cfg: HybridConfig, factory: LayerFactory, mlp_index: int = 0) -> None:
         cls = SquaredReLUMLP if cfg.mlp_activation == "relu2" else SwiGLU
-        mixer = cls(factory, cfg.hidden_size, cfg.ffn_size, std=cfg.init_std,
-                    out_std=scaled_std(cfg.init_std, cfg.num_layers))
+        mixer = cls(factory, cfg.hidden_size, cfg.ffn_sizes[mlp_index], std=cfg.init_std,
+                    out_std=scaled_std(cfg.init_std, cfg.num_layers), matformer=cfg.matformer)
         super().__init__(factory, cfg, mixer)
 
 
@@ -212,11 +226,12 @@ _LAYERS = {"M": MambaLayer, "*": AttentionLayer, "-": MLPLayer}
 
 def layer_recipes(cfg: HybridConfig, factory: LayerFactory) -> list[LayerRecipe]:
     """embedding, one layer per pattern symbol, head."""
-    return (
-        [(Embedding, (cfg.vocab_size, cfg.hidden_size, factory, cfg.init_std), {})]
-        + [(_LAYERS[symbol], (cfg, factory), {}) for symbol in cfg.layer_pattern]
-        + [(Head, (cfg.vocab_size, cfg.hidden_size, factory, cfg.init_std, cfg.norm_eps), {})]
-    )
+    layers: list[LayerRecipe] = [(Embedding, (cfg.vocab_size, cfg.hidden_size, factory, cfg.init_std), {})]
+    pattern = cfg.layer_pattern
+    for i, symbol in enumerate(pattern):
+        args = (cfg, factory, pattern[:i].count("-")) if symbol == "-" else (cfg, factory)
+        layers.append((_LAYERS[symbol], args, {}))
+    return layers + [(Head, (cfg.vocab_size, cfg.hidden_size, factory, cfg.init_std, cfg.norm_eps), {})]
 
 
 def tie_weights(cfg: HybridConfig, model: nn.Sequential) -> None:
@@ -236,7 +251,7 @@ def _mamba_params(cfg: HybridConfig) -> int:
             + d_inner * n + d_inner + d_inner * h)
 
 
-def _layer_params(cfg: HybridConfig, symbol: str) -> int:
+def _layer_params(cfg: HybridConfig, symbol: str, ffn_size: int = 0) -> int:
     h = cfg.hidden_size
     if symbol == "M":
         mixer = _mamba_params(cfg)
@@ -244,14 +259,16 @@ def _layer_params(cfg: HybridConfig, symbol: str) -> int:
         head_dim = h // cfg.num_heads
         mixer = 2 * h * cfg.num_heads * head_dim + 2 * h * cfg.kv_heads * head_dim
     else:
-        mixer = (2 if cfg.mlp_activation == "relu2" else 3) * h * cfg.ffn_size
+        mixer = (2 if cfg.mlp_activation == "relu2" else 3) * h * ffn_size
     return mixer + h  # + the layer's pre-norm
 
 
 def num_params(cfg: HybridConfig) -> int:
     """Parameters counted from the shape."""
     embeddings = cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_embeddings else 2)
-    return sum(_layer_params(cfg, s) for s in cfg.layer_pattern) + embeddings + cfg.hidden_size
+    mlps = iter(cfg.ffn_sizes)
+    layers = sum(_layer_params(cfg, s, next(mlps) if s == "-" else 0) for s in cfg.layer_pattern)
+    return layers + embeddings + cfg.hidden_size
 
 
 def ssd_flops_per_token(cfg: HybridConfig) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,6 +15,7 @@ from gigatron.data.loader import GlobalBatchLoader
 from gigatron.launcher.dist_env import DistEnv
 from gigatron.launcher.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from gigatron.launcher.signals import PreemptionHandler, agree_on_preemption
+from gigatron.models.layers.nested_ffn import ffn_granularity
 from gigatron.models.registry import get_model_spec
 from gigatron.pretrain.checkpoint import (
     ResumePlan,
@@ -27,6 +28,7 @@ from gigatron.pretrain.checkpoint import (
     save_checkpoint,
 )
 from gigatron.pretrain.engine import TrainingEngine, build_engine, total_steps
+from gigatron.pretrain.matformer import GranularitySchedule, metric_name, nested_flops_per_token
 from gigatron.pretrain.metrics import MetricsWriter, memory_gib
 from gigatron.pretrain.parallel import ParallelRanks, initialize_parallel
 from gigatron.pretrain.peak_flops import peak_flops
@@ -40,6 +42,8 @@ class StepResult:
     grad_norm: float | None
     lr: float
     data_wait_s: float
+    # MatFormer: the loss of each granularity trained this step (metric name -> loss).
+    granularity_losses: dict[str, float] = field(default_factory=dict)
 
 
 def _dp_mean(value: torch.Tensor) -> torch.Tensor:
@@ -95,6 +99,10 @@ class Trainer:
         self.tokens_per_step = t.global_batch_size * cfg.data.seq_len
         spec = get_model_spec(type(cfg.model).family)
         self.flops_per_token = spec.flops_per_token(cfg.model, cfg.data.seq_len)
+        self.valid_granularity_losses: dict[str, float] = {}
+        self.granularities = GranularitySchedule(cfg) if getattr(cfg.model, "matformer", None) else None
+        if self.granularities is not None:
+            self.flops_per_token = nested_flops_per_token(cfg, spec.flops_per_token)
         peak = peak_flops(self.device, t.precision)
         self.cluster_peak = None if peak is None else peak * env.world_size
 
@@ -159,6 +167,10 @@ class Trainer:
         wait_start = time.perf_counter()
         micro_batches = self.loader.next_batch()
         data_wait = time.perf_counter() - wait_start
+        if self.granularities is not None:
+            loss, per_granularity = self._nested_step(micro_batches)
+            return StepResult(loss=loss, grad_norm=_as_float(ds.get_global_grad_norm()), lr=lr,
+                              data_wait_s=data_wait, granularity_losses=per_granularity)
         if self.engine.is_pipeline:
             pairs = iter([task.split(mb.to(self.device)) for mb in micro_batches])
             loss = ds.train_batch(data_iter=pairs).detach().float()
@@ -174,6 +186,33 @@ class Trainer:
         return StepResult(loss=float(loss), grad_norm=_as_float(ds.get_global_grad_norm()), lr=lr,
                           data_wait_s=data_wait)
 
+    def _nested_step(self, micro_batches: list[torch.Tensor]) -> tuple[float, dict[str, float]]:
+        """A MatFormer step: the scheduled granularities of every micro-batch, one optimizer step."""
+        ds, task = self.engine.engine, self.engine.task
+        plan = self.granularities.at(self.state.step)
+        if self.engine.is_pipeline:  # sample mode only (validated): one granularity for the whole batch
+            with ffn_granularity(ds.module, plan[0][0]):
+                pairs = iter([task.split(mb.to(self.device)) for mb in micro_batches])
+                loss = float(ds.train_batch(data_iter=pairs).detach().float())
+            return loss, {metric_name(plan[0][0]): loss}
+        sums = torch.zeros(len(plan), device=self.device)
+        for i, mb in enumerate(micro_batches):
+            inputs, labels = task.split(mb.to(self.device))
+            for j, (granularity, weight) in enumerate(plan):
+                if len(plan) > 1:
+                    # Several backward passes per micro-batch: DeepSpeed must reduce and step only
+                    # after the last one of the last micro-batch (its documented manual boundary).
+                    ds.set_gradient_accumulation_boundary(i == len(micro_batches) - 1 and j == len(plan) - 1)
+                with ffn_granularity(ds.module, granularity):
+                    micro_loss = task.loss(ds(inputs), labels)
+                ds.backward(micro_loss * weight)
+                sums[j] += micro_loss.detach().float()
+            ds.step()
+        means = _dp_mean(sums / len(micro_batches))
+        weights = torch.tensor([w for _, w in plan], device=self.device)
+        per_granularity = {metric_name(g): float(v) for (g, _), v in zip(plan, means, strict=True)}
+        return float((means * weights).sum()), per_granularity
+
     @torch.no_grad()
     def evaluate(self) -> float | None:
         """Mean validation loss over `train.eval_batches` micro-batches per DP rank."""
@@ -187,6 +226,16 @@ class Trainer:
                                   self.ranks.dp_rank, self.ranks.dp_size, t.seed, shuffle=False,
                                   weights=self.data.valid_weights, on_error=self.cfg.data.on_error)
         batches = [task.split(mb.to(self.device)) for _ in range(t.eval_batches) for mb in valid.next_batch()]
+        self.valid_granularity_losses = {}
+        if self.granularities is None:
+            return self._validation_loss(batches)
+        for granularity in self.granularities.granularities:
+            with ffn_granularity(ds.module, granularity):
+                self.valid_granularity_losses[metric_name(granularity)] = self._validation_loss(batches)
+        return self.valid_granularity_losses[metric_name(1.0)]
+
+    def _validation_loss(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        ds, task = self.engine.engine, self.engine.task
         if self.engine.is_pipeline:
             loss = ds.eval_batch(iter(batches), num_micro_batches=len(batches))
             return float(loss)
@@ -274,7 +323,7 @@ class Trainer:
             "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
             "tokens": self.state.tokens, "tokens_per_s": tokens_per_s, "step_time_s": elapsed,
             "data_wait_s": result.data_wait_s, "data_skipped": self.loader.skipped_samples,
-            "mfu": mfu, "memory_gib": memory_gib(self.device),
+            "mfu": mfu, "memory_gib": memory_gib(self.device), **result.granularity_losses,
         }
         assert self.metrics is not None
         self.metrics.log(step, values)
@@ -284,12 +333,14 @@ class Trainer:
             mfu_text = "n/a" if mfu is None else f"{100 * mfu:.1f}%"
             self.log(f"step {step}/{self.total_steps} loss {result.loss:.4f} lr {result.lr:.3e} grad_norm {gn} "
                      f"tok/s {tokens_per_s:,.0f} mfu {mfu_text} data_wait {1000 * result.data_wait_s:.1f}ms "
-                     f"mem {values['memory_gib']:.2f}GiB")
+                     f"mem {values['memory_gib']:.2f}GiB"
+                     + "".join(f" {k} {v:.4f}" for k, v in result.granularity_losses.items()))
 
     def _log_eval(self) -> None:
         loss = self.evaluate()
         if loss is None:
             return
         assert self.metrics is not None
-        self.metrics.log(self.state.step, {"loss": loss}, kind="valid")
-        self.log(f"step {self.state.step} validation loss {loss:.4f}")
+        self.metrics.log(self.state.step, {"loss": loss, **self.valid_granularity_losses}, kind="valid")
+        nested = "".join(f", {k} {v:.4f}" for k, v in self.valid_granularity_losses.items())
+        self.log(f"step {self.state.step} validation loss {loss:.4f}{nested}")

@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     parser.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--draft-granularity", type=float, default=None,
+                        help="MatFormer checkpoints: speculative decoding with the submodel at this FFN granularity "
+                             "as the draft (greedy only: needs --temperature 0)")
+    parser.add_argument("--draft-tokens", type=int, default=4, help="tokens drafted per round (default 4)")
     parser.add_argument("--tokenizer", help="a sentencepiece .model file or 'bytes'; default: the one recorded in "
                                             "the training data's manifest.json")
 
@@ -45,6 +49,21 @@ def load_run_tokenizer(cfg: Config, tag: Path, spec: str | None) -> Any:
     return tokenizer
 
 
+def _speculate(cfg: Config, model: Any, prompt: list[int], args: argparse.Namespace, eos_id: int
+               ) -> tuple[list[int], str]:
+    from gigatron.models.speculative import speculative_generate
+
+    nesting = getattr(cfg.model, "matformer", None)
+    if nesting is None:
+        raise ValueError("--draft-granularity needs a MatFormer checkpoint (model.matformer); this one has none")
+    if args.temperature != 0:
+        raise ValueError(f"--draft-granularity decodes greedily; pass --temperature 0 (got {args.temperature})")
+    new, stats = speculative_generate(model, prompt, args.max_new_tokens, draft_granularity=args.draft_granularity,
+                                      draft_tokens=args.draft_tokens, eos_id=eos_id)
+    return new, (f"; draft granularity {args.draft_granularity:g}: {stats.accepted}/{stats.drafted} drafted tokens "
+                 f"accepted ({100 * stats.acceptance_rate:.1f}%), {stats.target_passes} full-model passes")
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, encode the prompt, print the continuation; tokens/s on stderr."""
     from gigatron.models.generation import generate
@@ -57,8 +76,12 @@ def run(args: argparse.Namespace) -> int:
         # Shards end every document with eos, so in training a document starts right after an eos.
         prompt = [tokenizer.eos_id, *tokenizer.encode(args.prompt)]
         start = time.perf_counter()
-        new = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       seed=args.seed, eos_id=tokenizer.eos_id)
+        if args.draft_granularity is None:
+            new = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                           seed=args.seed, eos_id=tokenizer.eos_id)
+            speculation = ""
+        else:
+            new, speculation = _speculate(cfg, model, prompt, args, tokenizer.eos_id)
         elapsed = time.perf_counter() - start
     except (FileNotFoundError, ValueError) as exc:  # ConfigError and DataError are ValueErrors
         print(f"gigatron generate: {exc}", file=sys.stderr)
@@ -66,5 +89,5 @@ def run(args: argparse.Namespace) -> int:
     text = tokenizer.decode([t for t in new if t != tokenizer.eos_id])
     print(args.prompt + text)
     print(f"[generate] {len(new)} tokens in {elapsed:.2f} s ({len(new) / max(elapsed, 1e-9):.1f} tokens/s, "
-          f"prompt {len(prompt)} tokens, {tag})", file=sys.stderr)
+          f"prompt {len(prompt)} tokens, {tag}){speculation}", file=sys.stderr)
     return 0

@@ -32,6 +32,10 @@ def _output_only(base: type) -> type:
     return type(base.__name__, (base,), {"forward": forward, "__module__": __name__})
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 @dataclass
 class LayerFactory:
     """Builds layers for one tensor-parallel rank.
@@ -177,6 +181,20 @@ class LayerFactory:
 
             group = parallel_state.get_tensor_model_parallel_group()
         return Pattention(keys, values, normalization, scale_tokens or n_tokens, group)
+
+    def nesting(self, ffn_size: int, cfg) -> object:
+        """MatFormer width state for one FFN of `ffn_size` (see `nested_ffn.py`), with this layout's TP regions."""
+        from gigatron.models.layers.nested_ffn import Nesting
+
+        if self.tp_size == 1:
+            return Nesting(ffn_size, cfg, 1, _identity, _identity)
+        from megatron.core.tensor_parallel import (
+            copy_to_tensor_model_parallel_region,
+            reduce_from_tensor_model_parallel_region,
+        )
+
+        return Nesting(ffn_size, cfg, self.tp_size, copy_to_tensor_model_parallel_region,
+                       reduce_from_tensor_model_parallel_region)
 
     def norm(self, dim: int, eps: float = 1e-5) -> nn.Module:
         """RMSNorm; replicated on every TP rank."""

@@ -1,4 +1,4 @@
-"""Feed-forward blocks."""
+"""Feed-forward blocks, optionally nested (MatFormer; see `nested_ffn.py`)."""
 
 from __future__ import annotations
 
@@ -7,28 +7,45 @@ import torch.nn.functional as F
 from torch import nn
 
 from gigatron.models.layers.factory import LayerFactory
+from gigatron.models.layers.nested_ffn import MatFormerConfig
 
 
 class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)) (Shazeer 2020); gate/up column-parallel, down row-parallel."""
+    """down(silu(gate(x)) * up(x)) (Shazeer 2020); gate/up column-parallel, down row-parallel.
 
-    def __init__(self, factory: LayerFactory, hidden: int, ffn_hidden: int, std: float, out_std: float) -> None:
+    With `matformer` set, the active granularity uses only the kept rows of gate/up and columns of down.
+    """
+
+    def __init__(self, factory: LayerFactory, hidden: int, ffn_hidden: int, std: float, out_std: float,
+                 matformer: MatFormerConfig | None = None) -> None:
         super().__init__()
         self.gate = factory.column_linear(hidden, ffn_hidden, std=std)
         self.up = factory.column_linear(hidden, ffn_hidden, std=std)
         self.down = factory.row_linear(ffn_hidden, hidden, std=out_std)
+        self.nesting = None if matformer is None else factory.nesting(ffn_hidden, matformer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        keep = None if self.nesting is None else self.nesting.active(x.device)
+        if keep is None:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        x = self.nesting.enter(x)
+        hidden = F.silu(F.linear(x, self.gate.weight[keep])) * F.linear(x, self.up.weight[keep])
+        return self.nesting.leave(F.linear(hidden, self.down.weight[:, keep]))
 
 
 class SquaredReLUMLP(nn.Module):
     """down(relu(up(x))^2) (So et al. 2021, Primer): the MLP of NVIDIA's Mamba-2-Hybrid and Nemotron-H."""
 
-    def __init__(self, factory: LayerFactory, hidden: int, ffn_hidden: int, std: float, out_std: float) -> None:
+    def __init__(self, factory: LayerFactory, hidden: int, ffn_hidden: int, std: float, out_std: float,
+                 matformer: MatFormerConfig | None = None) -> None:
         super().__init__()
         self.up = factory.column_linear(hidden, ffn_hidden, std=std)
         self.down = factory.row_linear(ffn_hidden, hidden, std=out_std)
+        self.nesting = None if matformer is None else factory.nesting(ffn_hidden, matformer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.relu(self.up(x)).square())
+        keep = None if self.nesting is None else self.nesting.active(x.device)
+        if keep is None:
+            return self.down(F.relu(self.up(x)).square())
+        hidden = F.relu(F.linear(self.nesting.enter(x), self.up.weight[keep])).square()
+        return self.nesting.leave(F.linear(hidden, self.down.weight[:, keep]))

@@ -1,0 +1,1 @@
+"""MatFormer tools: Mix'n'Match extraction, submodel evaluation (`gigatron matformer ...`)."""
