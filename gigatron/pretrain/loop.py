@@ -154,7 +154,10 @@ class Trainer:
                 f"checkpoint {path} was trained with tokenizer {state.tokenizer_fingerprint!r} but "
                 f"data.tokenizer gives {self.data.tokenizer_fingerprint!r}; resume with the same tokenizer"
             )
-        self.loader.load_state_dict(state.loader)
+        if state.loader is not None:  # an imported or extracted model starts at the data's beginning
+            self.loader.load_state_dict(state.loader)
+        else:
+            state.loader = self.loader.state_dict()
         self.state = state
         self.log(f"[resume] {path}: step {state.step}, {state.tokens} tokens")
 

@@ -11,6 +11,7 @@ and removes the output if it does not.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +54,9 @@ class ExtractedCheckpoint:
         self.fractions = per_layer_fractions(fractions, len(model.ffn_sizes))
         self.cfg = copy.deepcopy(source.cfg)
         self.cfg.model = submodel_config(model, self.fractions)
+        # An ordinary model: the MatFormer training keys would be refused without model.matformer.
+        self.cfg.train = dataclasses.replace(self.cfg.train, matformer_mode="sum", matformer_weights=None,
+                                             matformer_probabilities=None)
         self.path = source.path
         self.plans = param_plans(self.cfg.model)
         # A new model: step 0 and a fresh data position, but the tokenizer it was trained with.
