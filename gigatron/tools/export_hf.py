@@ -41,6 +41,16 @@ def _ends(last: int, embed: str, final_norm: str, tied: bool) -> list[tuple[str,
     return [(embed, "0.tokens.weight"), (final_norm, f"{last}.norm.weight"), ("lm_head.weight", head)]
 
 
+def _uniform_ffn_size(cfg: GPTConfig | HybridConfig) -> int:
+    """transformers' configs have one intermediate_size; a Mix'n'Match model with mixed widths has none."""
+    sizes = set(cfg.ffn_sizes) or {cfg.ffn_size}
+    if len(sizes) > 1:
+        raise ExportError(f"model.ffn_hidden_sizes={cfg.ffn_hidden_sizes}: transformers' config has a single "
+                          "intermediate_size, so per-layer FFN widths cannot be exported; extract a uniform "
+                          "submodel (gigatron matformer extract --widths G) to export")
+    return sizes.pop()
+
+
 def _nemotron_h(cfg: HybridConfig, token_ids: dict[str, int | None]) -> tuple[Any, list[tuple[str, str]]]:
     from transformers import NemotronHConfig
 
@@ -54,7 +64,8 @@ def _nemotron_h(cfg: HybridConfig, token_ids: dict[str, int | None]) -> tuple[An
     hf = NemotronHConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, hybrid_override_pattern=pattern,
         tie_word_embeddings=False, num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.kv_heads, head_dim=cfg.hidden_size // cfg.num_heads, intermediate_size=cfg.ffn_size,
+        num_key_value_heads=cfg.kv_heads, head_dim=cfg.hidden_size // cfg.num_heads,
+        intermediate_size=_uniform_ffn_size(cfg),
         mlp_hidden_act="relu2", ssm_state_size=cfg.d_state, mamba_num_heads=cfg.expand * cfg.hidden_size // cfg.headdim,
         mamba_head_dim=cfg.headdim, n_groups=cfg.ngroups, conv_kernel=cfg.d_conv, expand=cfg.expand,
         chunk_size=cfg.chunk_size, layer_norm_epsilon=cfg.norm_eps,
@@ -108,7 +119,7 @@ def _llama(cfg: GPTConfig, token_ids: dict[str, int | None]) -> tuple[Any, list[
     from transformers import LlamaConfig
 
     hf = LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_size,
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=_uniform_ffn_size(cfg),
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.kv_heads,
         head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps, hidden_act="silu",
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_base},  # transformers 5's rope_theta

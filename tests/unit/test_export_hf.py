@@ -35,7 +35,9 @@ def hybrid(**kw):
      "Mamba2ForCausalLM"),
     (GPTConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, rope_base=5e5, norm_eps=1e-6),
      "LlamaForCausalLM"),
-], ids=["nemotron-h", "nemotron-h-tied", "mamba2", "llama"])
+    (GPTConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, ffn_hidden_sizes=[96, 96]),
+     "LlamaForCausalLM"),
+], ids=["nemotron-h", "nemotron-h-tied", "mamba2", "llama", "llama-uniform-extracted"])
 def test_exported_model_reproduces_our_logits(cfg, cls, tmp_path):
     from gigatron.tools.export_hf import to_hf_model
 
@@ -54,6 +56,7 @@ def test_exported_model_reproduces_our_logits(cfg, cls, tmp_path):
     (hybrid(position_embedding="rope"), "model.position_embedding=rope"),
     (hybrid(mlp_activation="swiglu"), "model.mlp_activation=swiglu"),
     (MambaConfig(vocab_size=97, hidden_size=64, num_layers=2), "model.family=mamba cannot be exported"),
+    (hybrid(ffn_hidden_sizes=[64, 128]), r"model.ffn_hidden_sizes=\[64, 128\]: transformers' config has a single"),
 ])
 def test_unsupported_shapes_are_named(cfg, key):
     from gigatron.tools.export_hf import ExportError, hf_config_and_tensors
