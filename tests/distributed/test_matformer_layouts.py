@@ -113,6 +113,34 @@ def test_submodels_extracted_from_a_tp2_checkpoint_equal_the_tp2_nested_model(tp
         assert float((extracted - nested[widths]).abs().max()) <= 1e-6, widths
 
 
+def test_hybrid_submodels_on_two_tp_ranks_equal_their_extraction(tmp_path):
+    """The hybrid's nested MLPs (squared ReLU) under TP=2, from a freshly initialised checkpoint."""
+    from gigatron.config import config_from_dict
+    from gigatron.models.layers.factory import LayerFactory
+    from gigatron.models.layers.init import initialize_parameters
+    from gigatron.models.registry import build_model
+    from gigatron.tools.consolidated import InMemoryCheckpoint, write_consolidated
+
+    cfg = config_from_dict({"model": {"family": "hybrid", "vocab_size": 64, "hidden_size": 32, "num_layers": 6,
+                                      "pattern": "M-M*--", "d_state": 8, "headdim": 8, "ngroups": 2, "chunk_size": 8,
+                                      "num_heads": 4, "num_kv_heads": 2, "ffn_hidden_size": 128,
+                                      "matformer": {"blocks": 2}},
+                            "train": {"steps": 1}, "data": {"seq_len": 16}})
+    model = build_model(cfg.model, LayerFactory())
+    initialize_parameters(model, seed=3)
+    tensors = {name: p.detach().clone() for name, p in model.named_parameters()}
+    write_consolidated(InMemoryCheckpoint(tmp_path, cfg, tensors), tmp_path / "hybrid", log=lambda *_: None)
+    worker = REPO / "tests" / "distributed" / "matformer_tp_worker.py"
+    logits_file = tmp_path / "tp2_logits.pt"
+    assert_ok(gigatron("launch", "--nproc", "2", "--", sys.executable, str(worker), str(tmp_path / "hybrid"),
+                       str(logits_file), "0.125", "0.25,0.5,1", "1"))
+    nested = torch.load(logits_file, weights_only=True)
+    for i, widths in enumerate(("0.125", "0.25,0.5,1", "1")):
+        extracted = _extracted_logits(tmp_path / "hybrid", widths, tmp_path / f"extracted-{i}")
+        assert float((extracted - nested[widths]).abs().max()) <= 1e-6, widths
+    assert float((nested["0.125"] - nested["1"]).abs().max()) > 1e-3  # the submodels are different functions
+
+
 def test_extracted_submodel_is_an_ordinary_model_that_trains_and_generates(single_process, tmp_path):
     from gigatron.models.layers.nested_ffn import ffn_granularity
     from gigatron.tools.checkpoint_io import load_checkpoint_model
