@@ -23,6 +23,13 @@ class ParallelConfig:
     dp: int | None = None
     # DeepSpeed PipelineModule partitioning: "parameters" balances weights, "uniform" layer counts.
     pipeline_partition: Literal["parameters", "uniform"] = "uniform"
+    # Context parallelism (cp > 1): how attention spans the split sequence (docs/longctx.md).
+    # ring: K/V passed around the CP group; ulysses: all-to-all to head sharding; hybrid: Ulysses
+    # over groups of cp_ulysses consecutive ranks, ring across them.
+    cp_attention: Literal["ring", "ulysses", "hybrid"] = "ring"
+    cp_ulysses: int = 1
+    # Zigzag: rank r holds chunks r and 2·cp−1−r of 2·cp, balancing causal attention's work.
+    cp_zigzag: bool = True
 
 
 @dataclass

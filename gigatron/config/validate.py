@@ -45,6 +45,36 @@ def matformer_problems(cfg: Config) -> list[str]:
     return out
 
 
+def cp_head_problems(parallel, heads: int, kv_heads: int, tp_splits_heads: bool = True) -> list[str]:
+    """Ulysses (parallel.cp_attention ulysses or hybrid) splits each TP rank's heads further: checks that it can."""
+    if parallel.cp == 1 or parallel.cp_attention == "ring":
+        return []
+    degree = parallel.cp if parallel.cp_attention == "ulysses" else parallel.cp_ulysses
+    tp = parallel.tp if tp_splits_heads else 1
+    if heads % tp or kv_heads % tp or (heads // tp) % degree or (kv_heads // tp) % degree:
+        return [f"parallel.cp_attention={parallel.cp_attention} splits the attention heads per TP rank ({heads}/{tp} "
+                f"query, {kv_heads}/{tp} key/value) over {degree} ranks, which does not divide them; use "
+                "parallel.cp_attention=ring, or a Ulysses degree that divides the heads"]
+    return []
+
+
+def _context_parallel_problems(cfg: Config) -> list[str]:
+    p, out = cfg.parallel, []
+    pieces = 2 * p.cp if p.cp_zigzag else p.cp
+    if cfg.data.seq_len % pieces:
+        out.append(f"data.seq_len={cfg.data.seq_len} is not divisible by {pieces} (2·parallel.cp with parallel.cp_zigzag="
+                   f"{str(p.cp_zigzag).lower()}): every CP rank must hold whole chunks of every sequence")
+    if p.cp_attention == "hybrid" and not (1 < p.cp_ulysses < p.cp and p.cp % p.cp_ulysses == 0):
+        out.append(f"parallel.cp_attention=hybrid needs parallel.cp_ulysses (the Ulysses degree, now {p.cp_ulysses}) "
+                   f"to divide parallel.cp={p.cp} and lie strictly between 1 and it; the ring degree is cp/cp_ulysses")
+    if p.cp_attention != "hybrid" and p.cp_ulysses != 1:
+        out.append(f"parallel.cp_ulysses={p.cp_ulysses} only applies to parallel.cp_attention=hybrid")
+    if p.pp > 1:
+        out.append(f"parallel.cp={p.cp} with parallel.pp={p.pp}: context parallelism is not combined with the "
+                   "pipeline engine; use tp, cp and dp")
+    return out
+
+
 def validate_config(cfg: Config, world_size: int) -> Config:
     """Check `cfg` for a run of `world_size` processes and fill in `parallel.dp`.
 
@@ -74,6 +104,8 @@ def validate_config(cfg: Config, world_size: int) -> Config:
             )
     if p.zero_stage not in (0, 1, 2, 3):
         problems.append(f"parallel.zero_stage={p.zero_stage} must be 0, 1, 2 or 3")
+    if p.cp > 1:
+        problems += _context_parallel_problems(cfg)
     if p.pp > 1 and p.zero_stage > 1:
         problems.append(
             f"parallel.zero_stage={p.zero_stage} with parallel.pp={p.pp}: DeepSpeed's pipeline engine "

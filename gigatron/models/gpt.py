@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from gigatron.config.validate import divisibility_problems
+from gigatron.config.validate import cp_head_problems, divisibility_problems
 from gigatron.models.layers.attention import GroupedQueryAttention, KVCache
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import scaled_std
@@ -85,8 +85,7 @@ class GPTConfig:
         if parallel.pp > 1 and self.tie_embeddings:
             problems.append("model.tie_embeddings=true is not supported with parallel.pp>1 (embedding and head "
                             "live on different stages); untie or use parallel.pp=1")
-        if parallel.cp > 1:
-            problems.append(f"parallel.cp={parallel.cp}: context parallelism is not available for model.family=gpt yet")
+        problems += cp_head_problems(parallel, self.num_heads, self.kv_heads)
         return problems
 
 

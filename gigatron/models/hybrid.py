@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from gigatron.config.validate import divisibility_problems
+from gigatron.config.validate import cp_head_problems, divisibility_problems
 from gigatron.models.layers.attention import GroupedQueryAttention
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import scaled_std
@@ -138,8 +138,27 @@ class HybridConfig:
         if parallel.pp > 1 and self.tie_embeddings:
             problems.append("model.tie_embeddings=true is not supported with parallel.pp>1")
         if parallel.cp > 1:
-            problems.append(f"parallel.cp={parallel.cp}: context parallelism is not available for Mamba models yet")
+            problems += self._cp_problems(parallel)
         return problems
+
+
+    def _cp_problems(self, parallel: Any) -> list[str]:
+        pattern = self.layer_pattern if self.pattern is not None or self.attention_ratio + self.mlp_ratio <= 1 else ""
+        out: list[str] = []
+        if "*" in pattern:
+            out += cp_head_problems(parallel, self.num_heads, self.kv_heads)
+        if "M" not in pattern:
+            return out
+        if self.mixer != "mamba2":
+            return out + [f"parallel.cp={parallel.cp} with model.mixer=mamba1: context parallelism runs Mamba-2 layers "
+                          "(all-to-all to head sharding around the scan); use model.mixer=mamba2"]
+        heads = self.expand * self.hidden_size // self.headdim
+        split = heads % parallel.tp == 0 and self.ngroups % parallel.tp == 0
+        if split and ((heads // parallel.tp) % parallel.cp or (self.ngroups // parallel.tp) % parallel.cp):
+            out.append(f"parallel.cp={parallel.cp}: each CP rank scans a 1/cp share of every TP rank's Mamba-2 heads "
+                       f"({heads}/{parallel.tp}) and groups (model.ngroups={self.ngroups}/{parallel.tp}); both must "
+                       "be divisible by parallel.cp")
+        return out
 
 
 @dataclass

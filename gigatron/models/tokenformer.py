@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gigatron.config.validate import divisibility_problems
+from gigatron.config.validate import cp_head_problems, divisibility_problems
 from gigatron.models.layers.attention import KVCache, attend_cached, check_room, new_kv_cache
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.lm_ends import Embedding, tie_output_to_embedding
 from gigatron.models.layers.pattention import NORMALIZATIONS
-from gigatron.models.layers.rotary import apply_rotary, rotary_tables
+from gigatron.models.layers.rotary import apply_rotary, rotary_at, rotary_tables
 from gigatron.models.registry import LayerRecipe, ModelSpec
 
 
@@ -97,8 +97,7 @@ class TokenFormerConfig:
         if parallel.pp > 1 and self.tie_embeddings:
             problems.append("model.tie_embeddings=true is not supported with parallel.pp>1 (the tied matrices "
                             "would live on different stages); set model.tie_embeddings=false or parallel.pp=1")
-        if parallel.cp > 1:
-            problems.append(f"parallel.cp={parallel.cp}: context parallelism is not available for TokenFormer yet")
+        problems += cp_head_problems(parallel, self.num_heads, self.num_heads, tp_splits_heads=False)
         return problems
 
 
@@ -127,13 +126,19 @@ class TokenFormerAttention(nn.Module):
                                        scale_tokens=cfg.proj_scale_tokens, key_std=kstd, value_std=vstd)
         self.num_heads, self.head_dim, self.rotary_dim = cfg.num_heads, cfg.head_dim, cfg.rotary_dim
         self.rope_base = cfg.rope_base
+        self.core = factory.attention_core()  # SDPA, or ring/Ulysses under context parallelism
+        self.core.check_heads(cfg.num_heads, cfg.num_heads)
 
     def _rotate(self, x: torch.Tensor, start: int) -> torch.Tensor:
         if self.rotary_dim == 0:
             return x
         seq = x.shape[2]
-        cos, sin = rotary_tables(start + seq, self.rotary_dim, self.rope_base, device=x.device)
-        cos, sin = cos[start:].to(x.dtype), sin[start:].to(x.dtype)
+        if self.core.cp is not None:
+            cos, sin = rotary_at(self.core.positions(seq, x.device), self.rotary_dim, self.rope_base)
+        else:
+            cos, sin = rotary_tables(start + seq, self.rotary_dim, self.rope_base, device=x.device)
+            cos, sin = cos[start:], sin[start:]
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         rotated = apply_rotary(x[..., :self.rotary_dim], cos, sin)
         return torch.cat([rotated, x[..., self.rotary_dim:]], dim=-1)
 
@@ -151,7 +156,7 @@ class TokenFormerAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._project(x, 0)
-        return self._output(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        return self._output(self.core(q, k, v))
 
     def new_cache(self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype) -> KVCache:
         """An empty KV cache for generation."""

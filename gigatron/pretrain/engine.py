@@ -14,7 +14,7 @@ from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.registry import build_model, get_model_spec
 from gigatron.pretrain.logical_load import load_model_weights, load_optimizer_state
 from gigatron.pretrain.optimizer import ClippedAdamW, param_groups
-from gigatron.pretrain.parallel import MegatronMPU, ParallelRanks
+from gigatron.pretrain.parallel import MegatronMPU, ParallelRanks, build_context_parallel
 from gigatron.pretrain.schedule import lr_at
 from gigatron.pretrain.tasks import LanguageModelingTask, build_task
 from gigatron.tools.consolidated import LogicalCheckpoint
@@ -36,13 +36,17 @@ class TrainingEngine:
         return self.engine.module
 
 
-def deepspeed_config(cfg: Config, dp_size: int, clip_in_engine: bool) -> dict:
-    """The DeepSpeed JSON config derived from ours; nothing is left to DeepSpeed's defaults that matters."""
+def deepspeed_config(cfg: Config, data_size: int, clip_in_engine: bool) -> dict:
+    """The DeepSpeed JSON config derived from ours; nothing is left to DeepSpeed's defaults that matters.
+
+    `data_size` counts the ranks that read different samples; DeepSpeed counts CP ranks as data
+    parallel too (they average gradients), so its batch arithmetic is scaled by parallel.cp.
+    """
     t, p = cfg.train, cfg.parallel
     return {
-        "train_batch_size": t.global_batch_size,
+        "train_batch_size": t.global_batch_size * p.cp,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
-        "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * dp_size),
+        "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * data_size),
         "gradient_clipping": t.clip_grad if clip_in_engine else 0.0,
         "zero_optimization": {"stage": p.zero_stage},
         "bf16": {"enabled": t.precision == "bf16"},
@@ -87,7 +91,8 @@ def build_engine(cfg: Config, ranks: ParallelRanks, device: str, init_from: Logi
     from megatron.core import parallel_state as ps
 
     spec = get_model_spec(type(cfg.model).family)
-    factory = LayerFactory(tp_size=ranks.tp_size, device="cpu" if device == "cpu" else None)
+    factory = LayerFactory(tp_size=ranks.tp_size, device="cpu" if device == "cpu" else None,
+                           cp=build_context_parallel(cfg.parallel))
     task = build_task(spec.task, factory)
     is_pipeline = ranks.pp_size > 1
     # PipelineModule talks through deepspeed.comm, which must adopt our existing torch.distributed group.
@@ -113,7 +118,7 @@ def build_engine(cfg: Config, ranks: ParallelRanks, device: str, init_from: Logi
     steps = total_steps(cfg)
     base_lr = cfg.train.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, steps, cfg.train) / base_lr)
-    ds_config = deepspeed_config(cfg, ranks.dp_size, clip_in_engine=not zero0)
+    ds_config = deepspeed_config(cfg, ranks.data_size, clip_in_engine=not zero0)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
         mpu=None if is_pipeline else MegatronMPU(),

@@ -90,7 +90,7 @@ class Trainer:
         self.engine: TrainingEngine = build_engine(cfg, self.ranks, self.device, init_from=init_from)
         t = cfg.train
         self.loader = GlobalBatchLoader(self.data.train, t.global_batch_size, t.micro_batch_size,
-                                        self.ranks.dp_rank, self.ranks.dp_size, t.seed, cfg.data.shuffle,
+                                        self.ranks.data_rank, self.ranks.data_size, t.seed, cfg.data.shuffle,
                                         weights=self.data.train_weights, num_workers=cfg.data.num_workers,
                                         on_error=cfg.data.on_error)
         self.total_steps = total_steps(cfg)
@@ -175,12 +175,12 @@ class Trainer:
             return StepResult(loss=loss, grad_norm=_as_float(ds.get_global_grad_norm()), lr=lr,
                               data_wait_s=data_wait, granularity_losses=per_granularity)
         if self.engine.is_pipeline:
-            pairs = iter([task.split(mb.to(self.device)) for mb in micro_batches])
+            pairs = iter([task.split_local(mb.to(self.device)) for mb in micro_batches])
             loss = ds.train_batch(data_iter=pairs).detach().float()
         else:
             total = torch.zeros((), device=self.device)
             for mb in micro_batches:
-                inputs, labels = task.split(mb.to(self.device))
+                inputs, labels = task.split_local(mb.to(self.device))
                 micro_loss = task.loss(ds(inputs), labels)
                 ds.backward(micro_loss)
                 ds.step()
@@ -195,12 +195,12 @@ class Trainer:
         plan = self.granularities.at(self.state.step)
         if self.engine.is_pipeline:  # sample mode only (validated): one granularity for the whole batch
             with ffn_granularity(ds.module, plan[0][0]):
-                pairs = iter([task.split(mb.to(self.device)) for mb in micro_batches])
+                pairs = iter([task.split_local(mb.to(self.device)) for mb in micro_batches])
                 loss = float(ds.train_batch(data_iter=pairs).detach().float())
             return loss, {metric_name(plan[0][0]): loss}
         sums = torch.zeros(len(plan), device=self.device)
         for i, mb in enumerate(micro_batches):
-            inputs, labels = task.split(mb.to(self.device))
+            inputs, labels = task.split_local(mb.to(self.device))
             for j, (granularity, weight) in enumerate(plan):
                 if len(plan) > 1:
                     # Several backward passes per micro-batch: DeepSpeed must reduce and step only
@@ -226,9 +226,9 @@ class Trainer:
         # The same `eval_batches` global batches every time and on every layout, so validation
         # curves compare across runs and across DP sizes.
         valid = GlobalBatchLoader(self.data.valid, t.global_batch_size, t.micro_batch_size,
-                                  self.ranks.dp_rank, self.ranks.dp_size, t.seed, shuffle=False,
+                                  self.ranks.data_rank, self.ranks.data_size, t.seed, shuffle=False,
                                   weights=self.data.valid_weights, on_error=self.cfg.data.on_error)
-        batches = [task.split(mb.to(self.device)) for _ in range(t.eval_batches) for mb in valid.next_batch()]
+        batches = [task.split_local(mb.to(self.device)) for _ in range(t.eval_batches) for mb in valid.next_batch()]
         self.valid_granularity_losses = {}
         if self.granularities is None:
             return self._validation_loss(batches)
@@ -265,7 +265,7 @@ class Trainer:
         self.metrics = MetricsWriter(Path(cfg.output_dir), self.env.is_main, self.total_steps, self.state.step,
                                      cfg.logging.tensorboard, cfg.logging.progress_bar)
         self.log(f"[run] {self.engine.num_params / 1e6:.2f}M parameters, {self.env.world_size} ranks "
-                 f"(tp={self.ranks.tp_size} pp={self.ranks.pp_size} dp={self.ranks.dp_size} "
+                 f"(tp={self.ranks.tp_size} pp={self.ranks.pp_size} cp={self.ranks.cp_size} dp={self.ranks.data_size} "
                  f"zero={cfg.parallel.zero_stage}), steps {self.state.step}->{self.total_steps}, "
                  f"{self.tokens_per_step} tokens/step")
         # One "start" record per invocation: `gigatron status` counts restarts and requeues from them.

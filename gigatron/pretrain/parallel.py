@@ -19,6 +19,13 @@ class ParallelRanks:
     pp_size: int
     dp_rank: int
     dp_size: int
+    cp_rank: int = 0
+    cp_size: int = 1
+    # Which share of each global batch this rank reads, and how many shares there are: the ranks of
+    # one CP group read the same samples (each keeps its part of every sequence). dp_* above count
+    # CP ranks too, because they hold weight replicas that DeepSpeed averages gradients over.
+    data_rank: int = 0
+    data_size: int = 1
 
     @property
     def is_last_stage(self) -> bool:
@@ -48,7 +55,48 @@ def initialize_parallel(parallel: ParallelConfig) -> ParallelRanks:
         pp_size=ps.get_pipeline_model_parallel_world_size(),
         dp_rank=ps.get_data_parallel_rank(with_context_parallel=True),
         dp_size=ps.get_data_parallel_world_size(with_context_parallel=True),
+        cp_rank=ps.get_context_parallel_rank(),
+        cp_size=ps.get_context_parallel_world_size(),
+        data_rank=ps.get_data_parallel_rank(),
+        data_size=ps.get_data_parallel_world_size(),
     )
+
+
+def build_context_parallel(parallel: ParallelConfig):
+    """The CP group and its attention scheme (None at cp = 1); collective: call on every rank.
+
+    For `hybrid`, each CP group's ranks are cut into Ulysses groups of `cp_ulysses` consecutive
+    ranks; ranks at the same place in those form the ring groups. Every rank creates every group
+    (torch.distributed requires it), in one order agreed through an all-gather.
+    """
+    if parallel.cp == 1:
+        return None
+    from megatron.core import parallel_state as ps
+
+    from gigatron.models.layers.cp.core import ContextParallel
+    from gigatron.models.layers.cp.layout import SequenceLayout
+
+    layout = SequenceLayout(ps.get_context_parallel_rank(), parallel.cp, parallel.cp_zigzag)
+    group = ps.get_context_parallel_group()
+    if parallel.cp_attention != "hybrid":
+        return ContextParallel(layout, group, parallel.cp_attention)
+    mine = ps.get_context_parallel_global_ranks()
+    everyone: list[list[int]] = [None] * dist.get_world_size()  # type: ignore[list-item]
+    dist.all_gather_object(everyone, list(mine))
+    u, me = parallel.cp_ulysses, dist.get_rank()
+    ulysses_group = ring_group = None
+    for cp_ranks in sorted({tuple(r) for r in everyone}):
+        for start in range(0, len(cp_ranks), u):
+            members = list(cp_ranks[start:start + u])
+            created = dist.new_group(members)
+            if me in members:
+                ulysses_group = created
+        for offset in range(u):
+            members = list(cp_ranks[offset::u])
+            created = dist.new_group(members)
+            if me in members:
+                ring_group = created
+    return ContextParallel(layout, group, "hybrid", ulysses_group, ring_group)
 
 
 def destroy_parallel() -> None:

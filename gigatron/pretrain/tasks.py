@@ -24,11 +24,32 @@ class LanguageModelingTask:
         """
         return batch[:, :-1].clamp(min=0).contiguous(), batch[:, 1:].contiguous()
 
+    def split_local(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`split`, then this rank's tokens of every sequence under context parallelism."""
+        inputs, labels = self.split(batch)
+        cp = self.factory.cp
+        if cp is None:
+            return inputs, labels
+        return cp.layout.shard(inputs, dim=1).contiguous(), cp.layout.shard(labels, dim=1).contiguous()
+
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over labelled tokens; logits may be this rank's vocab shard (TP>1)."""
+        """Mean cross-entropy over labelled tokens; logits may be this rank's vocab shard (TP>1).
+
+        Under context parallelism a rank sees part of each sequence: its loss is its tokens' sum over
+        the CP group's count of labelled tokens, times cp, because DeepSpeed averages gradients (and
+        the trainer averages logged losses) over CP ranks as over data-parallel ones.
+        """
         keep = labels >= 0
         per_token = self.factory.cross_entropy(logits, labels.clamp(min=0))
-        return (per_token * keep).sum() / keep.sum().clamp(min=1)
+        count = keep.sum()
+        cp = self.factory.cp
+        if cp is None:
+            return (per_token * keep).sum() / count.clamp(min=1)
+        import torch.distributed as dist
+
+        count = count.detach().clone()
+        dist.all_reduce(count, group=cp.group)
+        return (per_token * keep).sum() * cp.size / count.clamp(min=1)
 
 
 def build_task(name: str, factory: LayerFactory) -> LanguageModelingTask:

@@ -46,16 +46,17 @@ class Cluster:
     def run(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=self.env, cwd=REPO)
 
-    def submit(self, tmp: Path, steps: int, minutes: int = 5) -> tuple[str, Path, Path]:
-        """sbatch the script with 2 tasks; returns (job id, run dir, log file)."""
+    def submit(self, tmp: Path, steps: int, minutes: int = 5, script: Path = SCRIPT, config: Path | None = None
+               ) -> tuple[str, Path, Path]:
+        """sbatch `script` with 2 tasks; returns (job id, run dir, log file)."""
         run_dir, log = tmp / "run", tmp / "job.out"
         extra = (f"--set train.steps={steps} --set train.eval_interval=0 "
                  "--set logging.progress_bar=false --set logging.tensorboard=false --set logging.interval=1")
-        env = {**self.env, "GIGATRON_CONFIG": str(CONFIG), "GIGATRON_RUN_DIR": str(run_dir),
+        env = {**self.env, "GIGATRON_CONFIG": str(config or CONFIG), "GIGATRON_RUN_DIR": str(run_dir),
                "GIGATRON_VENV": str(Path(sys.executable).parent.parent), "GIGATRON_EXTRA": extra}
         proc = subprocess.run(
             ["sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", f"--time={minutes}",
-             f"--output={log}", str(SCRIPT)],
+             f"--output={log}", str(script)],
             capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
         assert proc.returncode == 0, f"sbatch failed: {proc.stderr}"
         job = proc.stdout.strip().split(";")[0]
@@ -156,6 +157,16 @@ def test_sbatch_trains_and_checkpoints(slurm, tmp_path):
     assert "2 ranks" in text, tail(log)
     assert latest(run_dir) == "step_00000006"
     assert train_steps(run_dir) == list(range(1, 7))
+
+
+def test_long_context_script_trains_with_context_parallelism(slurm, tmp_path):
+    """slurm/pretrain_longctx.sh with its default config: 2048-token sequences split over the 2 tasks."""
+    config = REPO / "configs" / "longctx" / "smoke.yaml"
+    job, run_dir, log = slurm.submit(tmp_path, steps=3, script=REPO / "slurm" / "pretrain_longctx.sh", config=config)
+    info = slurm.wait_final(job, timeout=300, log=log)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
+    assert "cp=2" in log.read_text(), tail(log)
+    assert train_steps(run_dir) == [1, 2, 3]
 
 
 def test_sbatch_final_loss_equals_a_local_run(slurm, uninterrupted, tmp_path):

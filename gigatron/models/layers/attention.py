@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gigatron.models.layers.factory import LayerFactory
-from gigatron.models.layers.rotary import apply_rotary, rotary_tables
+from gigatron.models.layers.rotary import apply_rotary, rotary_at, rotary_tables
 
 
 @dataclass
@@ -42,6 +42,9 @@ class GroupedQueryAttention(nn.Module):
         self.k = factory.column_linear(hidden, num_kv_heads * head_dim, std=std)
         self.v = factory.column_linear(hidden, num_kv_heads * head_dim, std=std)
         self.o = factory.row_linear(num_heads * head_dim, hidden, std=out_std)
+        # The token mixer comes from the factory: SDPA on one rank, exact ring/Ulysses under CP.
+        self.core = factory.attention_core()
+        self.core.check_heads(self.local_heads, self.local_kv_heads)
         self._rope_cache: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
 
     def _rope_tables(self, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,9 +60,12 @@ class GroupedQueryAttention(nn.Module):
         k = self.k(x).view(batch, seq, self.local_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v(x).view(batch, seq, self.local_kv_heads, self.head_dim).transpose(1, 2)
         if self.rope:
-            cos, sin = self._rope_tables(start + seq, x.device)
-            cos, sin = cos[start:start + seq].to(q.dtype), sin[start:start + seq].to(q.dtype)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            if self.core.cp is not None:  # this rank's tokens are not positions 0..seq-1
+                cos, sin = rotary_at(self.core.positions(seq, x.device), self.head_dim, self.rope_base)
+            else:
+                cos, sin = self._rope_tables(start + seq, x.device)
+                cos, sin = cos[start:start + seq], sin[start:start + seq]
+            q, k = apply_rotary(q, cos.to(q.dtype), sin.to(q.dtype)), apply_rotary(k, cos.to(q.dtype), sin.to(q.dtype))
         return q, k, v
 
     def _output(self, out: torch.Tensor) -> torch.Tensor:
@@ -68,9 +74,7 @@ class GroupedQueryAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._project(x, 0)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                             enable_gqa=self.local_kv_heads != self.local_heads)
-        return self._output(out)
+        return self._output(self.core(q, k, v))
 
     def new_cache(self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype) -> KVCache:
         """An empty KV cache for generation."""

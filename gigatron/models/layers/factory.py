@@ -47,6 +47,8 @@ class LayerFactory:
     tp_size: int = 1
     device: str | None = None
     params_dtype: torch.dtype = torch.float32
+    # Context parallelism (a `cp.core.ContextParallel`); None: every rank holds whole sequences.
+    cp: object | None = None
     _mp_config: object | None = field(default=None, init=False, repr=False)
 
     @property
@@ -181,6 +183,20 @@ class LayerFactory:
 
             group = parallel_state.get_tensor_model_parallel_group()
         return Pattention(keys, values, normalization, scale_tokens or n_tokens, group)
+
+    def attention_core(self):
+        """The token mixer of attention layers: SDPA at cp = 1, ring / Ulysses / hybrid attention under CP."""
+        from gigatron.models.layers.cp.core import AttentionCore
+
+        return AttentionCore(self.cp)
+
+    def sequence_exchange(self):
+        """For Mamba layers under CP: the sequence <-> channel all-to-all (None at cp = 1)."""
+        if self.cp is None:
+            return None
+        from gigatron.models.layers.cp.core import SequenceExchange
+
+        return SequenceExchange(self.cp)
 
     def nesting(self, ffn_size: int, cfg) -> object:
         """MatFormer width state for one FFN of `ffn_size` (see `nested_ffn.py`), with this layout's TP regions."""

@@ -3,7 +3,9 @@
 in_proj -> [z, x, B, C, dt]; depthwise causal conv1d + SiLU over xBC; SSD with A = -exp(A_log),
 dt = softplus(dt + dt_bias) and a D skip; gated RMSNorm norm(y * silu(z)); out_proj.
 Each TP rank owns nheads/tp heads and ngroups/tp groups, so the SSD runs locally and only
-out_proj reduces across ranks.
+out_proj reduces across ranks. Under context parallelism each rank holds part of the sequence: the
+conv and SSD inputs go through an all-to-all to the whole sequence for 1/cp of the rank's heads and
+groups, and the SSD output back (Megatron's scheme), which is exact because both are per channel.
 """
 
 from __future__ import annotations
@@ -80,24 +82,46 @@ class Mamba2Mixer(nn.Module):
         self.D = no_weight_decay(mark_init(factory.parameter((s.nheads,), shard_dim=0), "ones"))
         self.norm = GatedGroupRMSNorm(factory, s.d_inner, s.d_inner // s.ngroups)
         self.out_proj = factory.row_linear(s.d_inner, s.hidden, std=out_std)
+        self.exchange = factory.sequence_exchange()  # None unless context parallel
 
     def _split(self, zxbcdt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         conv_width = self.local_inner + 2 * self.local_state_width
         return torch.split(zxbcdt, [self.local_inner, conv_width, self.local_heads], dim=-1)
 
-    def _ssm_inputs(self, xbc: torch.Tensor, dt: torch.Tensor):
-        x, b, c = torch.split(xbc, [self.local_inner, self.local_state_width, self.local_state_width], dim=-1)
+    def _ssm_inputs(self, xbc: torch.Tensor, dt: torch.Tensor, share: int = 1, heads: torch.Tensor | None = None):
+        """x, dt, A, B, C from the conv output; `share` > 1 with `heads`: a CP rank's 1/share of the heads."""
+        inner, width = self.local_inner // share, self.local_state_width // share
+        x, b, c = torch.split(xbc, [inner, width, width], dim=-1)
         lead = x.shape[:-1]
-        x = x.reshape(*lead, self.local_heads, self.shape.headdim)
-        b = b.reshape(*lead, self.local_groups, self.shape.d_state)
-        c = c.reshape(*lead, self.local_groups, self.shape.d_state)
-        dt = F.softplus(dt.float() + self.dt_bias.float())
-        a = -torch.exp(self.A_log.float())
+        x = x.reshape(*lead, self.local_heads // share, self.shape.headdim)
+        b = b.reshape(*lead, self.local_groups // share, self.shape.d_state)
+        c = c.reshape(*lead, self.local_groups // share, self.shape.d_state)
+        dt_bias, a_log = (self.dt_bias, self.A_log) if heads is None else (self.dt_bias[heads], self.A_log[heads])
+        dt = F.softplus(dt.float() + dt_bias.float())
+        a = -torch.exp(a_log.float())
         return x, dt, a, b, c
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        if self.exchange is not None:
+            return self._forward_context_parallel(u)
         out, _ = self._forward(u, None)
         return out
+
+    def _forward_context_parallel(self, u: torch.Tensor) -> torch.Tensor:
+        ex, share = self.exchange, self.exchange.size
+        batch = u.shape[0]
+        z, xbc, dt = self._split(self.in_proj(u))
+        segments = [self.local_inner, self.local_state_width, self.local_state_width]
+        channels = ex.channel_index(segments, u.device)
+        heads = ex.channel_index([self.local_heads], u.device)
+        xbc = ex.to_channels(xbc, segments)  # [b, L, conv channels / cp], the whole sequence in order
+        dt = ex.to_channels(dt, [self.local_heads])
+        conv = causal_conv1d(xbc.transpose(1, 2), self.conv_weight[channels], self.conv_bias[channels],
+                             activation="silu")
+        x, dt, a, b, c = self._ssm_inputs(conv.transpose(1, 2), dt, share, heads)
+        y, _ = ssd(x, dt, a, b, c, self.shape.chunk_size, D=self.D[heads].float())
+        y = ex.to_sequence(y.reshape(batch, y.shape[1], self.local_inner // share).to(u.dtype))
+        return self.out_proj(self.norm(y, z))
 
     def _forward(self, u: torch.Tensor, cache: Mamba2Cache | None) -> tuple[torch.Tensor, torch.Tensor]:
         batch, seq, _ = u.shape
