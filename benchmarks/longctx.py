@@ -36,7 +36,9 @@ def measure(mode: str, length: int, ranks: int = 1) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result"
         worker = [sys.executable, __file__, "--worker", mode, "--length", str(length), "--result", str(out)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, 2 // ranks))}
+        # A fixed mmap threshold makes glibc return every freed tensor to the OS at once, so the
+        # peak resident size tracks live tensors rather than allocator slack (same for all methods).
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, 2 // ranks)), "MALLOC_MMAP_THRESHOLD_": "65536"}
         command = worker if ranks == 1 else [sys.executable, "-m", "gigatron", "launch", "--nproc", str(ranks), "--",
                                              *worker]
         proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
@@ -100,10 +102,10 @@ def longest(points: list[dict], budget_mib: float, degree: int) -> tuple[int, bo
     lengths = np.array([p["length"] for p in points], dtype=float)
     memory = np.array([p["peak_mib"] for p in points])
     coef = np.polyfit(lengths, memory, degree)
-    grid = np.arange(1024, 1 << 26, 1024, dtype=float)
+    grid = np.arange(64, 1 << 26, 64, dtype=float)
     fits = grid[np.polyval(coef, grid) <= budget_mib]
     best = int(fits.max()) if fits.size else 0
-    return best, best > lengths.max(), coef
+    return best, bool(best > lengths.max()), coef
 
 
 def plot(results: dict[str, list[dict]], fits: dict[str, np.ndarray], degrees: dict[str, int], out: Path) -> None:
@@ -117,9 +119,9 @@ def plot(results: dict[str, list[dict]], fits: dict[str, np.ndarray], degrees: d
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for mode, points in results.items():
         lengths = np.array([p["length"] for p in points])
-        axes[0].plot(lengths, [p["peak_mib"] for p in points], "o", label=labels[mode])
+        dots = axes[0].plot(lengths, [p["peak_mib"] for p in points], "o", label=labels[mode])[0]
         grid = np.linspace(lengths.min(), lengths.max(), 50)
-        axes[0].plot(grid, np.polyval(fits[mode], grid), "--", alpha=0.6)
+        axes[0].plot(grid, np.polyval(fits[mode], grid), "--", alpha=0.6, color=dots.get_color())
         axes[1].plot(lengths, [1e6 * p["seconds"] / p["length"] for p in points], "o-", label=labels[mode])
     axes[0].set(xscale="log", yscale="log", xlabel="sequence length L", ylabel="peak memory per rank (MiB)",
                 title="memory of one attention layer, forward + backward")
@@ -138,6 +140,9 @@ def main() -> None:
     parser.add_argument("--budget-gib", type=float, default=2.0)
     parser.add_argument("--max-len", type=int, default=65536)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take measurements already in OUT/longctx_points.jsonl (an earlier run) instead of "
+                             "measuring them again")
     parser.add_argument("--worker", choices=["vanilla", "ours", "ring"])
     parser.add_argument("--length", type=int)
     parser.add_argument("--result", type=Path)
@@ -148,12 +153,22 @@ def main() -> None:
     plan = {"vanilla": [1024, 2048, 4096, 8192],
             "ours": [n for n in (4096, 8192, 16384, 32768, 65536) if n <= args.max_len],
             "ring": [n for n in (8192, 16384, 32768, 65536) if n <= args.max_len]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    points_file = args.out / "longctx_points.jsonl"
+    known = {}
+    if args.reuse and points_file.is_file():
+        known = {(p["mode"], p["length"]): p for p in map(json.loads, points_file.read_text().splitlines())}
+    elif points_file.exists():
+        points_file.unlink()
     results: dict[str, list[dict]] = {}
     for mode, lengths in plan.items():
         results[mode] = []
         for length in lengths:
-            results[mode].append(measure(mode, length, ranks=4 if mode == "ring" else 1))
-            point = results[mode][-1]
+            point = known.get((mode, length)) or measure(mode, length, ranks=4 if mode == "ring" else 1)
+            if (mode, length) not in known:
+                with points_file.open("a") as f:
+                    f.write(json.dumps(point) + "\n")
+            results[mode].append(point)
             print(f"{mode:8s} L={length:6d}: {point['peak_mib']:8.1f} MiB, {point['seconds']:7.2f} s", flush=True)
     budget = args.budget_gib * 1024
     degrees = {"vanilla": 2, "ours": 1, "ring": 1}
@@ -161,7 +176,6 @@ def main() -> None:
     for mode, points in results.items():
         length, extrapolated, coef = longest(points, budget, degrees[mode])
         best[mode], fits[mode] = (length, extrapolated), coef
-    args.out.mkdir(parents=True, exist_ok=True)
     plot(results, fits, degrees, args.out)
     summary = {"budget_mib": budget, "results": results,
                "longest": {m: {"length": n, "extrapolated": e} for m, (n, e) in best.items()},

@@ -15,6 +15,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+import gigatron.models.layers.blockwise_attention as blockwise
+import gigatron.models.layers.cp.ring as ring_module
 from gigatron.launcher.dist_env import DistEnv, init_distributed
 from gigatron.models.layers.blockwise_attention import memory_efficient_attention
 from gigatron.models.layers.cp.layout import SequenceLayout, pad_to_multiple
@@ -100,11 +102,14 @@ def main() -> int:
     hybrid_groups = groups_for_hybrid(world, 2) if world == 4 else None
     kinds = ["ring", "ulysses"] + (["hybrid"] if hybrid_groups else [])
     problems = []
-    for kind, causal, zigzag in itertools.product(kinds, (True, False), (True, False)):
-        for heads, kv_heads in ((4, 4), (8, 4)):
-            # A length that splits into 2·cp chunks, and one that needs padding.
-            for length in (8 * world, 8 * world + 3):
-                problems += check(kind, causal, zigzag, heads, kv_heads, length, hybrid_groups)
+    # Whole blocks, then K/V moving in 3-token chunks and key runs cut into 2-token pieces.
+    for transfer, run in ((ring_module._CHUNK, blockwise._MAX_RUN), (3, 2)):
+        ring_module._CHUNK, blockwise._MAX_RUN = transfer, run
+        for kind, causal, zigzag in itertools.product(kinds, (True, False), (True, False)):
+            for heads, kv_heads in ((4, 4), (8, 4)):
+                # A length that splits into 2·cp chunks, and one that needs padding.
+                for length in (8 * world, 8 * world + 3):
+                    problems += check(kind, causal, zigzag, heads, kv_heads, length, hybrid_groups)
     for problem in problems:
         print(problem, file=sys.stderr)
     dist.barrier()

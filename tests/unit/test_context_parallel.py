@@ -44,6 +44,7 @@ def test_zigzag_layout_gives_rank_r_chunks_r_and_2cp_minus_1_minus_r():
 @pytest.mark.parametrize("key_limit", [None, 17])
 def test_blockwise_attention_equals_naive(dtype, causal, key_limit, monkeypatch):
     monkeypatch.setattr(blockwise, "_SCORE_BUDGET", 200)  # many row blocks in the reference loop
+    monkeypatch.setattr(blockwise, "_MAX_RUN", 5)  # runs cut into pieces: diagonal, full and masked pairs
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(2, 4, 24, 8, generator=generator, dtype=dtype, requires_grad=True)
     k = torch.randn(2, 2, 24, 8, generator=generator, dtype=dtype, requires_grad=True)

@@ -7,8 +7,10 @@ another rank, Ulysses' gathered sequence, and the zigzag split, where a rank's t
 contiguous. Keys are processed in runs of consecutive positions, so whole (query block, key run)
 pairs that the causal mask hides are skipped and fully visible pairs need no mask.
 
-`block_forward` returns the block's output and log-sum-exp (what ring attention merges);
-`block_backward` is FlashAttention-2's backward given the final output and log-sum-exp.
+`accumulate_forward` folds a block into a running output and log-sum-exp (what ring attention
+merges); `accumulate_backward` adds a block's gradients given the final output and log-sum-exp
+(FlashAttention-2's backward). Both work in place on the caller's accumulators, so the only
+temporaries are one (query run, key run) pair's results: memory stays close to one device's SDPA.
 `MemoryEfficientAttention` is the single-device autograd function built from them.
 """
 
@@ -18,15 +20,22 @@ import torch
 
 # Scores held at once by the reference loop: batch · heads · rows · keys elements (16 MiB in fp32).
 _SCORE_BUDGET = 1 << 22
+# Runs of consecutive positions are cut into pieces of at most this many tokens, so that the
+# per-pair outputs and gradients (the only temporaries besides the accumulators) stay small.
+_MAX_RUN = 2048
 
 
-def position_runs(positions: torch.Tensor) -> list[tuple[int, int]]:
-    """[start, end) index ranges of `positions` that hold consecutive positions."""
+def position_runs(positions: torch.Tensor, max_run: int | None = None) -> list[tuple[int, int]]:
+    """[start, end) index ranges of `positions` that hold consecutive positions (at most `max_run` long)."""
     if positions.numel() == 0:
         return []
     breaks = (torch.nonzero(positions[1:] != positions[:-1] + 1).flatten() + 1).tolist()
     bounds = [0, *breaks, positions.numel()]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    runs = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        step = max_run or hi - lo
+        runs += [(a, min(hi, a + step)) for a in range(lo, hi, step)]
+    return runs
 
 
 def _rows_per_block(batch: int, heads: int, keys: int, rows: int) -> int:
@@ -55,8 +64,9 @@ def _visibility(q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool, key_limi
 
 
 def _use_flash(q: torch.Tensor, seen) -> bool:
-    # PyTorch's CPU flash kernel returns the log-sum-exp and takes it back in its backward, which
-    # is exactly what merging blocks needs; other devices use the reference loop below.
+    # PyTorch's CPU flash kernel returns the log-sum-exp and takes it back in its backward (and
+    # handles grouped K/V heads itself), which is exactly what merging blocks needs; other devices
+    # use the reference loop below.
     return isinstance(seen, str) and q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16)
 
 
@@ -67,108 +77,13 @@ def _probabilities(scores: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
 
 
 def merge_blocks(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor, block_lse: torch.Tensor) -> None:
-    """Fold a block's (out, lse) into running (out, lse) in place: the online softmax."""
+    """Fold a block's (out, lse) into running (out, lse) in place (the online softmax); reuses block_out."""
     merged = torch.logaddexp(lse, block_lse)
     keep = torch.isfinite(merged)
     safe = torch.where(keep, merged, 0.0)
-    old_w = torch.where(keep, torch.exp(lse - safe), 0.0)
-    new_w = torch.where(keep, torch.exp(block_lse - safe), 0.0)
-    out.mul_(old_w[..., None]).add_(block_out * new_w[..., None])
+    out.mul_(torch.where(keep, torch.exp(lse - safe), 0.0)[..., None])
+    out.add_(block_out.mul_(torch.where(keep, torch.exp(block_lse - safe), 0.0)[..., None]))
     lse.copy_(merged)
-
-
-def _pair_forward(q, k, v, seen, scale) -> tuple[torch.Tensor, torch.Tensor]:
-    if _use_flash(q, seen):
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q.contiguous(), k.contiguous(), v.contiguous(), 0.0, seen == "diagonal", scale=scale)
-        return out.float(), lse.float()
-    b, h, rows, _ = q.shape
-    out = torch.empty(b, h, rows, v.shape[-1], dtype=torch.float32, device=q.device)
-    lse = torch.empty(b, h, rows, dtype=torch.float32, device=q.device)
-    step = _rows_per_block(b, h, k.shape[2], rows)
-    kf, vf = k.float(), v.float()
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        scores = (q[:, :, r0:r1].float() @ kf.transpose(-1, -2)) * scale
-        if isinstance(seen, str) and seen == "diagonal":
-            seen_rows = torch.ones(r1 - r0, k.shape[2], dtype=torch.bool, device=q.device).tril(r0)
-        else:
-            seen_rows = None if isinstance(seen, str) else seen[r0:r1]
-        if seen_rows is not None:
-            scores = scores.masked_fill(~seen_rows, float("-inf"))
-        lse[:, :, r0:r1] = torch.logsumexp(scores, dim=-1)
-        out[:, :, r0:r1] = _probabilities(scores, lse[:, :, r0:r1]) @ vf
-    return out, lse
-
-
-def _pair_backward(dout, delta, q, k, v, out, lse, seen, scale) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if _use_flash(q, seen):
-        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            dout.contiguous().to(q.dtype), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous().to(q.dtype),
-            lse.contiguous(), 0.0, seen == "diagonal", scale=scale)
-        return tuple(g.float() for g in grads)
-    b, h, rows, _ = q.shape
-    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    dk = torch.zeros(k.shape, dtype=torch.float32, device=q.device)
-    dv = torch.zeros(v.shape, dtype=torch.float32, device=q.device)
-    step = _rows_per_block(b, h, k.shape[2], rows)
-    kf, vf = k.float(), v.float()
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        qc, do_c = q[:, :, r0:r1].float(), dout[:, :, r0:r1].float()
-        scores = (qc @ kf.transpose(-1, -2)) * scale
-        if isinstance(seen, str) and seen == "diagonal":
-            seen_rows = torch.ones(r1 - r0, k.shape[2], dtype=torch.bool, device=q.device).tril(r0)
-        else:
-            seen_rows = None if isinstance(seen, str) else seen[r0:r1]
-        if seen_rows is not None:
-            scores = scores.masked_fill(~seen_rows, float("-inf"))
-        p = _probabilities(scores, lse[:, :, r0:r1])
-        dv += p.transpose(-1, -2) @ do_c
-        ds = p * (do_c @ vf.transpose(-1, -2) - delta[:, :, r0:r1, None])
-        dq[:, :, r0:r1] = (ds @ kf) * scale
-        dk += (ds.transpose(-1, -2) @ qc) * scale
-    return dq, dk, dv
-
-
-def _pairs(q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool, key_limit: int | None):
-    """(query run, key run, visibility) for every pair that sees something."""
-    for q0, q1 in position_runs(q_pos):
-        for k0, k1 in position_runs(k_pos):
-            seen = _visibility(q_pos[q0:q1], k_pos[k0:k1], causal, key_limit)
-            if not (isinstance(seen, str) and seen == "none"):
-                yield (q0, q1), (k0, k1), seen
-
-
-def block_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-                  causal: bool, scale: float, key_limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of q [b, h, Lq, d] over k, v [b, h, Lk, d] (same heads): (out fp32, lse fp32 [b, h, Lq]).
-
-    Rows that see no key get out = 0 and lse = -inf (they merge away in a ring).
-    """
-    out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=torch.float32, device=q.device)
-    lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
-    for (q0, q1), (k0, k1), seen in _pairs(q_pos, k_pos, causal, key_limit):
-        pair_out, pair_lse = _pair_forward(q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1], seen, scale)
-        merge_blocks(out[:, :, q0:q1], lse[:, :, q0:q1], pair_out, pair_lse)
-    return out, lse
-
-
-def block_backward(dout: torch.Tensor, out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   lse: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool, scale: float,
-                   key_limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (fp32) of q, k, v for one block, given the final output and log-sum-exp of the rows."""
-    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    dk = torch.zeros(k.shape, dtype=torch.float32, device=q.device)
-    dv = torch.zeros(v.shape, dtype=torch.float32, device=q.device)
-    delta = (dout.float() * out.float()).sum(-1)
-    for (q0, q1), (k0, k1), seen in _pairs(q_pos, k_pos, causal, key_limit):
-        dq_p, dk_p, dv_p = _pair_backward(dout[:, :, q0:q1], delta[:, :, q0:q1], q[:, :, q0:q1], k[:, :, k0:k1],
-                                          v[:, :, k0:k1], out[:, :, q0:q1], lse[:, :, q0:q1], seen, scale)
-        dq[:, :, q0:q1] += dq_p
-        dk[:, :, k0:k1] += dk_p
-        dv[:, :, k0:k1] += dv_p
-    return dq, dk, dv
 
 
 def expand_kv(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -185,13 +100,114 @@ def reduce_kv(grad: torch.Tensor, kv_heads: int) -> torch.Tensor:
     return grad.view(b, kv_heads, h // kv_heads, length, d).sum(dim=2)
 
 
+def _diagonal_rows(seen, r0: int, r1: int, keys: int, device) -> torch.Tensor | None:
+    if isinstance(seen, str):
+        return torch.ones(r1 - r0, keys, dtype=torch.bool, device=device).tril(r0) if seen == "diagonal" else None
+    return seen[r0:r1]
+
+
+def _pair_forward(q, k, v, seen, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    if _use_flash(q, seen):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, seen == "diagonal",
+                                                                               scale=scale)
+        return out.float(), lse.float()
+    b, h, rows, _ = q.shape
+    k, v = expand_kv(k, h).float(), expand_kv(v, h).float()
+    out = torch.empty(b, h, rows, v.shape[-1], dtype=torch.float32, device=q.device)
+    lse = torch.empty(b, h, rows, dtype=torch.float32, device=q.device)
+    step = _rows_per_block(b, h, k.shape[2], rows)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        scores = (q[:, :, r0:r1].float() @ k.transpose(-1, -2)) * scale
+        mask = _diagonal_rows(seen, r0, r1, k.shape[2], q.device)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        lse[:, :, r0:r1] = torch.logsumexp(scores, dim=-1)
+        out[:, :, r0:r1] = _probabilities(scores, lse[:, :, r0:r1]) @ v
+    return out, lse
+
+
+def _pair_backward(dout, delta, q, k, v, out, lse, seen, scale) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if _use_flash(q, seen):
+        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout.to(q.dtype), q, k, v, out.to(q.dtype), lse, 0.0, seen == "diagonal", scale=scale)
+        return tuple(g.float() for g in grads)
+    b, h, rows, _ = q.shape
+    kv_heads = k.shape[1]
+    k, v = expand_kv(k, h).float(), expand_kv(v, h).float()
+    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    dk = torch.zeros(k.shape, dtype=torch.float32, device=q.device)
+    dv = torch.zeros(v.shape, dtype=torch.float32, device=q.device)
+    step = _rows_per_block(b, h, k.shape[2], rows)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        qc, do_c = q[:, :, r0:r1].float(), dout[:, :, r0:r1].float()
+        scores = (qc @ k.transpose(-1, -2)) * scale
+        mask = _diagonal_rows(seen, r0, r1, k.shape[2], q.device)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        p = _probabilities(scores, lse[:, :, r0:r1])
+        dv += p.transpose(-1, -2) @ do_c
+        ds = p * (do_c @ v.transpose(-1, -2) - delta[:, :, r0:r1, None])
+        dq[:, :, r0:r1] = (ds @ k) * scale
+        dk += (ds.transpose(-1, -2) @ qc) * scale
+    return dq, reduce_kv(dk, kv_heads), reduce_kv(dv, kv_heads)
+
+
+def _pairs(q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool, key_limit: int | None):
+    """(query run, key run, visibility) for every pair that sees something."""
+    for q0, q1 in position_runs(q_pos, _MAX_RUN):
+        for k0, k1 in position_runs(k_pos, _MAX_RUN):
+            seen = _visibility(q_pos[q0:q1], k_pos[k0:k1], causal, key_limit)
+            if not (isinstance(seen, str) and seen == "none"):
+                yield (q0, q1), (k0, k1), seen
+
+
+def new_accumulators(q: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty (out fp32, lse = -inf) for `accumulate_forward`."""
+    out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=torch.float32, device=q.device)
+    return out, torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
+
+
+def accumulate_forward(out: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool, scale: float,
+                       key_limit: int | None = None) -> None:
+    """Fold attention of contiguous q [b, h, Lq, d] over k, v [b, kv, Lk, d] into (out, lse) in place.
+
+    Rows that see no key keep lse = -inf and out = 0 (they merge away in a ring).
+    """
+    for (q0, q1), (k0, k1), seen in _pairs(q_pos, k_pos, causal, key_limit):
+        pair_out, pair_lse = _pair_forward(q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1], seen, scale)
+        merge_blocks(out[:, :, q0:q1], lse[:, :, q0:q1], pair_out, pair_lse)
+
+
+def accumulate_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, dout: torch.Tensor,
+                        delta: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                        lse: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool, scale: float,
+                        key_limit: int | None = None) -> None:
+    """Add one block's gradients (fp32) into dq, dk, dv, given the rows' final output, log-sum-exp and
+    delta = rowsum(dout · out) (FlashAttention-2's backward)."""
+    for (q0, q1), (k0, k1), seen in _pairs(q_pos, k_pos, causal, key_limit):
+        dq_p, dk_p, dv_p = _pair_backward(dout[:, :, q0:q1], delta[:, :, q0:q1], q[:, :, q0:q1], k[:, :, k0:k1],
+                                          v[:, :, k0:k1], out[:, :, q0:q1], lse[:, :, q0:q1], seen, scale)
+        dq[:, :, q0:q1] += dq_p
+        dk[:, :, k0:k1] += dk_p
+        dv[:, :, k0:k1] += dv_p
+
+
+def row_delta(dout: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """rowsum(dout · out) in fp32, the backward's per-row correction."""
+    return (dout.float() * out.float()).sum(-1)
+
+
 class MemoryEfficientAttention(torch.autograd.Function):
     """softmax(q kᵀ · scale + mask) v on one device without an L×L tensor, in forward or backward."""
 
     @staticmethod
     def forward(ctx, q, k, v, q_pos, k_pos, causal: bool, scale: float, key_limit: int | None):
-        heads = q.shape[1]
-        out, lse = block_forward(q, expand_kv(k, heads), expand_kv(v, heads), q_pos, k_pos, causal, scale, key_limit)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out, lse = new_accumulators(q, v)
+        accumulate_forward(out, lse, q, k, v, q_pos, k_pos, causal, scale, key_limit)
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, q_pos, k_pos, out, lse)
         ctx.causal, ctx.scale, ctx.key_limit = causal, scale, key_limit
@@ -200,11 +216,11 @@ class MemoryEfficientAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, k, v, q_pos, k_pos, out, lse = ctx.saved_tensors
-        heads, kv_heads = q.shape[1], k.shape[1]
-        dq, dk, dv = block_backward(dout, out, q, expand_kv(k, heads), expand_kv(v, heads), lse, q_pos, k_pos,
-                                    ctx.causal, ctx.scale, ctx.key_limit)
-        return (dq.to(q.dtype), reduce_kv(dk, kv_heads).to(k.dtype), reduce_kv(dv, kv_heads).to(v.dtype),
-                None, None, None, None, None)
+        dout = dout.contiguous()
+        grads = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (q, k, v)]
+        accumulate_backward(*grads, dout, row_delta(dout, out), q, k, v, out, lse, q_pos, k_pos, ctx.causal,
+                            ctx.scale, ctx.key_limit)
+        return (grads[0].to(q.dtype), grads[1].to(k.dtype), grads[2].to(v.dtype), None, None, None, None, None)
 
 
 def memory_efficient_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,

@@ -49,15 +49,20 @@ class RingExchange:
         me = ranks.index(dist.get_rank())
         self.next, self.prev = ranks[(me + 1) % len(ranks)], ranks[(me - 1) % len(ranks)]
 
-    def start(self, tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list]:
-        """Begin sending `tensors` on; returns the receive buffers and the requests to wait for."""
-        received = [torch.empty_like(t) for t in tensors]
-        ops = [dist.P2POp(dist.isend, t.contiguous(), self.next, self.group) for t in tensors]
+    def start(self, tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], tuple[list, list[torch.Tensor]]]:
+        """Begin sending `tensors` on; returns the receive buffers and a handle for `finish`.
+
+        The handle keeps the tensors being sent alive: a buffer freed while its send is in flight
+        would be sent as garbage (or crash the backend).
+        """
+        sent = [t.contiguous() for t in tensors]
+        received = [torch.empty_like(t) for t in sent]
+        ops = [dist.P2POp(dist.isend, t, self.next, self.group) for t in sent]
         ops += [dist.P2POp(dist.irecv, r, self.prev, self.group) for r in received]
-        return received, dist.batch_isend_irecv(ops)
+        return received, (dist.batch_isend_irecv(ops), sent)
 
     @staticmethod
-    def finish(requests: list) -> None:
+    def finish(handle: tuple[list, list[torch.Tensor]]) -> None:
         """Wait for a started exchange."""
-        for request in requests:
+        for request in handle[0]:
             request.wait()

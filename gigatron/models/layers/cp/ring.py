@@ -1,11 +1,13 @@
 """Ring attention (Liu et al. 2023; zigzag balancing as in ring-flash-attention): exact attention of
 this rank's queries over the keys and values of every rank in the group.
 
-K/V blocks (with their positions) travel once around the ring; each step's exchange is started
-before the step's block is computed, so communication overlaps computation. Partial outputs merge
-through their log-sum-exp. The backward recomputes each block's scores from the final output and
-log-sum-exp (FlashAttention-2) and sends dK/dV around the ring with their K/V, so after a full
-turn every rank holds the complete gradient of its own keys and values.
+K/V blocks (with their positions) travel once around the ring, chunk by chunk: as soon as a chunk
+of keys has met all of this rank's queries it is sent on, and the next chunk is computed while it
+travels, so communication overlaps computation and a rank holds one foreign block plus one chunk
+in flight (near a single device's memory per token). Partial outputs merge through their
+log-sum-exp. The backward recomputes each block's scores from the final output and log-sum-exp
+(FlashAttention-2) and sends dK/dV around the ring with their K/V, so after a full turn every rank
+holds the complete gradient of its own keys and values.
 """
 
 from __future__ import annotations
@@ -14,13 +16,43 @@ import torch
 import torch.distributed as dist
 
 from gigatron.models.layers.blockwise_attention import (
-    block_backward,
-    block_forward,
-    expand_kv,
-    merge_blocks,
-    reduce_kv,
+    accumulate_backward,
+    accumulate_forward,
+    new_accumulators,
+    row_delta,
 )
 from gigatron.models.layers.cp.comm import RingExchange
+
+# Tokens per transfer chunk: K/V (and dK/dV) move on chunk by chunk as soon as they have been
+# used, into a working buffer, so a rank holds one foreign block plus one chunk in flight.
+_CHUNK = 2048
+
+
+def _chunks(length: int) -> list[tuple[int, int]]:
+    return [(a, min(length, a + _CHUNK)) for a in range(0, length, _CHUNK)]
+
+
+class _ChunkExchange:
+    """Send slices of working buffers on and receive the previous rank's into them, one chunk in flight."""
+
+    def __init__(self, ring: RingExchange) -> None:
+        self.ring, self.inflight = ring, None
+
+    def send(self, buffers: list[torch.Tensor], a: int, b: int) -> None:
+        """Start passing buffers[..., a:b, :] on; the previous chunk completes meanwhile."""
+        received, handle = self.ring.start([buf[:, :, a:b] for buf in buffers])
+        self.finish()
+        self.inflight = (buffers, a, b, received, handle)
+
+    def finish(self) -> None:
+        """Complete the chunk in flight: its slices now hold the previous rank's data."""
+        if self.inflight is None:
+            return
+        buffers, a, b, received, handle = self.inflight
+        self.ring.finish(handle)
+        for buf, piece in zip(buffers, received, strict=True):
+            buf[:, :, a:b].copy_(piece)
+        self.inflight = None
 
 
 class RingAttention(torch.autograd.Function):
@@ -28,19 +60,24 @@ class RingAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, q_pos, k_pos, causal: bool, scale: float, key_limit: int | None, group):
-        ring, heads = RingExchange(group), q.shape[1]
-        world = dist.get_world_size(group)
-        out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=torch.float32, device=q.device)
-        lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
-        current = [k.contiguous(), v.contiguous(), k_pos.contiguous()]
+        ring, world = RingExchange(group), dist.get_world_size(group)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out, lse = new_accumulators(q, v)
+        work = [k.clone(), v.clone()]  # the block being used; rotates in place
+        positions, chunks = k_pos.contiguous(), _chunks(k.shape[2])
         for step in range(world):
-            pending = ring.start(current) if step < world - 1 else None
-            block_out, block_lse = block_forward(q, expand_kv(current[0], heads), expand_kv(current[1], heads), q_pos,
-                                                 current[2], causal, scale, key_limit)
-            merge_blocks(out, lse, block_out, block_lse)
-            if pending is not None:
-                ring.finish(pending[1])
-                current = pending[0]
+            last = step == world - 1
+            exchange = _ChunkExchange(ring)
+            next_positions = None if last else ring.start([positions])
+            for a, b in chunks:
+                accumulate_forward(out, lse, q, work[0][:, :, a:b], work[1][:, :, a:b], q_pos, positions[a:b], causal,
+                                   scale, key_limit)
+                if not last:
+                    exchange.send(work, a, b)
+            exchange.finish()
+            if next_positions is not None:
+                ring.finish(next_positions[1])
+                positions = next_positions[0][0]
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, q_pos, k_pos, out, lse)
         ctx.causal, ctx.scale, ctx.key_limit, ctx.group = causal, scale, key_limit, group
@@ -49,27 +86,29 @@ class RingAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, k, v, q_pos, k_pos, out, lse = ctx.saved_tensors
-        ring, heads, kv_heads = RingExchange(ctx.group), q.shape[1], k.shape[1]
-        world = dist.get_world_size(ctx.group)
+        ring, world = RingExchange(ctx.group), dist.get_world_size(ctx.group)
+        dout = dout.contiguous()
+        delta = row_delta(dout, out)
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        current = [k.contiguous(), v.contiguous(), k_pos.contiguous()]
+        work = [k.clone(), v.clone()]
         grads = [torch.zeros(k.shape, dtype=torch.float32, device=q.device),
                  torch.zeros(v.shape, dtype=torch.float32, device=q.device)]
+        positions, chunks = k_pos.contiguous(), _chunks(k.shape[2])
         for step in range(world):
-            # K/V move on while this block computes; their gradients can only follow once computed.
-            pending = ring.start(current) if step < world - 1 else None
-            dq_b, dk_b, dv_b = block_backward(dout, out, q, expand_kv(current[0], heads),
-                                              expand_kv(current[1], heads), lse, q_pos, current[2], ctx.causal,
-                                              ctx.scale, ctx.key_limit)
-            dq += dq_b
-            grads[0] += reduce_kv(dk_b, kv_heads)
-            grads[1] += reduce_kv(dv_b, kv_heads)
-            moved, requests = ring.start(grads)
-            ring.finish(requests)
-            grads = moved
-            if pending is not None:
-                ring.finish(pending[1])
-                current = pending[0]
+            last = step == world - 1
+            exchange = _ChunkExchange(ring)
+            next_positions = None if last else ring.start([positions])
+            for a, b in chunks:
+                # Key-chunk outer loop: once a chunk has met every query its dK/dV are complete for
+                # this rank and travel on with it (the last step sends them home to their owner).
+                accumulate_backward(dq, grads[0][:, :, a:b], grads[1][:, :, a:b], dout, delta, q, work[0][:, :, a:b],
+                                    work[1][:, :, a:b], out, lse, q_pos, positions[a:b], ctx.causal, ctx.scale,
+                                    ctx.key_limit)
+                exchange.send(grads if last else [*work, *grads], a, b)
+            exchange.finish()
+            if next_positions is not None:
+                ring.finish(next_positions[1])
+                positions = next_positions[0][0]
         return dq.to(q.dtype), grads[0].to(k.dtype), grads[1].to(v.dtype), None, None, None, None, None, None
 
 
