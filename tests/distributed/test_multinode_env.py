@@ -44,6 +44,6 @@ def test_four_slurm_ranks_on_two_nodes_train_like_one_process(tmp_path, corpus_r
                               text=True) for r in range(4)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outputs[0][-3000:]
-    assert "4 ranks (tp=2 pp=1 dp=2" in outputs[0]
+    assert "4 ranks (tp=2 pp=1 cp=1 dp=2" in outputs[0]
     for ours, ref in zip(read_metrics(multi), read_metrics(single), strict=True):
         assert ours["loss"] == pytest.approx(ref["loss"], rel=1e-5)

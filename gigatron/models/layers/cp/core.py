@@ -88,14 +88,16 @@ class SequenceExchange:
         self.cp = cp
         self.size, self.rank = cp.size, cp.layout.rank
 
-    def channel_index(self, segments: list[int], device: torch.device | str | None = None) -> torch.Tensor:
-        """Our channels of a tensor made of `segments`: the rank-th 1/cp of every segment, in order."""
+    def channel_index(self, segments: list[int], device: torch.device | str | None = None,
+                      rank: int | None = None) -> torch.Tensor:
+        """Channels of rank `rank` (default: ours) in a tensor made of `segments`: its 1/cp of every segment."""
+        rank = self.rank if rank is None else rank
         pieces, offset = [], 0
         for size in segments:
             if size % self.size:
                 raise ValueError(f"a channel segment of {size} cannot be split over parallel.cp={self.size} ranks")
             share = size // self.size
-            pieces.append(torch.arange(offset + self.rank * share, offset + (self.rank + 1) * share, device=device))
+            pieces.append(torch.arange(offset + rank * share, offset + (rank + 1) * share, device=device))
             offset += size
         return torch.cat(pieces)
 
@@ -106,7 +108,7 @@ class SequenceExchange:
 
     def to_channels(self, x: torch.Tensor, segments: list[int]) -> torch.Tensor:
         """[b, L/cp, C] (our tokens) -> [b, L, C/cp] (our channels of every segment, tokens in position order)."""
-        grouped = torch.cat([x.index_select(-1, SequenceExchange(_as_rank(self.cp, r)).channel_index(segments, x.device))
+        grouped = torch.cat([x.index_select(-1, self.channel_index(segments, x.device, rank=r))
                              for r in range(self.size)], dim=-1)
         gathered = all_to_all(grouped, self.cp.group, scatter_dim=2, gather_dim=1)
         natural = torch.argsort(self._rank_order(x.shape[1], x.device))
@@ -117,7 +119,3 @@ class SequenceExchange:
         order = self._rank_order(y.shape[1] // self.size, y.device)
         return all_to_all(y.index_select(1, order), self.cp.group, scatter_dim=1, gather_dim=2)
 
-
-def _as_rank(cp: ContextParallel, rank: int) -> ContextParallel:
-    layout = SequenceLayout(rank, cp.layout.size, cp.layout.zigzag)
-    return ContextParallel(layout, cp.group, cp.attention, cp.ulysses_group, cp.ring_group)

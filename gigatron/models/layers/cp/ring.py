@@ -55,6 +55,20 @@ class _ChunkExchange:
         self.inflight = None
 
 
+def _ring_steps(ring: RingExchange, world: int, positions: torch.Tensor):
+    """Yield (last step?, a chunk exchange, the positions of the block held) for each of `world` steps;
+    the block's positions move on alongside its chunks."""
+    for step in range(world):
+        last = step == world - 1
+        exchange = _ChunkExchange(ring)
+        next_positions = None if last else ring.start([positions])
+        yield last, exchange, positions
+        exchange.finish()
+        if next_positions is not None:
+            ring.finish(next_positions[1])
+            positions = next_positions[0][0]
+
+
 class RingAttention(torch.autograd.Function):
     """q [b, h, Lq, d], k/v [b, kv, Lk, d] and positions local to this rank; returns the local output."""
 
@@ -64,20 +78,13 @@ class RingAttention(torch.autograd.Function):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out, lse = new_accumulators(q, v)
         work = [k.clone(), v.clone()]  # the block being used; rotates in place
-        positions, chunks = k_pos.contiguous(), _chunks(k.shape[2])
-        for step in range(world):
-            last = step == world - 1
-            exchange = _ChunkExchange(ring)
-            next_positions = None if last else ring.start([positions])
+        chunks = _chunks(k.shape[2])
+        for last, exchange, positions in _ring_steps(ring, world, k_pos.contiguous()):
             for a, b in chunks:
                 accumulate_forward(out, lse, q, work[0][:, :, a:b], work[1][:, :, a:b], q_pos, positions[a:b], causal,
                                    scale, key_limit)
                 if not last:
                     exchange.send(work, a, b)
-            exchange.finish()
-            if next_positions is not None:
-                ring.finish(next_positions[1])
-                positions = next_positions[0][0]
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, q_pos, k_pos, out, lse)
         ctx.causal, ctx.scale, ctx.key_limit, ctx.group = causal, scale, key_limit, group
@@ -93,11 +100,8 @@ class RingAttention(torch.autograd.Function):
         work = [k.clone(), v.clone()]
         grads = [torch.zeros(k.shape, dtype=torch.float32, device=q.device),
                  torch.zeros(v.shape, dtype=torch.float32, device=q.device)]
-        positions, chunks = k_pos.contiguous(), _chunks(k.shape[2])
-        for step in range(world):
-            last = step == world - 1
-            exchange = _ChunkExchange(ring)
-            next_positions = None if last else ring.start([positions])
+        chunks = _chunks(k.shape[2])
+        for last, exchange, positions in _ring_steps(ring, world, k_pos.contiguous()):
             for a, b in chunks:
                 # Key-chunk outer loop: once a chunk has met every query its dK/dV are complete for
                 # this rank and travel on with it (the last step sends them home to their owner).
@@ -105,10 +109,6 @@ class RingAttention(torch.autograd.Function):
                                     work[1][:, :, a:b], out, lse, q_pos, positions[a:b], ctx.causal, ctx.scale,
                                     ctx.key_limit)
                 exchange.send(grads if last else [*work, *grads], a, b)
-            exchange.finish()
-            if next_positions is not None:
-                ring.finish(next_positions[1])
-                positions = next_positions[0][0]
         return dq.to(q.dtype), grads[0].to(k.dtype), grads[1].to(v.dtype), None, None, None, None, None, None
 
 
