@@ -30,7 +30,7 @@ def test_rmsnorm_matches_definition() -> None:
 
 def test_rotary_matches_complex_rotation() -> None:
     seq, dim, base = 7, 8, 10000.0
-    x = torch.randn(2, 3, seq, dim, dtype=torch.float64)
+    x = torch.randn(2, 3, seq, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     cos, sin = rotary_tables(seq, dim, base)
     ours = apply_rotary(x, cos.double(), sin.double())
     # Reference: pair (i, i + dim/2) as a complex number rotated by position * base^(-2i/dim).
@@ -39,7 +39,8 @@ def test_rotary_matches_complex_rotation() -> None:
     freqs = base ** (-torch.arange(half, dtype=torch.float64) * 2 / dim)
     angle = torch.arange(seq, dtype=torch.float64)[:, None] * freqs
     rotated = z * torch.polar(torch.ones_like(angle), angle)
-    torch.testing.assert_close(ours, torch.cat([rotated.real, rotated.imag], -1))
+    # The tables are fp32 (as the model uses them), so agreement is to fp32 precision.
+    torch.testing.assert_close(ours, torch.cat([rotated.real, rotated.imag], -1), rtol=1e-6, atol=1e-6)
 
 
 def naive_attention(attn: GroupedQueryAttention, x: torch.Tensor) -> torch.Tensor:
