@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from gigatron.models.layers.factory import LayerFactory
 
@@ -45,8 +46,6 @@ class LanguageModelingTask:
         cp = self.factory.cp
         if cp is None:
             return (per_token * keep).sum() / count.clamp(min=1)
-        import torch.distributed as dist
-
         count = count.detach().clone()
         dist.all_reduce(count, group=cp.group)
         return (per_token * keep).sum() * cp.size / count.clamp(min=1)

@@ -72,33 +72,39 @@ def _number(raw: str, path: Path, row: int, column: str, positive: bool = True) 
     return value
 
 
-def read_csv(path: str | Path, n_col: str | None = None, d_col: str | None = None, c_col: str | None = None,
-             loss_col: str | None = None) -> Points:
-    """Points from a CSV with a header: N and loss columns, and D or C (the other is C = 6ND). Sweep
-    `summary.csv` works as is. Rows are numbered from 2 (the header is row 1), as spreadsheets do."""
-    path = Path(path)
+def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and (row number, row) of a CSV; rows are numbered from 2 (the header is row 1), as
+    spreadsheets do. Scaling CSVs are small, so they are read whole."""
     if not path.is_file():
         raise ScalingDataError(f"{path}: no such file")
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        names = {"N": _pick(header, "N", n_col, path), "D": _pick(header, "D", d_col, path),
-                 "C": _pick(header, "C", c_col, path), "loss": _pick(header, "loss", loss_col, path)}
-        for kind in ("N", "loss"):
-            if names[kind] is None:
-                raise ScalingDataError(f"{path}: no {kind} column; looked for {', '.join(COLUMNS[kind])} "
-                                       f"(or name it with --{kind.lower()}-col); columns: {', '.join(header)}")
-        if names["D"] is None and names["C"] is None:
-            raise ScalingDataError(f"{path}: needs a tokens (D) or compute (C) column; looked for "
-                                   f"{', '.join(COLUMNS['D'] + COLUMNS['C'])}; columns: {', '.join(header)}")
-        values: dict[str, list[float]] = {k: [] for k in names}
-        for row_number, row in enumerate(reader, start=2):
-            status = row.get("status")
-            if status is not None and status != "done":
-                continue  # an unfinished sweep task: its loss is not a final loss
-            for kind, column in names.items():
-                if column is not None:
-                    values[kind].append(_number(row.get(column, ""), path, row_number, column))
+        return list(reader.fieldnames or []), list(enumerate(reader, start=2))
+
+
+def read_csv(path: str | Path, n_col: str | None = None, d_col: str | None = None, c_col: str | None = None,
+             loss_col: str | None = None) -> Points:
+    """Points from a CSV with a header: N and loss columns, and D or C (the other is C = 6ND). Sweep
+    `summary.csv` works as is."""
+    path = Path(path)
+    header, rows = _csv_rows(path)
+    names = {"N": _pick(header, "N", n_col, path), "D": _pick(header, "D", d_col, path),
+             "C": _pick(header, "C", c_col, path), "loss": _pick(header, "loss", loss_col, path)}
+    for kind in ("N", "loss"):
+        if names[kind] is None:
+            raise ScalingDataError(f"{path}: no {kind} column; looked for {', '.join(COLUMNS[kind])} "
+                                   f"(or name it with --{kind.lower()}-col); columns: {', '.join(header)}")
+    if names["D"] is None and names["C"] is None:
+        raise ScalingDataError(f"{path}: needs a tokens (D) or compute (C) column; looked for "
+                               f"{', '.join(COLUMNS['D'] + COLUMNS['C'])}; columns: {', '.join(header)}")
+    values: dict[str, list[float]] = {k: [] for k in names}
+    for row_number, row in rows:
+        status = row.get("status")
+        if status is not None and status != "done":
+            continue  # an unfinished sweep task: its loss is not a final loss
+        for kind, column in names.items():
+            if column is not None:
+                values[kind].append(_number(row.get(column, ""), path, row_number, column))
     if not values["loss"]:
         raise ScalingDataError(f"{path}: no data rows")
     return _complete(values, str(path))
@@ -118,18 +124,14 @@ def _complete(values: dict[str, list[float]], source: str) -> Points:
 def read_xy(path: str | Path, x_col: str, y_col: str) -> tuple[np.ndarray, np.ndarray]:
     """Two named columns of a CSV (for the generic power law), every value checked."""
     path = Path(path)
-    if not path.is_file():
-        raise ScalingDataError(f"{path}: no such file")
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        for column in (x_col, y_col):
-            if column not in header:
-                raise ScalingDataError(f"{path}: no column {column!r}; columns: {', '.join(header)}")
-        xs, ys = [], []
-        for row_number, row in enumerate(reader, start=2):
-            xs.append(_number(row[x_col], path, row_number, x_col))
-            ys.append(_number(row[y_col], path, row_number, y_col, positive=False))
+    header, rows = _csv_rows(path)
+    for column in (x_col, y_col):
+        if column not in header:
+            raise ScalingDataError(f"{path}: no column {column!r}; columns: {', '.join(header)}")
+    xs, ys = [], []
+    for row_number, row in rows:
+        xs.append(_number(row[x_col], path, row_number, x_col))
+        ys.append(_number(row[y_col], path, row_number, y_col, positive=False))
     return np.asarray(xs), np.asarray(ys)
 
 
