@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("gigatron.pretrain.command", "train a registered model from a YAML config"),
     "launch": ("gigatron.launcher.launch", "run N local ranks of a command (laptops, tests)"),
     "generate": ("gigatron.tools.generate_command", "sample text from a trained checkpoint"),
+    "sample": ("gigatron.tools.sample_command", "draw images from a trained diffusion checkpoint"),
     "convert": ("gigatron.tools.convert_command", "move a checkpoint between layouts: consolidate, reshard"),
     "export-hf": ("gigatron.tools.export_hf", "write a checkpoint as a Hugging Face transformers model"),
     "grow": ("gigatron.tools.tokenformer_growth", "grow a TokenFormer checkpoint by appending parameter tokens"),

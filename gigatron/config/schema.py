@@ -33,6 +33,21 @@ class ParallelConfig:
 
 
 @dataclass
+class FlowConfig:
+    """The rectified-flow objective of diffusion models (docs/fit.md): how training draws t and conditions."""
+
+    # Logit-normal time sampling: t = sigmoid(logit_mean + logit_std * z), z ~ N(0, 1) (SD3).
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    # Resolution shift towards noise, t' = shift*t / (1 + (shift-1)*t); 1 = none.
+    shift: float = 1.0
+    # Probability of dropping a sample's condition (class or caption) for classifier-free guidance.
+    condition_dropout: float = 0.1
+    # Probability of self-conditioning a sample on the model's own latents (RIN); 0 disables it.
+    self_condition: float = 0.5
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and the step/token budget."""
 
@@ -67,6 +82,8 @@ class TrainConfig:
     matformer_mode: Literal["sum", "sample"] = "sum"
     matformer_weights: list[float] | None = None  # sum: loss weight per granularity (normalised); None = equal
     matformer_probabilities: list[float] | None = None  # sample: probability per granularity; None = uniform
+    # Diffusion models (task rectified_flow): time sampling, condition dropout, self-conditioning.
+    flow: FlowConfig = field(default_factory=FlowConfig)
 
 
 @dataclass
@@ -79,7 +96,8 @@ class DatasetSpec:
 
 @dataclass
 class DataConfig:
-    """Where tokens come from. `source: default` builds (once) and reads the bundled Shakespeare shards."""
+    """Where samples come from. `source: default` builds (once) and reads the bundled data: Shakespeare
+    token shards for language models, the captioned-shapes image shards for image models."""
 
     source: Literal["default", "shards"] = "default"
     datasets: list[DatasetSpec] = field(default_factory=list)
@@ -94,6 +112,15 @@ class DataConfig:
     # Shard check at start: size only, sha256 too, or auto (sha256 below 1 GiB of shards).
     verify: Literal["auto", "size", "sha256"] = "auto"
     cache_dir: str | None = None
+    # Image models (docs/fit.md): each image is scaled to cover image_size² and centre-cropped.
+    # source=default reads the bundled synthetic shapes set of default_images images.
+    image_size: int = 32
+    default_images: int = 2000
+    # Class names; a sample's label is the one its caption names first (image classification and
+    # class-conditional diffusion). null: no labels.
+    classes: list[str] | None = None
+    # Image datasets have one split: its last valid_images samples are held out for validation.
+    valid_images: int = 0
 
 
 @dataclass

@@ -7,25 +7,31 @@ from pathlib import Path
 
 from gigatron.config.errors import ConfigError
 from gigatron.config.schema import DataConfig
+from gigatron.data.loader import SampleSource
 from gigatron.data.manifest import TextDataset, load_text_dataset
 from gigatron.data.token_source import TokenShardSource
 
 
 @dataclass
-class LMData:
-    """Train and validation sources (one per dataset), their blend weights, and tokenizer facts."""
+class TrainingData:
+    """Train and validation sources (one per dataset), their blend weights, and tokenizer facts
+    (image data has no vocabulary and an empty fingerprint)."""
 
-    train: list[TokenShardSource]
+    train: list[SampleSource]
     train_weights: list[float]
-    valid: list[TokenShardSource]
+    valid: list[SampleSource]
     valid_weights: list[float]
-    vocab_size: int
+    vocab_size: int | None
     tokenizer_fingerprint: str
     roots: list[Path]
 
 
-def dataset_roots(cfg: DataConfig) -> tuple[list[Path], list[float]]:
-    """Dataset directories and weights; builds the default dataset on first use."""
+def dataset_roots(cfg: DataConfig, modality: str = "text") -> tuple[list[Path], list[float]]:
+    """Dataset directories and weights; builds the default dataset of the modality on first use."""
+    if cfg.source == "default" and modality == "image":
+        from gigatron.data.default_images import ensure_default_images
+
+        return [ensure_default_images(cfg.cache_dir, cfg.default_images)], [1.0]
     if cfg.source == "default":
         from gigatron.data.default_dataset import ensure_default_dataset
 
@@ -50,7 +56,7 @@ def _check_consistent(cfg: DataConfig, datasets: list[TextDataset]) -> None:
                              f"{datasets[0].root} were written with {datasets[0].fingerprint}")
 
 
-def build_lm_data(cfg: DataConfig) -> LMData:
+def build_lm_data(cfg: DataConfig) -> TrainingData:
     """Load and check the manifests, then open every split's shards."""
     roots, weights = dataset_roots(cfg)
     datasets = [load_text_dataset(root) for root in roots]
@@ -58,8 +64,29 @@ def build_lm_data(cfg: DataConfig) -> LMData:
     train = [TokenShardSource(ds, "train", cfg.verify) for ds in datasets]
     with_valid = [(ds, w) for ds, w in zip(datasets, weights, strict=True) if ds.num_samples("valid") > 0]
     valid = [TokenShardSource(ds, "valid", cfg.verify) for ds, _ in with_valid]
-    return LMData(
+    return TrainingData(
         train=train, train_weights=weights, valid=valid, valid_weights=[w for _, w in with_valid],
         vocab_size=max(ds.vocab_size for ds in datasets), tokenizer_fingerprint=datasets[0].fingerprint,
         roots=roots,
     )
+
+
+def build_image_data(cfg: DataConfig) -> TrainingData:
+    """Open image-shard datasets: the first samples of each train, its last `valid_images` validation."""
+    from gigatron.data.image_shards import load_image_dataset
+    from gigatron.data.image_source import ImageShardSource
+
+    roots, weights = dataset_roots(cfg, modality="image")
+    train, valid = [], []
+    for root in roots:
+        dataset = load_image_dataset(root)
+        total = dataset.num_samples()
+        if cfg.valid_images >= total:
+            raise ConfigError(f"data.valid_images={cfg.valid_images} leaves no training images of the {total} in "
+                              f"{root}; use fewer than {total}")
+        cut = total - cfg.valid_images
+        train.append(ImageShardSource(dataset, cfg.image_size, cfg.classes, 0, cut, cfg.verify))
+        if cfg.valid_images:
+            valid.append(ImageShardSource(dataset, cfg.image_size, cfg.classes, cut, total, cfg.verify))
+    return TrainingData(train=train, train_weights=weights, valid=valid, valid_weights=weights if valid else [],
+                        vocab_size=None, tokenizer_fingerprint="", roots=roots)

@@ -151,21 +151,13 @@ def _shard_images(args: argparse.Namespace) -> int:
 
 
 def _default(args: argparse.Namespace) -> int:
-    from gigatron.data.corpus import resolve_cache_dir
     from gigatron.data.default_dataset import ensure_default_dataset
 
     print(ensure_default_dataset(args.cache_dir, seq_len=args.seq_len, vocab_size=args.vocab_size))
     if args.images is not None:
-        if args.images < 1:
-            raise ValueError(f"--images must be a positive number of images, got {args.images}")
-        from gigatron.data.image_shards import write_image_shards
-        from gigatron.data.shapes import generate_shapes
+        from gigatron.data.default_images import ensure_default_images
 
-        root = resolve_cache_dir(args.cache_dir)
-        target = root / "datasets" / f"shapes-{args.images}"
-        if not (target / MANIFEST_NAME).is_file():
-            captions = generate_shapes(root / "corpora" / f"shapes-{args.images}-seed0", args.images, seed=0)
-            write_image_shards(str(captions), target, samples_per_shard=1000, on_error="raise")
+        target = ensure_default_images(args.cache_dir, args.images)
         print(target)
     return EXIT_OK
 

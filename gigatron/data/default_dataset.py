@@ -44,7 +44,7 @@ def default_tokenizer_path(cache_dir: str | None = None, vocab_size: int = 2048)
 
 
 @contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
+def build_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `path` if the platform and filesystem allow; correctness never depends on it."""
     try:
         import fcntl
@@ -81,7 +81,7 @@ def _ensure_tokenizer(files: list[Path], target: Path, vocab_size: int) -> Path:
     return target
 
 
-def _publish(built: Path, target: Path) -> None:
+def publish_dataset(built: Path, target: Path) -> None:
     try:
         os.rename(built, target)
     except OSError as exc:
@@ -103,7 +103,7 @@ def ensure_default_dataset(cache_dir: str | None = None, seq_len: int = 128, voc
     if (target / MANIFEST_NAME).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(target.parent / f".{target.name}.lock"):
+    with build_lock(target.parent / f".{target.name}.lock"):
         if (target / MANIFEST_NAME).is_file():  # built by the process that held the lock before us
             return target
         files = default_corpus_files(cache_dir)
@@ -115,7 +115,7 @@ def ensure_default_dataset(cache_dir: str | None = None, seq_len: int = 128, voc
             write_text_shards([glob.escape(str(f)) for f in files], str(tokenizer), seq_len, built,
                               samples_per_shard=SAMPLES_PER_SHARD, valid_fraction=VALID_FRACTION,
                               workers=max(1, min(4, os.cpu_count() or 1)))
-            _publish(built, target)
+            publish_dataset(built, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target

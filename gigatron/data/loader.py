@@ -25,7 +25,8 @@ SKIPPED = -1  # token id filling a sample that on_error=skip dropped; the LM tas
 
 
 class SampleSource(Protocol):
-    """Anything indexable that returns int64 arrays of one shape, e.g. `TokenShardSource`."""
+    """Anything indexable that returns samples of one shape: int64 arrays (`TokenShardSource`) or
+    dicts of arrays (`ImageShardSource`, which also offers `placeholder()` for skipped samples)."""
 
     def __len__(self) -> int: ...
 
@@ -39,22 +40,33 @@ class OrderedSamples(Dataset):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"data.on_error={on_error!r}; valid: raise, skip")
         self.sources, self.order, self.on_error = list(sources), order, on_error
-        self._sample_len = len(self.sources[0][0]) if len(self.sources[0]) else 0
 
-    def __getitems__(self, numbers: list[int]) -> list[np.ndarray]:
+    def __getitems__(self, numbers: list[int]) -> list[Any]:
         datasets, samples = self.order(np.asarray(numbers, dtype=np.int64))
         out = []
-        for d, i in zip(datasets.tolist(), samples.tolist(), strict=True):
+        for number, d, i in zip(numbers, datasets.tolist(), samples.tolist(), strict=True):
             try:
-                out.append(self.sources[d][i])
+                sample = self.sources[d][i]
             except DataError:
                 if self.on_error == "raise":
                     raise
                 # Same shape, flagged: the batch and every other sample's position stay as they were.
-                out.append(np.full(self._sample_len, SKIPPED, dtype=np.int64))
+                sample = self._placeholder(d)
+            if isinstance(sample, dict):
+                # Tasks that draw noise per sample seed it with the global sample number, so that
+                # the draw does not depend on which rank or micro-batch the sample lands in.
+                sample = {**sample, "number": np.int64(number)}
+            out.append(sample)
         return out
 
-    def __getitem__(self, number: int) -> np.ndarray:
+    def _placeholder(self, dataset: int) -> Any:
+        source = self.sources[dataset]
+        if hasattr(source, "placeholder"):
+            return source.placeholder()
+        length = getattr(source, "sample_len", None) or len(source[0])
+        return np.full(length, SKIPPED, dtype=np.int64)
+
+    def __getitem__(self, number: int) -> Any:
         return self.__getitems__([number])[0]
 
     def __len__(self) -> int:  # the stream is endless; DataLoader only needs this to exist
@@ -88,8 +100,20 @@ def _ignore_preemption_signals(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _stack(rows: list[np.ndarray]) -> torch.Tensor:
+Batch = torch.Tensor | dict[str, torch.Tensor]
+
+
+def _stack(rows: list[Any]) -> Batch:
+    if isinstance(rows[0], dict):  # dtypes kept: images stay uint8 until the model reads them
+        return {key: torch.from_numpy(np.stack([row[key] for row in rows])) for key in rows[0]}
     return torch.from_numpy(np.stack(rows).astype(np.int64, copy=False))
+
+
+def skipped_in(batch: Batch) -> int:
+    """Samples of a micro-batch that data.on_error=skip replaced by placeholders."""
+    if isinstance(batch, dict):
+        return int((~batch["present"]).sum())
+    return int((batch[:, 0] == SKIPPED).sum())
 
 
 class GlobalBatchLoader:
@@ -129,14 +153,14 @@ class GlobalBatchLoader:
     def _build_order(self) -> None:
         self._order = GlobalOrder(self.sizes, self.weights, self.seed, self.shuffle)
         self._dataset = OrderedSamples(self.sources, self._order, self.on_error)
-        self._iterator: Iterator[torch.Tensor] | None = None
+        self._iterator: Iterator[Batch] | None = None
 
     @property
     def micro_batches_per_step(self) -> int:
         """Gradient-accumulation steps of this rank."""
         return self.global_batch_size // (self.micro_batch_size * self.dp_size)
 
-    def _batches(self) -> Iterator[torch.Tensor]:
+    def _batches(self) -> Iterator[Batch]:
         if self._iterator is None:
             sampler = _RankBatches(self.consumed_samples, self.global_batch_size, self.micro_batch_size,
                                    self.dp_rank, self.dp_size)
@@ -148,12 +172,13 @@ class GlobalBatchLoader:
                                              collate_fn=_stack, **extra))
         return self._iterator
 
-    def next_batch(self) -> list[torch.Tensor]:
-        """This rank's micro-batches for the next optimizer step, each int64 [micro, sample_len]."""
+    def next_batch(self) -> list[Batch]:
+        """This rank's micro-batches for the next optimizer step: int64 [micro, sample_len] token
+        batches, or dicts of stacked arrays (plus each sample's global "number") for image sources."""
         batches = self._batches()
         micro = [next(batches) for _ in range(self.micro_batches_per_step)]
         self.consumed_samples += self.global_batch_size
-        self.skipped_samples += sum(int((mb[:, 0] == SKIPPED).sum()) for mb in micro)
+        self.skipped_samples += sum(skipped_in(mb) for mb in micro)
         return micro
 
     def state_dict(self) -> dict[str, Any]:

@@ -26,6 +26,8 @@ _FAMILY_MODULES: dict[str, tuple[str, str]] = {
     "mamba2": ("gigatron.models.hybrid", "MAMBA2_SPEC"),
     "mamba": ("gigatron.models.hybrid", "MAMBA_SPEC"),
     "tokenformer": ("gigatron.models.tokenformer", "SPEC"),
+    "fit": ("gigatron.models.fit", "SPEC"),
+    "fit_diffusion": ("gigatron.models.fit", "DIFFUSION_SPEC"),
 }
 
 
@@ -35,8 +37,9 @@ class ModelSpec:
 
     family: str
     config_cls: type
-    # The model as a flat list of layers: pipeline stages cut it, one process chains it.
-    layer_recipes: Callable[[Any, LayerFactory], list[LayerRecipe]]
+    # The model as a flat list of layers: pipeline stages cut it, one process chains it. None for
+    # models that take several inputs (image models) and are built whole by `build`.
+    layer_recipes: Callable[[Any, LayerFactory], list[LayerRecipe]] | None
     # Model FLOPs per trained token (forward + backward) at a sequence length, for MFU.
     flops_per_token: Callable[[Any, int], float]
     # Analytical parameter count (checked against the built model in tests).
@@ -45,6 +48,17 @@ class ModelSpec:
     tie_weights: Callable[[Any, nn.Sequential], None] | None = None
     # The training objective (see gigatron.pretrain.tasks).
     task: str = "lm"
+    # Models without a layer list: (config, factory) -> the whole model (no pipeline parallelism).
+    build: Callable[[Any, LayerFactory], nn.Module] | None = None
+    # Tokens one sample contributes (for tokens/s, MFU and train.tokens): (model cfg, data cfg) -> int.
+    # None: data.seq_len.
+    tokens_per_sample: Callable[[Any, Any], int] | None = None
+
+    def sample_tokens(self, model_cfg: Any, data_cfg: Any) -> int:
+        """Tokens per training sample under these configs."""
+        if self.tokens_per_sample is None:
+            return data_cfg.seq_len
+        return self.tokens_per_sample(model_cfg, data_cfg)
 
 
 def model_families() -> list[str]:
@@ -60,9 +74,12 @@ def get_model_spec(family: str) -> ModelSpec:
     return getattr(importlib.import_module(module), attribute)
 
 
-def build_model(model_cfg: Any, factory: LayerFactory) -> nn.Sequential:
-    """All layers of a model in one `nn.Sequential` (no pipeline); names are global layer indices."""
+def build_model(model_cfg: Any, factory: LayerFactory) -> nn.Module:
+    """The whole model on one pipeline stage: the family's `build`, or all its layers in one
+    `nn.Sequential` whose names are global layer indices."""
     spec = get_model_spec(type(model_cfg).family)
+    if spec.build is not None:
+        return spec.build(model_cfg, factory)
     model = nn.Sequential(*[cls(*args, **kwargs) for cls, args, kwargs in spec.layer_recipes(model_cfg, factory)])
     if spec.tie_weights is not None:
         spec.tie_weights(model_cfg, model)

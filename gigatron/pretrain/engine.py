@@ -16,7 +16,7 @@ from gigatron.pretrain.logical_load import load_model_weights, load_optimizer_st
 from gigatron.pretrain.optimizer import ClippedAdamW, param_groups
 from gigatron.pretrain.parallel import MegatronMPU, ParallelRanks, build_context_parallel
 from gigatron.pretrain.schedule import lr_at
-from gigatron.pretrain.tasks import LanguageModelingTask, build_task
+from gigatron.pretrain.tasks import LanguageModelingTask, Task, build_task
 from gigatron.tools.consolidated import LogicalCheckpoint
 
 
@@ -25,7 +25,7 @@ class TrainingEngine:
     """What the loop drives: the DeepSpeed engine and the objective."""
 
     engine: Any  # deepspeed.DeepSpeedEngine or deepspeed.runtime.pipe.PipelineEngine
-    task: LanguageModelingTask
+    task: Task
     factory: LayerFactory
     is_pipeline: bool
     num_params: int  # logical (unsharded) parameter count, from the model spec
@@ -62,7 +62,8 @@ def total_steps(cfg: Config) -> int:
     """Steps of the run: `train.steps`, or enough steps to consume `train.tokens`."""
     if cfg.train.steps is not None:
         return cfg.train.steps
-    tokens_per_step = cfg.train.global_batch_size * cfg.data.seq_len
+    spec = get_model_spec(type(cfg.model).family)
+    tokens_per_step = cfg.train.global_batch_size * spec.sample_tokens(cfg.model, cfg.data)
     return -(-cfg.train.tokens // tokens_per_step)
 
 
@@ -93,7 +94,7 @@ def build_engine(cfg: Config, ranks: ParallelRanks, device: str, init_from: Logi
     spec = get_model_spec(type(cfg.model).family)
     factory = LayerFactory(tp_size=ranks.tp_size, device="cpu" if device == "cpu" else None,
                            cp=build_context_parallel(cfg.parallel))
-    task = build_task(spec.task, factory)
+    task = build_task(spec.task, factory, cfg)
     is_pipeline = ranks.pp_size > 1
     # PipelineModule talks through deepspeed.comm, which must adopt our existing torch.distributed group.
     deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl", auto_mpi_discovery=False)

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from gigatron.config import Config, ConfigError, config_to_yaml
-from gigatron.data.build import LMData, build_lm_data
+from gigatron.data.build import TrainingData, build_image_data, build_lm_data
 from gigatron.data.loader import GlobalBatchLoader
 from gigatron.launcher.dist_env import DistEnv
 from gigatron.launcher.exit_codes import EXIT_OK, EXIT_PREEMPTED
@@ -32,6 +32,7 @@ from gigatron.pretrain.matformer import GranularitySchedule, metric_name, nested
 from gigatron.pretrain.metrics import MetricsWriter, memory_gib
 from gigatron.pretrain.parallel import ParallelRanks, initialize_parallel
 from gigatron.pretrain.peak_flops import peak_flops
+from gigatron.pretrain.tasks import batch_to, task_modality
 
 
 @dataclass
@@ -68,9 +69,10 @@ class Trainer:
         self.cfg, self.env = cfg, env
         self.device = env.device
         self.ranks: ParallelRanks = initialize_parallel(cfg.parallel)
-        self.data: LMData = self._build_data()
+        spec = get_model_spec(type(cfg.model).family)
+        self.data: TrainingData = self._build_data(spec)
         model_vocab = getattr(cfg.model, "vocab_size", None)
-        if model_vocab is not None and model_vocab < self.data.vocab_size:
+        if model_vocab is not None and self.data.vocab_size is not None and model_vocab < self.data.vocab_size:
             raise ConfigError(f"model.vocab_size={model_vocab} is smaller than the tokenizer's {self.data.vocab_size} "
                              f"ids ({self.data.roots[0]}); set model.vocab_size >= {self.data.vocab_size}")
         torch.manual_seed(cfg.train.seed)
@@ -96,9 +98,9 @@ class Trainer:
         self.total_steps = total_steps(cfg)
         self.state = TrainerState(tokenizer_fingerprint=self.data.tokenizer_fingerprint)
         self.config_yaml = config_to_yaml(cfg)
-        self.tokens_per_step = t.global_batch_size * cfg.data.seq_len
-        spec = get_model_spec(type(cfg.model).family)
-        self.flops_per_token = spec.flops_per_token(cfg.model, cfg.data.seq_len)
+        sample_tokens = spec.sample_tokens(cfg.model, cfg.data)
+        self.tokens_per_step = t.global_batch_size * sample_tokens
+        self.flops_per_token = spec.flops_per_token(cfg.model, sample_tokens)
         self.valid_granularity_losses: dict[str, float] = {}
         self.granularities = GranularitySchedule(cfg) if getattr(cfg.model, "matformer", None) else None
         if self.granularities is not None:
@@ -123,13 +125,15 @@ class Trainer:
         cfg.model = grown.cfg.model
         return grown
 
-    def _build_data(self) -> LMData:
+    def _build_data(self, spec) -> TrainingData:
+        # Image tasks read image shards; the language-model task reads token shards.
+        build = build_image_data if task_modality(spec.task) == "image" else build_lm_data
         # Local rank 0 downloads and tokenizes; the others then read its cache instead of racing.
         if self.env.local_rank == 0:
-            data = build_lm_data(self.cfg.data)
+            data = build(self.cfg.data)
         dist.barrier()
         if self.env.local_rank != 0:
-            data = build_lm_data(self.cfg.data)
+            data = build(self.cfg.data)
         return data
 
     def log(self, text: str) -> None:
@@ -175,13 +179,12 @@ class Trainer:
             return StepResult(loss=loss, grad_norm=_as_float(ds.get_global_grad_norm()), lr=lr,
                               data_wait_s=data_wait, granularity_losses=per_granularity)
         if self.engine.is_pipeline:
-            pairs = iter([task.split_local(mb.to(self.device)) for mb in micro_batches])
+            pairs = iter([task.pipeline_pairs(mb.to(self.device)) for mb in micro_batches])
             loss = ds.train_batch(data_iter=pairs).detach().float()
         else:
             total = torch.zeros((), device=self.device)
             for mb in micro_batches:
-                inputs, labels = task.split_local(mb.to(self.device))
-                micro_loss = task.loss(ds(inputs), labels)
+                micro_loss = task.forward_loss(ds, batch_to(mb, self.device))
                 ds.backward(micro_loss)
                 ds.step()
                 total += micro_loss.detach().float()
@@ -195,19 +198,19 @@ class Trainer:
         plan = self.granularities.at(self.state.step)
         if self.engine.is_pipeline:  # sample mode only (validated): one granularity for the whole batch
             with ffn_granularity(ds.module, plan[0][0]):
-                pairs = iter([task.split_local(mb.to(self.device)) for mb in micro_batches])
+                pairs = iter([task.pipeline_pairs(mb.to(self.device)) for mb in micro_batches])
                 loss = float(ds.train_batch(data_iter=pairs).detach().float())
             return loss, {metric_name(plan[0][0]): loss}
         sums = torch.zeros(len(plan), device=self.device)
         for i, mb in enumerate(micro_batches):
-            inputs, labels = task.split_local(mb.to(self.device))
+            mb = batch_to(mb, self.device)
             for j, (granularity, weight) in enumerate(plan):
                 if len(plan) > 1:
                     # Several backward passes per micro-batch: DeepSpeed must reduce and step only
                     # after the last one of the last micro-batch (its documented manual boundary).
                     ds.set_gradient_accumulation_boundary(i == len(micro_batches) - 1 and j == len(plan) - 1)
                 with ffn_granularity(ds.module, granularity):
-                    micro_loss = task.loss(ds(inputs), labels)
+                    micro_loss = task.forward_loss(ds, mb)
                 ds.backward(micro_loss * weight)
                 sums[j] += micro_loss.detach().float()
             ds.step()
@@ -221,14 +224,14 @@ class Trainer:
         """Mean validation loss over `train.eval_batches` micro-batches per DP rank."""
         if not self.data.valid or self.cfg.train.eval_batches < 1:
             return None
-        ds, task = self.engine.engine, self.engine.task
+        ds = self.engine.engine
         t = self.cfg.train
         # The same `eval_batches` global batches every time and on every layout, so validation
         # curves compare across runs and across DP sizes.
         valid = GlobalBatchLoader(self.data.valid, t.global_batch_size, t.micro_batch_size,
                                   self.ranks.data_rank, self.ranks.data_size, t.seed, shuffle=False,
                                   weights=self.data.valid_weights, on_error=self.cfg.data.on_error)
-        batches = [task.split_local(mb.to(self.device)) for _ in range(t.eval_batches) for mb in valid.next_batch()]
+        batches = [batch_to(mb, self.device) for _ in range(t.eval_batches) for mb in valid.next_batch()]
         self.valid_granularity_losses = {}
         if self.granularities is None:
             return self._validation_loss(batches)
@@ -237,15 +240,15 @@ class Trainer:
                 self.valid_granularity_losses[metric_name(granularity)] = self._validation_loss(batches)
         return self.valid_granularity_losses[metric_name(1.0)]
 
-    def _validation_loss(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    def _validation_loss(self, batches: list) -> float:
         ds, task = self.engine.engine, self.engine.task
         if self.engine.is_pipeline:
-            loss = ds.eval_batch(iter(batches), num_micro_batches=len(batches))
+            loss = ds.eval_batch(iter([task.pipeline_pairs(mb) for mb in batches]), num_micro_batches=len(batches))
             return float(loss)
         ds.eval()
         total = torch.zeros((), device=self.device)
-        for inputs, labels in batches:
-            total += task.loss(ds(inputs), labels).float()
+        for mb in batches:
+            total += task.forward_loss(ds, mb).float()
         ds.train()
         return float(_dp_mean(total / len(batches)))
 

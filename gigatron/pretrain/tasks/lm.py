@@ -1,10 +1,12 @@
-"""Training objectives. The trainer is shared; a task says how a sample batch becomes a loss."""
+"""Next-token prediction: the objective of every language-model family."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
+from gigatron.config.schema import Config
 from gigatron.models.layers.factory import LayerFactory
 
 
@@ -12,9 +14,19 @@ class LanguageModelingTask:
     """Next-token prediction over packed samples of seq_len + 1 tokens."""
 
     name = "lm"
+    modality = "text"
 
-    def __init__(self, factory: LayerFactory) -> None:
+    def __init__(self, factory: LayerFactory, cfg: Config | None = None) -> None:
         self.factory = factory
+
+    def forward_loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        """The loss of one micro-batch of [b, s+1] token ids (already on the model's device)."""
+        inputs, labels = self.split_local(batch)
+        return self.loss(model(inputs), labels)
+
+    def pipeline_pairs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, labels) for DeepSpeed's pipeline engine, which applies `loss` on the last stage."""
+        return self.split_local(batch)
 
     @staticmethod
     def split(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,10 +62,3 @@ class LanguageModelingTask:
         dist.all_reduce(count, group=cp.group)
         return (per_token * keep).sum() * cp.size / count.clamp(min=1)
 
-
-def build_task(name: str, factory: LayerFactory) -> LanguageModelingTask:
-    """The task registered under `name`."""
-    tasks = {"lm": LanguageModelingTask}
-    if name not in tasks:
-        raise KeyError(f"unknown task {name!r}; valid: {', '.join(tasks)}")
-    return tasks[name](factory)

@@ -1,0 +1,96 @@
+"""Image samples of image-shard datasets, addressed by index, as fixed-size uint8 arrays.
+
+`source[i]` is `{"image": uint8 [3, S, S], "label": int64, "present": bool}`: the image decoded (EXIF applied,
+alpha over white), scaled to cover S x S and centre-cropped, kept as bytes so that a batch of
+large images costs one byte per pixel until the model reads it (see `models/layers/patches.py`).
+The label is the index of the first of `classes` named in the caption (-1 with no classes);
+`present` is False only for the placeholder of a sample that data.on_error=skip left out.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+
+import numpy as np
+
+from gigatron.data.errors import DataError
+from gigatron.data.image_pipeline import decode_image_sample, resize_center_crop
+from gigatron.data.image_shards import SPLIT, ImageDataset
+from gigatron.data.manifest import verify_shard
+from gigatron.data.tar_index import TarIndex
+from gigatron.data.token_source import AUTO_SHA256_BYTES
+
+NO_LABEL = -1  # label of a sample when the run has no classes
+
+
+class CaptionLabels:
+    """Caption -> class index: the class name (a word or phrase) that occurs first in the caption."""
+
+    def __init__(self, classes: list[str]) -> None:
+        if not classes or len(set(classes)) != len(classes) or not all(c.strip() for c in classes):
+            raise ValueError(f"data.classes={classes!r} must be distinct, non-empty names")
+        self.classes = list(classes)
+        self._patterns = [re.compile(rf"\b{re.escape(c.strip().lower())}\b") for c in classes]
+
+    def __call__(self, caption: str, where: str) -> int:
+        text = caption.lower()
+        found = [(m.start(), i) for i, p in enumerate(self._patterns) if (m := p.search(text))]
+        if not found:
+            raise DataError(f"{where}: caption {caption!r} names none of data.classes {self.classes}")
+        return min(found)[1]
+
+
+class ImageShardSource:
+    """Samples [start, stop) of an image dataset's train split, decoded to `image_size`² uint8."""
+
+    def __init__(self, dataset: ImageDataset, image_size: int, classes: list[str] | None,
+                 start: int = 0, stop: int | None = None, verify: str = "auto") -> None:
+        if verify not in ("auto", "size", "sha256"):
+            raise ValueError(f"data.verify={verify!r}; valid: auto, size, sha256")
+        self.shards = dataset.splits[SPLIT]
+        total = sum(s.samples for s in self.shards)
+        stop = total if stop is None else stop
+        if not 0 <= start < stop <= total:
+            raise DataError(f"{dataset.root}: samples [{start}, {stop}) requested of a dataset of {total}")
+        checksum = verify == "sha256" or (verify == "auto" and sum(s.bytes for s in self.shards) <= AUTO_SHA256_BYTES)
+        for shard in self.shards:
+            problem = verify_shard(shard, checksum=checksum)
+            if problem:
+                raise DataError(problem)
+        self.root, self.image_size, self.start, self.stop = dataset.root, image_size, start, stop
+        self.labels = CaptionLabels(classes) if classes else None
+        self._starts = np.cumsum([0] + [s.samples for s in self.shards]).tolist()
+        self._indexes: dict[int, TarIndex] = {}
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def _index(self, shard_id: int) -> TarIndex:
+        index = self._indexes.get(shard_id)
+        if index is None:
+            shard = self.shards[shard_id]
+            index = TarIndex(shard.path)
+            if len(index) != shard.samples:
+                raise DataError(f"{shard.path}: has {len(index)} samples, the manifest says {shard.samples}")
+            self._indexes[shard_id] = index
+        return index
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} outside [0, {len(self)})")
+        number = self.start + i
+        shard_id = bisect.bisect_right(self._starts, number) - 1
+        index = self._index(shard_id)
+        local = number - self._starts[shard_id]
+        where = f"{index.path}:{index.keys[local]}"
+        sample = decode_image_sample(index.read(local), where)
+        image = np.asarray(resize_center_crop(sample.image, self.image_size), dtype=np.uint8)
+        label = NO_LABEL if self.labels is None else self.labels(sample.caption, where)
+        return {"image": np.ascontiguousarray(image.transpose(2, 0, 1)), "label": np.int64(label),
+                "present": np.bool_(True)}
+
+    def placeholder(self) -> dict[str, np.ndarray]:
+        """What a skipped sample becomes (data.on_error=skip): a black image marked absent, ignored by the loss."""
+        return {"image": np.zeros((3, self.image_size, self.image_size), dtype=np.uint8), "label": np.int64(NO_LABEL),
+                "present": np.bool_(False)}
