@@ -46,12 +46,13 @@ class Cluster:
     def run(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=self.env, cwd=REPO)
 
-    def submit(self, tmp: Path, steps: int, minutes: int = 5, script: Path = SCRIPT, config: Path | None = None
-               ) -> tuple[str, Path, Path]:
+    def submit(self, tmp: Path, steps: int, minutes: int = 5, script: Path = SCRIPT, config: Path | None = None,
+               overrides: tuple[str, ...] = ()) -> tuple[str, Path, Path]:
         """sbatch `script` with 2 tasks; returns (job id, run dir, log file)."""
         run_dir, log = tmp / "run", tmp / "job.out"
         extra = (f"--set train.steps={steps} --set train.eval_interval=0 "
-                 "--set logging.progress_bar=false --set logging.tensorboard=false --set logging.interval=1")
+                 "--set logging.progress_bar=false --set logging.tensorboard=false --set logging.interval=1"
+                 + "".join(f" --set {item}" for item in overrides))
         env = {**self.env, "GIGATRON_CONFIG": str(config or CONFIG), "GIGATRON_RUN_DIR": str(run_dir),
                "GIGATRON_VENV": str(Path(sys.executable).parent.parent), "GIGATRON_EXTRA": extra}
         proc = subprocess.run(
@@ -166,6 +167,17 @@ def test_long_context_script_trains_with_context_parallelism(slurm, tmp_path):
     info = slurm.wait_final(job, timeout=300, log=log)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
     assert "cp=2" in log.read_text(), tail(log)
+    assert train_steps(run_dir) == [1, 2, 3]
+
+
+def test_fit_script_trains_the_image_encoder_data_parallel(slurm, tmp_path):
+    """slurm/pretrain_fit.sh with its default config (the FIT encoder on the shapes set), DP=2 with ZeRO-2."""
+    job, run_dir, log = slurm.submit(tmp_path, steps=3, script=REPO / "slurm" / "pretrain_fit.sh",
+                                     config=REPO / "configs" / "fit" / "smoke.yaml",
+                                     overrides=("data.default_images=64", "data.valid_images=0", "parallel.zero_stage=2"))
+    info = slurm.wait_final(job, timeout=300, log=log)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
+    assert "dp=2 zero=2" in log.read_text(), tail(log)
     assert train_steps(run_dir) == [1, 2, 3]
 
 
