@@ -121,6 +121,16 @@ class DataConfig:
     classes: list[str] | None = None
     # Image datasets have one split: its last valid_images samples are held out for validation.
     valid_images: int = 0
+    # Text-to-image: captions become caption_len token ids (longer ones are cut), with data.tokenizer
+    # or a BPE of caption_vocab_size pieces trained on the captions. Aspect buckets: images keep
+    # their aspect ratio (area ~ image_size², sides multiples of bucket_multiple, ratio <= max_aspect_ratio).
+    caption_len: int = 32
+    caption_vocab_size: int = 400
+    aspect_buckets: bool = False
+    bucket_multiple: int = 8
+    max_aspect_ratio: float = 2.0
+    # Latent-space training: shards of a VAE's latents (gigatron.data.latent_shards), not images.
+    latents: bool = False
 
 
 @dataclass

@@ -139,6 +139,10 @@ def validate_config(cfg: Config, world_size: int) -> Config:
         problems.append(f"train.min_lr={t.min_lr} is larger than train.lr={t.lr}")
     if cfg.data.seq_len < 1:
         problems.append(f"data.seq_len={cfg.data.seq_len} must be >= 1")
+    for key, value, least in (("image_size", cfg.data.image_size, 1), ("default_images", cfg.data.default_images, 1),
+                              ("valid_images", cfg.data.valid_images, 0)):
+        if value < least:
+            problems.append(f"data.{key}={value} must be >= {least}")
     if cfg.data.source == "shards" and not cfg.data.datasets:
         problems.append("data.source=shards needs data.datasets (a list of {path: <dir from `gigatron data shard`>, "
                         "weight: w})")

@@ -71,12 +71,24 @@ def build_lm_data(cfg: DataConfig) -> TrainingData:
     )
 
 
-def build_image_data(cfg: DataConfig) -> TrainingData:
-    """Open image-shard datasets: the first samples of each train, its last `valid_images` validation."""
+def build_image_data(cfg: DataConfig, captions: bool = False) -> TrainingData:
+    """Open image-shard datasets: the first samples of each train, its last `valid_images` validation.
+
+    With `captions`, samples carry caption token ids (the tokenizer of `caption_tokenizer`) and the
+    data's vocabulary and tokenizer fingerprint are the tokenizer's.
+    """
+    from gigatron.data.image_pipeline import AspectBuckets
     from gigatron.data.image_shards import load_image_dataset
     from gigatron.data.image_source import ImageShardSource
 
     roots, weights = dataset_roots(cfg, modality="image")
+    tokenizer = None
+    if captions:
+        from gigatron.data.caption_tokenizer import caption_tokenizer
+
+        tokenizer = caption_tokenizer(cfg, roots[0])
+    buckets = AspectBuckets(cfg.image_size, cfg.bucket_multiple, cfg.max_aspect_ratio) if cfg.aspect_buckets else None
+    options = {"tokenizer": tokenizer, "caption_len": cfg.caption_len, "buckets": buckets, "latents": cfg.latents}
     train, valid = [], []
     for root in roots:
         dataset = load_image_dataset(root)
@@ -85,8 +97,9 @@ def build_image_data(cfg: DataConfig) -> TrainingData:
             raise ConfigError(f"data.valid_images={cfg.valid_images} leaves no training images of the {total} in "
                               f"{root}; use fewer than {total}")
         cut = total - cfg.valid_images
-        train.append(ImageShardSource(dataset, cfg.image_size, cfg.classes, 0, cut, cfg.verify))
+        train.append(ImageShardSource(dataset, cfg.image_size, cfg.classes, 0, cut, cfg.verify, **options))
         if cfg.valid_images:
-            valid.append(ImageShardSource(dataset, cfg.image_size, cfg.classes, cut, total, cfg.verify))
+            valid.append(ImageShardSource(dataset, cfg.image_size, cfg.classes, cut, total, cfg.verify, **options))
     return TrainingData(train=train, train_weights=weights, valid=valid, valid_weights=weights if valid else [],
-                        vocab_size=None, tokenizer_fingerprint="", roots=roots)
+                        vocab_size=None if tokenizer is None else tokenizer.vocab_size,
+                        tokenizer_fingerprint="" if tokenizer is None else tokenizer.fingerprint, roots=roots)

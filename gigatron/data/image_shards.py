@@ -235,7 +235,7 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "max": max(values), "mean": round(sum(values) / len(values), 4)}
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(payload, handle, indent=2, ensure_ascii=False)
@@ -250,7 +250,7 @@ def _is_dataset_file(name: str) -> bool:
             or (name.startswith(f"{SPLIT}-") and (name.endswith(".tar") or name.endswith(".tar.tmp"))))
 
 
-def _check_destination(out: Path, overwrite: bool) -> None:
+def check_destination(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: output exists and is not a directory; pass a new or empty directory")
     if not out.is_dir():
@@ -269,7 +269,7 @@ def _check_destination(out: Path, overwrite: bool) -> None:
                         f"{', ...' if len(names) > 3 else ''}); pass overwrite=True (--overwrite) to replace it")
 
 
-def _swap_into_place(built: Path, out: Path) -> None:
+def swap_into_place(built: Path, out: Path) -> None:
     if not out.exists():
         os.replace(built, out)
         return
@@ -345,7 +345,7 @@ def write_image_shards(inputs: str, out: Path, samples_per_shard: int = 1000, on
     if not isinstance(samples_per_shard, int) or isinstance(samples_per_shard, bool) or samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be a positive integer, got {samples_per_shard!r}")
     out = Path(out)
-    _check_destination(out, overwrite)
+    check_destination(out, overwrite)
     kind, items = _items(inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     build_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -353,10 +353,10 @@ def write_image_shards(inputs: str, out: Path, samples_per_shard: int = 1000, on
         manifest: dict[str, Any] = {"format": IMAGE_FORMAT, "inputs": {"path": str(inputs), "kind": kind},
                                     "samples_per_shard": samples_per_shard}
         manifest.update(_build(items, build_dir, samples_per_shard, on_error == "skip"))
-        _write_json_atomic(build_dir / MANIFEST_NAME, manifest)
+        write_json_atomic(build_dir / MANIFEST_NAME, manifest)
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # an empty target is replaced by the finished build in one rename
-        _swap_into_place(build_dir, out)
+        swap_into_place(build_dir, out)
     except BaseException:
         shutil.rmtree(build_dir, ignore_errors=True)
         raise

@@ -5,6 +5,11 @@ alpha over white), scaled to cover S x S and centre-cropped, kept as bytes so th
 large images costs one byte per pixel until the model reads it (see `models/layers/patches.py`).
 The label is the index of the first of `classes` named in the caption (-1 with no classes);
 `present` is False only for the placeholder of a sample that data.on_error=skip left out.
+
+For text-to-image training two options add keys: a caption tokenizer gives "caption" (int64
+[caption_len] token ids, −1 padded, longer captions cut), and aspect buckets keep each image's
+aspect ratio: it is scaled and cropped to its bucket, placed top-left in a [3, S_max, S_max]
+array, and "size" holds its (height, width).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import re
 import numpy as np
 
 from gigatron.data.errors import DataError
-from gigatron.data.image_pipeline import decode_image_sample, resize_center_crop
+from gigatron.data.image_pipeline import AspectBuckets, decode_image_sample, resize_center_crop
 from gigatron.data.image_shards import SPLIT, ImageDataset
 from gigatron.data.manifest import verify_shard
 from gigatron.data.tar_index import TarIndex
@@ -45,7 +50,8 @@ class ImageShardSource:
     """Samples [start, stop) of an image dataset's train split, decoded to `image_size`² uint8."""
 
     def __init__(self, dataset: ImageDataset, image_size: int, classes: list[str] | None,
-                 start: int = 0, stop: int | None = None, verify: str = "auto") -> None:
+                 start: int = 0, stop: int | None = None, verify: str = "auto", tokenizer=None,
+                 caption_len: int = 0, buckets: AspectBuckets | None = None, latents: bool = False) -> None:
         if verify not in ("auto", "size", "sha256"):
             raise ValueError(f"data.verify={verify!r}; valid: auto, size, sha256")
         self.shards = dataset.splits[SPLIT]
@@ -60,6 +66,14 @@ class ImageShardSource:
                 raise DataError(problem)
         self.root, self.image_size, self.start, self.stop = dataset.root, image_size, start, stop
         self.labels = CaptionLabels(classes) if classes else None
+        self.tokenizer, self.caption_len, self.buckets = tokenizer, caption_len, buckets
+        self.latents = latents
+        if latents:
+            if "latents" not in dataset.raw:
+                raise DataError(f"{dataset.root}/manifest.json has no 'latents' entry: data.latents=true needs a "
+                                "dataset written by gigatron.data.latent_shards.write_latent_shards")
+            self.channels = int(dataset.raw["latents"]["channels"])
+        self.side = max(max(b) for b in buckets.buckets) if buckets is not None else image_size
         self._starts = np.cumsum([0] + [s.samples for s in self.shards]).tolist()
         self._indexes: dict[int, TarIndex] = {}
 
@@ -84,13 +98,61 @@ class ImageShardSource:
         index = self._index(shard_id)
         local = number - self._starts[shard_id]
         where = f"{index.path}:{index.keys[local]}"
+        if self.latents:
+            return self._latent_sample(index.read(local), where)
         sample = decode_image_sample(index.read(local), where)
-        image = np.asarray(resize_center_crop(sample.image, self.image_size), dtype=np.uint8)
         label = NO_LABEL if self.labels is None else self.labels(sample.caption, where)
-        return {"image": np.ascontiguousarray(image.transpose(2, 0, 1)), "label": np.int64(label),
-                "present": np.bool_(True)}
+        out = {"label": np.int64(label), "present": np.bool_(True)}
+        if self.buckets is None:
+            image = np.asarray(resize_center_crop(sample.image, self.image_size), dtype=np.uint8)
+            out["image"] = np.ascontiguousarray(image.transpose(2, 0, 1))
+        else:
+            bucket = self.buckets.bucket_for(sample.width, sample.height)
+            image = np.asarray(self.buckets.resize_crop_to_bucket(sample.image, bucket), dtype=np.uint8)
+            out["image"] = np.zeros((3, self.side, self.side), dtype=np.uint8)
+            out["image"][:, :bucket[0], :bucket[1]] = image.transpose(2, 0, 1)
+            out["size"] = np.array(bucket, dtype=np.int64)
+        if self.tokenizer is not None:
+            out["caption"] = self.caption_ids(sample.caption)
+        return out
+
+    def _latent_sample(self, members: dict[str, bytes], where: str) -> dict[str, np.ndarray]:
+        from gigatron.data.latent_shards import LATENT_EXTENSION, decode_latent
+
+        if LATENT_EXTENSION not in members or "txt" not in members:
+            raise DataError(f"{where}: a latent sample needs .{LATENT_EXTENSION} and .txt members, has "
+                            f"{', '.join(sorted(members))}")
+        latent = decode_latent(members[LATENT_EXTENSION], where)
+        caption = members["txt"].decode("utf-8-sig").strip()
+        shape = tuple(latent.shape[1:])
+        allowed = self.buckets.buckets if self.buckets is not None else [(self.image_size, self.image_size)]
+        if latent.shape[0] != self.channels or shape not in allowed:
+            raise DataError(f"{where}: latent of {latent.shape[0]} channels and {shape[0]}x{shape[1]} does not "
+                            f"match the run ({self.channels} channels, sizes {allowed}: data.image_size, "
+                            "data.aspect_buckets)")
+        out = {"label": np.int64(NO_LABEL if self.labels is None else self.labels(caption, where)),
+               "present": np.bool_(True), "image": np.zeros((self.channels, self.side, self.side), dtype=np.float32)}
+        out["image"][:, :shape[0], :shape[1]] = latent
+        if self.buckets is not None:
+            out["size"] = np.array(shape, dtype=np.int64)
+        if self.tokenizer is not None:
+            out["caption"] = self.caption_ids(caption)
+        return out
+
+    def caption_ids(self, caption: str) -> np.ndarray:
+        """A caption as `caption_len` token ids, −1 padded (longer captions are cut)."""
+        ids = self.tokenizer.encode(caption)[:self.caption_len]
+        out = np.full(self.caption_len, -1, dtype=np.int64)
+        out[:len(ids)] = ids
+        return out
 
     def placeholder(self) -> dict[str, np.ndarray]:
         """What a skipped sample becomes (data.on_error=skip): a black image marked absent, ignored by the loss."""
-        return {"image": np.zeros((3, self.image_size, self.image_size), dtype=np.uint8), "label": np.int64(NO_LABEL),
-                "present": np.bool_(False)}
+        image = np.zeros((self.channels, self.side, self.side), dtype=np.float32) if self.latents else \
+            np.zeros((3, self.side, self.side), dtype=np.uint8)
+        out = {"image": image, "label": np.int64(NO_LABEL), "present": np.bool_(False)}
+        if self.buckets is not None:
+            out["size"] = np.array([self.side, self.side], dtype=np.int64)
+        if self.tokenizer is not None:
+            out["caption"] = np.full(self.caption_len, -1, dtype=np.int64)
+        return out

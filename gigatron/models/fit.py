@@ -220,10 +220,11 @@ class FITDiffusion(nn.Module):
         velocity = unpatchify_groups(patches, cfg.patch_size, cfg.group_size, x_t.shape[2], x_t.shape[3], cfg.channels)
         return velocity, latents
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
-                self_condition: torch.Tensor | None = None) -> torch.Tensor:
-        """Training call: samples flagged in `self_condition` first get a gradient-free pass whose
-        latents condition the second (RIN); the others are conditioned on zeros."""
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, condition: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Training call (see the rectified-flow task): condition["label"] (−1: none) and optionally
+        condition["self_condition"]: flagged samples first get a gradient-free pass whose latents
+        condition the second (RIN); the others are conditioned on zeros."""
+        labels, self_condition = condition["label"], condition.get("self_condition")
         previous = None
         if self.cfg.self_condition and self_condition is not None and bool(self_condition.any()):
             with torch.no_grad():

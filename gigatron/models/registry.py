@@ -28,6 +28,7 @@ _FAMILY_MODULES: dict[str, tuple[str, str]] = {
     "tokenformer": ("gigatron.models.tokenformer", "SPEC"),
     "fit": ("gigatron.models.fit", "SPEC"),
     "fit_diffusion": ("gigatron.models.fit", "DIFFUSION_SPEC"),
+    "t2i": ("gigatron.models.t2i", "SPEC"),
 }
 
 
@@ -53,6 +54,8 @@ class ModelSpec:
     # Tokens one sample contributes (for tokens/s, MFU and train.tokens): (model cfg, data cfg) -> int.
     # None: data.seq_len.
     tokens_per_sample: Callable[[Any, Any], int] | None = None
+    # Image models conditioned on text: samples carry caption token ids.
+    reads_captions: bool = False
 
     def sample_tokens(self, model_cfg: Any, data_cfg: Any) -> int:
         """Tokens per training sample under these configs."""

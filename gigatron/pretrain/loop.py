@@ -127,7 +127,11 @@ class Trainer:
 
     def _build_data(self, spec) -> TrainingData:
         # Image tasks read image shards; the language-model task reads token shards.
-        build = build_image_data if task_modality(spec.task) == "image" else build_lm_data
+        if task_modality(spec.task) == "image":
+            def build(data_cfg):
+                return build_image_data(data_cfg, captions=spec.reads_captions)
+        else:
+            build = build_lm_data
         # Local rank 0 downloads and tokenizes; the others then read its cache instead of racing.
         if self.env.local_rank == 0:
             data = build(self.cfg.data)

@@ -1,9 +1,10 @@
 """`gigatron sample CKPT --out DIR`: draw images from a trained diffusion checkpoint.
 
-Class-conditional models take `--label NAME` (repeatable; default: every class of the run's
-data.classes); `--per-label K` images of each, from noise seeded by `--seed`, integrated with
-`--steps` Euler steps of the rectified flow and classifier-free guidance `--cfg`. Writes one PNG
-per image (`<label>-<k>.png`) and `grid.png` (one row per label).
+Text-to-image models take `--prompt TEXT` (repeatable); class-conditional models `--label NAME`
+(repeatable; default: every class of the run's data.classes). `--count K` images of each, from
+noise seeded by `--seed`, integrated with `--steps` Euler steps of the rectified flow and
+classifier-free guidance `--cfg`. Writes one PNG per image (`<label>-<k>.png`, or `prompt<j>-<k>.png`
+with the prompts in prompts.txt) and `grid.png` (one row per label or prompt).
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gigatron.models.registry import get_model_spec
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `gigatron sample`."""
     parser.add_argument("ckpt", help="run dir, checkpoints dir, step_NNNNNNNN dir or consolidated checkpoint")
     parser.add_argument("--out", required=True, type=Path, help="directory for the PNGs (created)")
+    parser.add_argument("--prompt", action="append", default=None,
+                        help="text-to-image models: a caption to draw (repeatable)")
     parser.add_argument("--label", action="append", default=None,
-                        help="class name to draw (repeatable); default: every class of the run")
-    parser.add_argument("--per-label", type=int, default=4, help="images per label (default 4)")
+                        help="class-conditional models: class name to draw (repeatable); default: every class")
+    parser.add_argument("--count", type=int, default=4, help="images per prompt or label (default 4)")
     parser.add_argument("--size", default=None,
                         help="HxW in pixels (default: the run's data.image_size, square)")
     parser.add_argument("--steps", type=int, default=50, help="Euler steps (default 50)")
@@ -58,6 +63,26 @@ def _labels(names: list[str] | None, classes: list[str]) -> list[tuple[str, int]
     return [(n, classes.index(n)) for n in names]
 
 
+def prompt_tokens(ckpt, prompts: list[str]) -> torch.Tensor:
+    """Token ids [len(prompts), data.caption_len] (−1 padded) with the run's caption tokenizer."""
+    from gigatron.data.caption_tokenizer import caption_tokenizer
+    from gigatron.data.default_images import default_images_dir
+
+    data = ckpt.cfg.data
+    root = default_images_dir(data.cache_dir, data.default_images) if data.source == "default" else \
+        Path(data.datasets[0].path)
+    tokenizer = caption_tokenizer(data, root, train=False)
+    recorded = ckpt.trainer_state.get("tokenizer_fingerprint")
+    if recorded and recorded != tokenizer.fingerprint:
+        raise ValueError(f"{ckpt.path} was trained with tokenizer {recorded}, but {root}'s captions tokenizer is "
+                         f"{tokenizer.fingerprint}; pass the run's data")
+    rows = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt)[:data.caption_len]
+        rows.append(ids + [-1] * (data.caption_len - len(ids)))
+    return torch.tensor(rows, dtype=torch.long)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[b, 3, H, W] in [-1, 1] -> uint8 [b, H, W, 3]."""
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -75,38 +100,60 @@ def save_grid(pixels: np.ndarray, rows: int, path: Path, pad: int = 2) -> None:
     Image.fromarray(grid).save(path)
 
 
+def _conditions(args: argparse.Namespace, ckpt) -> tuple[list[str], torch.Tensor]:
+    """Row names and the model's condition per row (label ids, or caption token ids)."""
+    cfg = ckpt.cfg
+    if getattr(get_model_spec(type(cfg.model).family), "reads_captions", False):
+        if not args.prompt or args.label:
+            raise ValueError(f"model.family={type(cfg.model).family} is text-to-image: pass --prompt TEXT "
+                             "(repeatable), not --label")
+        return [f"prompt{j}" for j in range(len(args.prompt))], prompt_tokens(ckpt, args.prompt)
+    if args.prompt:
+        raise ValueError(f"model.family={type(cfg.model).family} is class-conditional: pass --label, not --prompt")
+    labels = _labels(args.label, cfg.data.classes or [])
+    return [name for name, _ in labels], torch.tensor([i for _, i in labels])
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, sample, write PNGs."""
-    from gigatron.tools.checkpoint_io import load_checkpoint_model
+    from gigatron.tools.checkpoint_io import model_from_checkpoint, open_checkpoint
 
     try:
-        cfg, model = load_checkpoint_model(args.ckpt)
+        ckpt = open_checkpoint(args.ckpt)
+        cfg, model = ckpt.cfg, model_from_checkpoint(ckpt)
         if not hasattr(model, "sample"):
             raise ValueError(f"{args.ckpt}: model.family={type(cfg.model).family} is not a diffusion model; "
-                             "`gigatron sample` draws from diffusion checkpoints (e.g. fit_diffusion)")
-        if args.per_label < 1 or args.steps < 1:
-            raise ValueError(f"--per-label ({args.per_label}) and --steps ({args.steps}) must be >= 1")
+                             "`gigatron sample` draws from diffusion checkpoints (fit_diffusion, t2i)")
+        if args.count < 1 or args.steps < 1:
+            raise ValueError(f"--count ({args.count}) and --steps ({args.steps}) must be >= 1")
         height, width = _size(args.size, cfg.data.image_size)
-        labels = _labels(args.label, cfg.data.classes or [])
+        names, conditions = _conditions(args, ckpt)
     except (FileNotFoundError, ValueError) as exc:
         print(f"gigatron sample: {exc}", file=sys.stderr)
         return 2
     shift = cfg.train.flow.shift if args.shift is None else args.shift
-    ids = torch.tensor([i for _, i in labels for _ in range(args.per_label)])
-    noise = torch.randn(len(ids), cfg.model.channels, height, width, generator=torch.Generator().manual_seed(args.seed))
+    conditions = conditions.repeat_interleave(args.count, dim=0)
+    noise = torch.randn(len(conditions), cfg.model.channels, height, width,
+                        generator=torch.Generator().manual_seed(args.seed))
     start = time.perf_counter()
     try:
-        images = model.sample(noise, ids, args.steps, guidance=args.cfg, shift=shift)
+        images = model.sample(noise, conditions, args.steps, guidance=args.cfg, shift=shift)
     except ValueError as exc:  # e.g. a --size the patch grid does not divide
         print(f"gigatron sample: --size {height}x{width}: {exc}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
+    if cfg.model.channels != 3:  # a latent-space model: the user's VAE decodes these
+        np.save(args.out / "latents.npy", images.float().numpy())
+        print(f"[sample] {len(images)} latents {tuple(images.shape[1:])} in {elapsed:.1f} s -> {args.out}/latents.npy "
+              "(decode them with the VAE that produced the training latents)")
+        return 0
     pixels = to_uint8(images)
     for i, image in enumerate(pixels):
-        name, k = labels[i // args.per_label][0], i % args.per_label
-        Image.fromarray(image).save(args.out / f"{name}-{k}.png")
-    save_grid(pixels, len(labels), args.out / "grid.png")
+        Image.fromarray(image).save(args.out / f"{names[i // args.count]}-{i % args.count}.png")
+    if args.prompt:
+        (args.out / "prompts.txt").write_text("".join(f"prompt{j}: {p}\n" for j, p in enumerate(args.prompt)))
+    save_grid(pixels, len(names), args.out / "grid.png")
     print(f"[sample] {len(pixels)} images of {height}x{width} in {elapsed:.1f} s ({args.steps} steps, cfg {args.cfg}) "
           f"-> {args.out}/grid.png")
     return 0

@@ -45,7 +45,7 @@ def test_dp2_zero2_matches_single_process(tmp_path, config):
 
 def _sample_from(run: Path, out: Path) -> None:
     gigatron = [sys.executable, "-m", "gigatron", "sample", str(run), "--out", str(out)]
-    done = subprocess.run([*gigatron, "--label", "red", "--label", "blue", "--per-label", "2", "--steps", "3"],
+    done = subprocess.run([*gigatron, "--label", "red", "--label", "blue", "--count", "2", "--steps", "3"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert_ok(done)
     names = sorted(p.name for p in out.glob("*.png"))

@@ -238,7 +238,7 @@ def test_self_conditioning_feeds_the_first_pass_latents_to_flagged_samples_only(
         _, first = model.predict(x, t, labels, None)
         expected, _ = model.predict(x, t, labels, first * torch.tensor([1.0, 0.0]).double()[:, None, None, None])
         plain, _ = model.predict(x, t, labels, None)
-        out = model(x, t, labels, torch.tensor([True, False]))
+        out = model(x, t, {"label": labels, "self_condition": torch.tensor([True, False])})
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(out[1], plain[1])
     assert not torch.allclose(out[0], plain[0])
@@ -260,3 +260,14 @@ def test_flops_count_matches_the_definition_for_local_layers_only():
     tokens = 16  # 4 groups of 4
     per_token_forward = 2 * 48 * 8 + 2 * 4 * 8 * 8 + 4 * 4 * 8 + 2 * 2 * 8 * 32
     assert flops_per_token(cfg, tokens) == pytest.approx(3 * per_token_forward)
+
+
+def test_flops_match_pytorchs_counter():
+    """Forward FLOPs counted by PyTorch (matmuls and attention) against a third of our count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _encoder(layers="(2)2(1)", latents_per_group=3)
+    images = torch.randn(1, 3, 16, 16, dtype=torch.float64)  # 64 tokens in 16 groups of 4
+    with FlopCounterMode(display=False) as counter:
+        model.backbone(*model.backbone.initial(images))
+    assert counter.get_total_flops() == pytest.approx(flops_per_token(model.backbone.cfg, 64) * 64 / 3, rel=0.1)

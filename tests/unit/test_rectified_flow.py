@@ -87,8 +87,8 @@ def test_task_loss_is_the_velocity_error_of_present_samples():
     task = _task(condition_dropout=0.0, self_condition=0.0)
     seen = {}
 
-    def model(x_t, t, labels, self_condition):
-        seen.update(x_t=x_t, t=t, labels=labels)
+    def model(x_t, t, condition):
+        seen.update(x_t=x_t, t=t, labels=condition["label"])
         return torch.zeros_like(x_t)
 
     images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)

@@ -126,6 +126,12 @@ class LayerFactory:
         self._mark_linear(layer, std)
         return layer
 
+    def replicated_linear(self, in_features: int, out_features: int, *, std: float, bias: bool = False) -> nn.Module:
+        """A linear held whole by every TP rank (small projections of replicated inputs, e.g. AdaLN)."""
+        layer = nn.Linear(in_features, out_features, bias=bias, device=self.device, dtype=self.params_dtype)
+        self._mark_linear(layer, std)
+        return layer
+
     @staticmethod
     def _mark_linear(layer: nn.Module, std: float) -> None:
         for name, param in layer.named_parameters():

@@ -7,8 +7,6 @@ order over the image and tokens in raster order within their group.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -93,7 +91,3 @@ class GroupedPatchEmbedding(nn.Module):
             out.append(checkpoint(self._row, slab, use_reentrant=False) if recompute else self._row(slab))
         return torch.cat(out, dim=1)
 
-
-def image_tokens(height: int, width: int, patch: int) -> int:
-    """Patch tokens of an image."""
-    return math.prod((height // patch, width // patch))

@@ -27,3 +27,18 @@ def rotary_at(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torc
     angles = torch.outer(positions.to(torch.float32), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
+
+
+def apply_rotary_2d(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
+    """2-D RoPE over (row, column): the first half of each head rotated by row, the second by column.
+
+    x: [batch, heads, seq, head_dim] with head_dim divisible by 4; positions: [batch, seq, 2].
+    Relative in both axes: q·k depends only on the row and column offsets of the two tokens.
+    """
+    half = x.shape[-1] // 2
+    parts = []
+    for axis, chunk in enumerate((x[..., :half], x[..., half:])):
+        cos, sin = rotary_at(positions[..., axis].reshape(-1), half, base)
+        shape = (positions.shape[0], 1, positions.shape[1], half)
+        parts.append(apply_rotary(chunk, cos.view(shape).to(x.dtype), sin.view(shape).to(x.dtype)))
+    return torch.cat(parts, dim=-1)

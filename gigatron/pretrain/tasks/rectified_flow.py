@@ -19,10 +19,13 @@ _STREAM = "rectified_flow"  # names the generator stream, so it never coincides 
 
 
 class RectifiedFlowTask:
-    """MSE between predicted and true velocity, averaged over the real samples of a micro-batch.
+    """MSE between predicted and true velocity, averaged over each image's valid pixels, then over
+    the present images of a micro-batch.
 
-    The model is called as model(x_t, t, labels, self_condition) with images scaled to [−1, 1],
-    t in [0, 1], labels −1 where the condition is dropped (or absent), and a bool per sample.
+    The model is called as model(x_t, t, condition) with x_t from images scaled to [−1, 1] (or
+    latents), t in [0, 1] and a dict holding what the batch has: "label" (−1 where dropped or
+    absent), "caption" (token ids, all −1 where dropped), "size" (each image's valid (h, w)) and
+    "self_condition" (a bool per sample). Each model reads the keys it uses.
     """
 
     name = "rectified_flow"
@@ -47,13 +50,25 @@ class RectifiedFlowTask:
         return torch.stack(times), torch.stack(noises), torch.tensor(drops), torch.tensor(selfs)
 
     def forward_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The loss of one micro-batch {"image": uint8 [b, C, H, W], "label", "present", "number": [b]}."""
+        """The loss of one micro-batch {"image": uint8 [b, C, H, W] (or float latents), "label",
+        "present", "number": [b], optionally "caption" [b, T] and "size" [b, 2]}."""
         images = batch["image"]
         device = images.device
         x0 = images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images.float()
         t, noise, dropped, self_condition = (v.to(device) for v in self.draw(batch["number"].cpu(), tuple(x0.shape[1:])))
-        labels = torch.where(dropped, torch.full_like(batch["label"], -1), batch["label"])
-        predicted = model(interpolate(x0, noise, t), t, labels, self_condition)
-        per_sample = (predicted.float() - velocity_target(x0, noise)).pow(2).flatten(1).mean(1)
+        condition = {"label": torch.where(dropped, torch.full_like(batch["label"], -1), batch["label"]),
+                     "self_condition": self_condition}
+        if "caption" in batch:
+            condition["caption"] = batch["caption"].masked_fill(dropped[:, None], -1)
+        valid = torch.ones_like(x0[:, :1])
+        if "size" in batch:
+            condition["size"] = batch["size"]
+            rows = torch.arange(x0.shape[2], device=device)[None, :, None] < batch["size"][:, 0, None, None]
+            cols = torch.arange(x0.shape[3], device=device)[None, None, :] < batch["size"][:, 1, None, None]
+            valid = (rows & cols)[:, None].to(x0.dtype)
+        x_t = interpolate(x0, noise, t) * valid
+        predicted = model(x_t, t, condition)
+        error = (predicted.float() - velocity_target(x0, noise)).pow(2) * valid
+        per_sample = error.flatten(1).sum(1) / (valid.flatten(1).sum(1) * x0.shape[1])
         keep = batch["present"]  # samples the loader skipped carry no image
         return (per_sample * keep).sum() / keep.sum().clamp(min=1)

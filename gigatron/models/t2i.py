@@ -1,0 +1,224 @@
+"""A diffusion text-to-image transformer (`t2i`): DiT blocks with cross-attention to a text encoder.
+
+After "On the Scalability of Diffusion-based Text-to-Image Generation" (Li et al.: transformer
+T2I models scaled in depth and width) and FiTv2 (flexible resolution): images of any size and
+aspect ratio become patch tokens packed into rows (`layers/packing.py`) with 2-D RoPE, attention
+confined to each image; DiT blocks (`layers/dit_blocks.py`) with QK-norm, SwiGLU, cross-attention
+to the caption's text tokens and AdaLN-LoRA conditioning on time + pooled text. The model predicts
+the rectified-flow velocity (`models/rectified_flow.py`), in pixel space (3 channels) or in the
+latent space of a user's VAE (`channels` = its latent channels).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gigatron.config.validate import divisibility_problems
+from gigatron.models.fit import timestep_embedding
+from gigatron.models.layers.dit_blocks import DiTBlock, modulate
+from gigatron.models.layers.factory import LayerFactory
+from gigatron.models.layers.init import mark_init, scaled_std
+from gigatron.models.layers.packing import pack_images, unpack_images
+from gigatron.models.layers.text_encoder import TextEncoder
+from gigatron.models.rectified_flow import euler_sample, guided
+from gigatron.models.registry import ModelSpec
+
+
+@dataclass
+class T2IConfig:
+    """Shape of a text-to-image diffusion transformer and its text encoder."""
+
+    family: ClassVar[str] = "t2i"
+
+    channels: int = 3  # 3: pixels; a VAE's latent channels for latent-space training
+    patch_size: int = 4
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    ffn_hidden_size: int | None = None  # None: 8/3·hidden rounded up to a multiple of 64 (SwiGLU)
+    adaln_lora_rank: int = 32
+    rope_base: float = 10000.0
+    # Packed rows of at most this many patch tokens (variable resolution); None: one image per row.
+    pack_tokens: int | None = None
+    # Text encoder (trained with the model): vocabulary (>= the caption tokenizer's), caption length.
+    vocab_size: int = 400
+    caption_len: int = 32
+    text_hidden_size: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+
+    @property
+    def ffn_size(self) -> int:
+        """SwiGLU inner width."""
+        if self.ffn_hidden_size is not None:
+            return self.ffn_hidden_size
+        return 64 * math.ceil(8 * self.hidden_size / 3 / 64)
+
+    @property
+    def patch_features(self) -> int:
+        """Values per patch token."""
+        return self.patch_size * self.patch_size * self.channels
+
+    def validate(self, parallel, data) -> list[str]:
+        """Problems with this shape on a layout and data (empty when fine); messages name the keys."""
+        problems = divisibility_problems([
+            ("model.hidden_size", self.hidden_size, "model.num_heads", self.num_heads),
+            ("model.num_heads", self.num_heads, "parallel.tp", parallel.tp),
+            ("model.text_hidden_size", self.text_hidden_size, "model.text_heads", self.text_heads),
+            ("model.text_heads", self.text_heads, "parallel.tp", parallel.tp),
+            ("model.ffn_hidden_size", self.ffn_size, "parallel.tp", parallel.tp),
+            ("model.vocab_size", self.vocab_size, "parallel.tp", parallel.tp),
+            ("data.image_size", data.image_size, "model.patch_size", self.patch_size),
+        ])
+        if self.hidden_size % self.num_heads == 0 and (self.hidden_size // self.num_heads) % 4:
+            problems.append(f"model.hidden_size/model.num_heads={self.hidden_size // self.num_heads} must be divisible "
+                            "by 4 for 2-D RoPE (half the head per axis, rotated in pairs)")
+        if data.caption_len > self.caption_len:
+            problems.append(f"data.caption_len={data.caption_len} exceeds model.caption_len={self.caption_len} "
+                            "(the text encoder's positions)")
+        if self.pack_tokens is not None:
+            longest = max(h * w for h, w in image_shapes(data)) // self.patch_size ** 2
+            if self.pack_tokens < longest:
+                problems.append(f"model.pack_tokens={self.pack_tokens} is smaller than the largest image's "
+                                f"{longest} patch tokens (data.image_size={data.image_size}, "
+                                f"data.aspect_buckets={str(data.aspect_buckets).lower()})")
+        for key in ("pp", "cp"):
+            if getattr(parallel, key) > 1:
+                problems.append(f"parallel.{key}={getattr(parallel, key)}: text-to-image models train with tensor "
+                                "and data parallelism (parallel.tp, ZeRO); set parallel.pp and cp to 1")
+        return problems
+
+
+def image_shapes(data) -> list[tuple[int, int]]:
+    """The (height, width) sizes a run's images take: the aspect buckets, or image_size²."""
+    if not data.aspect_buckets:
+        return [(data.image_size, data.image_size)]
+    from gigatron.data.image_pipeline import AspectBuckets
+
+    return AspectBuckets(data.image_size, data.bucket_multiple, data.max_aspect_ratio).buckets
+
+
+class T2IModel(nn.Module):
+    """Velocity v(x_t, t, caption) for a batch of (possibly differently sized) images."""
+
+    TIME_FEATURES = 256
+
+    def __init__(self, cfg: T2IConfig, factory: LayerFactory) -> None:
+        super().__init__()
+        self.cfg = cfg
+        h, std = cfg.hidden_size, cfg.init_std
+        out_std = scaled_std(std, cfg.num_layers)
+        self.text = TextEncoder(factory, cfg.vocab_size, cfg.caption_len, cfg.text_hidden_size, cfg.text_layers,
+                                cfg.text_heads, std, scaled_std(std, max(1, cfg.text_layers)), cfg.norm_eps)
+        self.patch_in = factory.replicated_linear(cfg.patch_features, h, std=std, bias=True)
+        self.time_in = factory.replicated_linear(self.TIME_FEATURES, h, std=std, bias=True)
+        self.time_out = factory.replicated_linear(h, h, std=std, bias=True)
+        self.text_pool = factory.replicated_linear(cfg.text_hidden_size, h, std=std, bias=True)
+        self.shared_modulation = factory.replicated_linear(h, 6 * h, std=std, bias=True)
+        mark_init(self.shared_modulation.weight, "zeros")  # DiT's adaLN-Zero: blocks start as identity
+        self.blocks = nn.ModuleList(
+            DiTBlock(factory, h, cfg.num_heads, cfg.ffn_size, cfg.text_hidden_size, cfg.adaln_lora_rank,
+                     cfg.rope_base, std, out_std, cfg.norm_eps) for _ in range(cfg.num_layers))
+        self.final_norm = factory.norm(h, cfg.norm_eps)
+        self.final_modulation = factory.replicated_linear(h, 2 * h, std=std, bias=True)
+        mark_init(self.final_modulation.weight, "zeros")
+        self.patch_out = factory.replicated_linear(h, cfg.patch_features, std=std, bias=True)
+        mark_init(self.patch_out.weight, "zeros")
+
+    def _condition(self, t: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        features = timestep_embedding(t, self.TIME_FEATURES).to(self.time_in.weight.dtype)
+        return self.time_out(F.silu(self.time_in(features))) + self.text_pool(pooled)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, condition: dict[str, torch.Tensor]) -> torch.Tensor:
+        """x_t [N, C, Hmax, Wmax] (valid parts condition["size"] = (h, w) per image, default the whole),
+        t [N], condition["caption"] [N, T] token ids padded with −1. Returns v in x_t's layout, zero
+        outside each image."""
+        cfg = self.cfg
+        n, channels, height, width = x_t.shape
+        sizes = condition.get("size")
+        if sizes is None:
+            sizes = torch.tensor([[height, width]] * n, device=x_t.device)
+        dtype = self.patch_in.weight.dtype
+        packed = pack_images(x_t, sizes, cfg.patch_size, cfg.pack_tokens, dtype)
+        text, text_valid, pooled = self.text(condition["caption"])
+        cond = F.silu(self._condition(t, pooled))  # [N, h]
+        segments = packed.segments
+        real = segments >= 0
+        index = segments.clamp(min=0)
+        token_cond = cond[index]  # each token's image's condition
+        shared = self.shared_modulation(token_cond)
+        # Self-attention within an image; padding tokens see themselves only (never a real token).
+        self_mask = (segments[:, :, None] == segments[:, None, :]) & real[:, None, :]
+        self_mask |= torch.eye(segments.shape[1], dtype=torch.bool, device=x_t.device)
+        # Cross-attention: a row's keys are the text tokens of its images, each token sees its own.
+        row_images = packed.row_images
+        keys_image = row_images.clamp(min=0)
+        row_text = text[keys_image].flatten(1, 2)  # [rows, K·(T+1), c]
+        key_owner = row_images[:, :, None].expand(-1, -1, text.shape[1]).flatten(1)
+        key_valid = text_valid[keys_image].flatten(1) & (key_owner >= 0)
+        cross_mask = (segments[:, :, None] == key_owner[:, None, :]) & key_valid[:, None, :]
+        cross_mask[~real] = key_valid[:, None, :].expand(-1, segments.shape[1], -1)[~real]
+        x = self.patch_in(packed.tokens)
+        for block in self.blocks:
+            x = block(x, token_cond, shared, self_mask, packed.positions, row_text, cross_mask)
+        shift, scale = self.final_modulation(token_cond).chunk(2, dim=-1)
+        out = self.patch_out(modulate(self.final_norm(x), shift, scale))
+        return unpack_images(out, packed, sizes, cfg.patch_size, channels, height, width)
+
+    @torch.no_grad()
+    def sample(self, noise: torch.Tensor, captions: torch.Tensor, steps: int, guidance: float = 1.0,
+               shift: float = 1.0) -> torch.Tensor:
+        """Images (or latents) from noise [N, C, H, W] for captions [N, T] by Euler steps with CFG."""
+        empty = torch.full_like(captions, -1)
+
+        def velocity(x: torch.Tensor, t: torch.Tensor, conditioned: bool) -> torch.Tensor:
+            return self(x, t, {"caption": captions if conditioned else empty})
+
+        return euler_sample(guided(velocity, guidance), noise, steps, shift)
+
+
+def _count(cfg: T2IConfig) -> int:
+    return sum(p.numel() for p in T2IModel(cfg, LayerFactory(device="meta")).parameters())
+
+
+def flops_per_token(cfg: T2IConfig, tokens: int) -> float:
+    """Model FLOPs (forward + backward) per image token of an image of `tokens` patch tokens.
+
+    6 × the block and patch matmul parameters, plus self-attention scores over the image (12·L·h·n)
+    and cross-attention scores over the caption (12·L·h·T); the text encoder runs once per image and
+    is spread over its tokens.
+    """
+    h, layers, text_len = cfg.hidden_size, cfg.num_layers, cfg.caption_len + 1
+    per_block = 4 * h * h + 2 * h * h + 2 * cfg.text_hidden_size * h + 3 * h * cfg.ffn_size
+    matmul = layers * per_block + 2 * cfg.patch_features * h
+    attention = 12 * layers * h * (tokens + text_len)
+    c = cfg.text_hidden_size
+    text = cfg.text_layers * (4 * c * c + 8 * c * c) * text_len * 6 + 12 * cfg.text_layers * c * text_len ** 2
+    return 6.0 * matmul + attention + text / max(tokens, 1)
+
+
+def flops_per_image(cfg: T2IConfig, image_size: int) -> float:
+    """Model FLOPs (forward + backward) of one training image of image_size² pixels."""
+    tokens = (image_size // cfg.patch_size) ** 2
+    return flops_per_token(cfg, tokens) * tokens
+
+
+SPEC = ModelSpec(
+    family="t2i",
+    config_cls=T2IConfig,
+    layer_recipes=None,
+    build=T2IModel,
+    flops_per_token=flops_per_token,
+    num_params=_count,
+    task="rectified_flow",
+    tokens_per_sample=lambda model, data: (data.image_size // model.patch_size) ** 2,
+    reads_captions=True,
+)
