@@ -46,7 +46,7 @@ POSITIONS: dict[tuple[int, int], str] = {
 }
 CAPTIONS_NAME = "captions.jsonl"
 # A shape colour is used on a background only if this far away in RGB space, so it stays visible.
-_MIN_CONTRAST = 140.0
+MIN_CONTRAST = 140.0
 # Radius bounds and centre jitter as fractions of the smaller cell side; the jitter stays below
 # half the smallest radius, so even a triangle (inradius = r / 2) still covers the cell centre.
 _RADIUS = (0.28, 0.40)
@@ -54,7 +54,7 @@ _JITTER = 0.09
 
 
 def _contrasting(background: tuple[int, int, int]) -> list[str]:
-    return [name for name, rgb in COLOURS.items() if math.dist(rgb, background) >= _MIN_CONTRAST]
+    return [name for name, rgb in COLOURS.items() if math.dist(rgb, background) >= MIN_CONTRAST]
 
 
 def cell_centre(width: int, height: int, cell: tuple[int, int]) -> tuple[int, int]:
