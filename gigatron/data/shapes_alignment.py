@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from gigatron.data.shapes import MIN_CONTRAST, BACKGROUNDS, COLOURS, POSITIONS, SHAPES, cell_centre
+from gigatron.data.shapes import BACKGROUNDS, COLOURS, MIN_CONTRAST, POSITIONS, SHAPES, cell_centre
 
 __all__ = ["ClaimResult", "ShapeClaim", "check_claim", "parse_caption", "score_alignment"]
 
