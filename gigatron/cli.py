@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("gigatron.launcher.launch", "run N local ranks of a command (laptops, tests)"),
     "generate": ("gigatron.tools.generate_command", "sample text from a trained checkpoint"),
     "sample": ("gigatron.tools.sample_command", "draw images from a trained diffusion checkpoint"),
+    "align": ("gigatron.tools.alignment_eval", "text-image alignment of a text-to-image checkpoint (shapes)"),
     "convert": ("gigatron.tools.convert_command", "move a checkpoint between layouts: consolidate, reshard"),
     "export-hf": ("gigatron.tools.export_hf", "write a checkpoint as a Hugging Face transformers model"),
     "grow": ("gigatron.tools.tokenformer_growth", "grow a TokenFormer checkpoint by appending parameter tokens"),

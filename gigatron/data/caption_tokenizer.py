@@ -1,6 +1,7 @@
 """The tokenizer of captions for text-to-image training.
 
-`data.tokenizer` names one (a sentencepiece .model, or "bytes"); otherwise a byte-fallback BPE of
+`data.tokenizer` names one (a sentencepiece .model, "bytes", or "hf:<dir>" for the tokenizer of a
+local Hugging Face text encoder, read from disk only); otherwise a byte-fallback BPE of
 `data.caption_vocab_size` pieces is trained once on the training set's captions and cached under
 `<cache>/tokenizers/captions-<dataset>-bpe<V>.model`, keyed by the dataset manifest's sha256, so
 every rank (and `gigatron sample` later) finds the same model.
@@ -27,18 +28,50 @@ def caption_tokenizer_path(cfg: DataConfig, root: Path) -> Path:
     return resolve_cache_dir(cfg.cache_dir) / "tokenizers" / f"captions-{digest}-bpe{cfg.caption_vocab_size}.model"
 
 
+def dataset_captions(root: Path) -> list[str]:
+    """Every caption of an image (or latent) dataset's train split, in sample order."""
+    captions = []
+    for shard in load_image_dataset(root).splits[SPLIT]:
+        index = TarIndex(shard.path)
+        captions += [index.read(i, "txt")["txt"].decode("utf-8-sig").strip() for i in range(len(index))]
+    return captions
+
+
 def _write_captions(root: Path, out: Path) -> None:
-    dataset = load_image_dataset(root)
     with open(out, "w", encoding="utf-8") as handle:
-        for shard in dataset.splits[SPLIT]:
-            index = TarIndex(shard.path)
-            for i in range(len(index)):
-                text = index.read(i, "txt")["txt"].decode("utf-8-sig").strip()
-                handle.write(text.replace("\n", " ") + "\n")
+        for text in dataset_captions(root):
+            handle.write(text.replace("\n", " ") + "\n")
+
+
+class HFCaptionTokenizer:
+    """The tokenizer files of a local Hugging Face text encoder (with its special tokens, as it was trained)."""
+
+    kind = "hf"
+
+    def __init__(self, path: str) -> None:
+        from transformers import AutoTokenizer
+
+        directory = Path(path).expanduser()
+        if not directory.is_dir():
+            raise FileNotFoundError(f"data.tokenizer=hf:{path}: no such directory (a local Hugging Face model "
+                                    "directory holding its tokenizer files)")
+        self._tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        self.vocab_size = len(self._tokenizer)
+        digest = hashlib.sha256()
+        for file in sorted(directory.glob("*")):
+            if file.is_file() and ("token" in file.name or file.name.startswith(("vocab", "spiece", "merges"))):
+                digest.update(file.name.encode() + file.read_bytes())
+        self.fingerprint = "hf-" + digest.hexdigest()[:16]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids with the tokenizer's own special tokens."""
+        return list(self._tokenizer(text)["input_ids"])
 
 
 def caption_tokenizer(cfg: DataConfig, root: Path, train: bool = True):
     """`data.tokenizer`, or the cached captions BPE of the dataset at `root` (trained when missing and `train`)."""
+    if cfg.tokenizer is not None and cfg.tokenizer.startswith("hf:"):
+        return HFCaptionTokenizer(cfg.tokenizer[3:])
     if cfg.tokenizer is not None:
         return load_tokenizer(cfg.tokenizer)
     path = caption_tokenizer_path(cfg, root)

@@ -25,7 +25,7 @@ from gigatron.models.layers.dit_blocks import DiTBlock, modulate
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import mark_init, scaled_std
 from gigatron.models.layers.packing import pack_images, unpack_images
-from gigatron.models.layers.text_encoder import TextEncoder
+from gigatron.models.layers.text_encoder import FrozenTextEncoder, TextEncoder
 from gigatron.models.rectified_flow import euler_sample, guided
 from gigatron.models.registry import ModelSpec
 
@@ -52,6 +52,9 @@ class T2IConfig:
     text_hidden_size: int = 128
     text_layers: int = 2
     text_heads: int = 4
+    # A local Hugging Face text encoder directory (frozen; never downloaded) instead of the trained
+    # one; its tokenizer comes with data.tokenizer: "hf:<same dir>" (docs/t2i.md).
+    text_encoder: str | None = None
     norm_eps: float = 1e-6
     init_std: float = 0.02
 
@@ -116,8 +119,11 @@ class T2IModel(nn.Module):
         self.cfg = cfg
         h, std = cfg.hidden_size, cfg.init_std
         out_std = scaled_std(std, cfg.num_layers)
-        self.text = TextEncoder(factory, cfg.vocab_size, cfg.caption_len, cfg.text_hidden_size, cfg.text_layers,
-                                cfg.text_heads, std, scaled_std(std, max(1, cfg.text_layers)), cfg.norm_eps)
+        if cfg.text_encoder is not None:
+            self.text = FrozenTextEncoder(factory, cfg.text_encoder, cfg.text_hidden_size, std)
+        else:
+            self.text = TextEncoder(factory, cfg.vocab_size, cfg.caption_len, cfg.text_hidden_size, cfg.text_layers,
+                                    cfg.text_heads, std, scaled_std(std, max(1, cfg.text_layers)), cfg.norm_eps)
         self.patch_in = factory.replicated_linear(cfg.patch_features, h, std=std, bias=True)
         self.time_in = factory.replicated_linear(self.TIME_FEATURES, h, std=std, bias=True)
         self.time_out = factory.replicated_linear(h, h, std=std, bias=True)

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
 
 
-def _size(text: str | None, default: int) -> tuple[int, int]:
+def parse_size(text: str | None, default: int) -> tuple[int, int]:
     if text is None:
         return default, default
     try:
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                              "`gigatron sample` draws from diffusion checkpoints (fit_diffusion, t2i)")
         if args.count < 1 or args.steps < 1:
             raise ValueError(f"--count ({args.count}) and --steps ({args.steps}) must be >= 1")
-        height, width = _size(args.size, cfg.data.image_size)
+        height, width = parse_size(args.size, cfg.data.image_size)
         names, conditions = _conditions(args, ckpt)
     except (FileNotFoundError, ValueError) as exc:
         print(f"gigatron sample: {exc}", file=sys.stderr)

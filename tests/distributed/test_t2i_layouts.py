@@ -53,5 +53,5 @@ def test_sample_draws_prompts(single, tmp_path):
     assert sorted(p.name for p in (tmp_path / "s").glob("*.png")) == [
         "grid.png", "prompt0-0.png", "prompt0-1.png", "prompt1-0.png", "prompt1-1.png"]
     assert Image.open(tmp_path / "s" / "prompt1-1.png").size == (40, 24)
-    wrong = subprocess.run([*command[:5], "--label", "red"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    wrong = subprocess.run([*command[:7], "--label", "red"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert wrong.returncode == 2 and "is text-to-image: pass --prompt" in wrong.stderr

@@ -181,6 +181,18 @@ def test_fit_script_trains_the_image_encoder_data_parallel(slurm, tmp_path):
     assert train_steps(run_dir) == [1, 2, 3]
 
 
+def test_t2i_script_trains_the_text_to_image_model_with_tensor_parallelism(slurm, tmp_path):
+    """slurm/pretrain_t2i.sh with its default config (the smoke text-to-image model), TP=2."""
+    job, run_dir, log = slurm.submit(tmp_path, steps=3, script=REPO / "slurm" / "pretrain_t2i.sh",
+                                     config=REPO / "configs" / "t2i" / "smoke.yaml",
+                                     overrides=("data.default_images=64", "data.valid_images=0", "parallel.tp=2",
+                                                "data.caption_vocab_size=300", "model.vocab_size=300"))
+    info = slurm.wait_final(job, timeout=300, log=log)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
+    assert "tp=2" in log.read_text(), tail(log)
+    assert train_steps(run_dir) == [1, 2, 3]
+
+
 def test_sbatch_final_loss_equals_a_local_run(slurm, uninterrupted, tmp_path):
     job, run_dir, log = slurm.submit(tmp_path, steps=6)
     assert slurm.wait_final(job, timeout=240, log=log)["JobState"] == "COMPLETED", tail(log)

@@ -123,3 +123,70 @@ def test_latent_shards_train_shapes_and_refuse_bad_latents(tmp_path):
     with pytest.raises(DataError, match="NaN or infinite"):
         write_latent_shards([(np.full((4, 8, 8), np.nan, dtype=np.float32), "x")], tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("family", ["depth", "width"])
+def test_paper_size_configs_validate_and_span_the_study(family):
+    """configs/t2i/{depth,width}: 0.4B-4B denoisers, one family growing blocks, the other channels,
+    each valid on the layout its header names (8 GPUs per node)."""
+    import re
+    from pathlib import Path
+
+    from gigatron.config import load_config
+    from gigatron.config.validate import validate_config
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "t2i" / family
+    sizes = []
+    for path in sorted(root.glob("*.yaml")):
+        cfg = load_config(path)
+        nodes = int(re.search(r"--nodes=(\d+)", path.read_text()).group(1))
+        validate_config(cfg, world_size=8 * nodes)
+        model = T2IModel(cfg.model, LayerFactory(device="meta"))
+        denoiser = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.text.parameters())
+        assert f"{denoiser / 1e9:.2f}B denoiser parameters" in path.read_text()
+        sizes.append((denoiser, cfg.model.hidden_size, cfg.model.num_layers))
+    sizes.sort()
+    assert len(sizes) == 5 and 0.35e9 < sizes[0][0] < 0.45e9 and 3.9e9 < sizes[-1][0] < 4.4e9
+    varying = {s[2] for s in sizes} if family == "depth" else {s[1] for s in sizes}
+    fixed = {s[1] for s in sizes} if family == "depth" else {s[2] for s in sizes}
+    assert len(varying) == 5 and len(fixed) == 1
+
+
+def _tiny_bert(directory):
+    """A randomly initialised 1-layer BERT and a word-level tokenizer for the shapes vocabulary, saved locally."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    from gigatron.data.shapes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES
+
+    words = {w for phrase in POSITIONS.values() for w in phrase.split()} | set(COLOURS) | set(BACKGROUNDS)
+    words |= set(SHAPES) | {"a", "an", "and", "on", "background", ","}
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+    directory.mkdir()
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(directory / "vocab.txt")).save_pretrained(directory)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(directory)
+    return len(vocab)
+
+
+def test_frozen_local_hugging_face_text_encoder(tmp_path):
+    from gigatron.config.schema import DataConfig
+    from gigatron.data.caption_tokenizer import caption_tokenizer
+
+    vocab = _tiny_bert(tmp_path / "bert")
+    tokenizer = caption_tokenizer(DataConfig(tokenizer=f"hf:{tmp_path / 'bert'}"), tmp_path)
+    ids = tokenizer.encode("a red circle in the centre on a grey background")
+    assert tokenizer.vocab_size == vocab and ids[0] == 2 and ids[-1] == 3 and 1 not in ids  # [CLS] ... [SEP], no [UNK]
+    model = _model(text_encoder=str(tmp_path / "bert"), text_hidden_size=32)
+    assert not any("_encoder" in name for name, _ in model.named_parameters())
+    assert not any("_encoder" in key for key in model.state_dict())
+    captions = torch.tensor([ids + [-1] * 2])
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    out = model(x, torch.tensor([0.5]), {"caption": captions})
+    out.sum().backward()
+    assert model.text.null.grad is not None and torch.isfinite(out).all()
+    assert all(p.grad is None for p in model.text._encoder.parameters())
+    with pytest.raises(ValueError, match="set model.text_hidden_size=32"):
+        _model(text_encoder=str(tmp_path / "bert"), text_hidden_size=64)

@@ -40,3 +40,51 @@ class TextEncoder(nn.Module):
         x = self.norm(x)
         pooled = (x * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
         return x, valid, pooled
+
+
+def load_frozen_encoder(path: str) -> nn.Module:
+    """A local Hugging Face text encoder (T5's encoder, BERT, CLIP's text tower, ...) in eval mode with
+    gradients off. Only files already on disk are read (local_files_only): nothing is downloaded."""
+    from transformers import AutoConfig, AutoModel, CLIPTextModel, T5EncoderModel
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if config.model_type in ("t5", "mt5", "umt5"):
+        loader = T5EncoderModel
+    elif config.model_type == "clip":
+        loader = CLIPTextModel
+    else:
+        loader = AutoModel
+    model = loader.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
+    model.requires_grad_(False)
+    return model
+
+
+class FrozenTextEncoder(nn.Module):
+    """A frozen local Hugging Face encoder behind the TextEncoder interface.
+
+    Its weights stay out of this module's parameters and state dict (they are the user's files, not
+    trained, and are loaded again from `path` when the model is rebuilt); only the null token is learned.
+    """
+
+    def __init__(self, factory: LayerFactory, path: str, dim: int, std: float) -> None:
+        super().__init__()
+        encoder = load_frozen_encoder(path)
+        width = getattr(encoder.config, "d_model", None) or encoder.config.hidden_size
+        if width != dim:
+            raise ValueError(f"model.text_encoder={path} has hidden size {width}; set model.text_hidden_size={width}")
+        object.__setattr__(self, "_encoder", encoder)  # not a submodule: no parameters, no state dict entries
+        self.null = mark_init(factory.parameter((1, dim)), "normal", std)
+
+    def forward(self, captions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(features [N, T+1, c], valid [N, T+1] bool, pooled [N, c]), as `TextEncoder`."""
+        encoder = self._encoder
+        if next(encoder.parameters()).device != captions.device:
+            encoder.to(captions.device)
+        present = captions >= 0
+        with torch.no_grad():
+            hidden = encoder(input_ids=captions.clamp(min=0), attention_mask=present.long()).last_hidden_state
+        n = captions.shape[0]
+        x = torch.cat([self.null.expand(n, 1, -1), hidden.to(self.null.dtype)], dim=1)
+        valid = torch.cat([torch.ones(n, 1, dtype=torch.bool, device=captions.device), present], dim=1)
+        pooled = (x * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
+        return x, valid, pooled
