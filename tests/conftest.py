@@ -61,6 +61,16 @@ def pypi_reachable() -> bool:
     return True
 
 
+def assert_same_curves(run: Path, reference: Path, steps: int = 5) -> None:
+    """The run logged the reference's train losses and grad norms at every step and its validation loss."""
+    ours, theirs = read_metrics(run), read_metrics(reference)
+    assert [r["step"] for r in ours] == list(range(1, steps + 1))
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a["step"], a["loss"], b["loss"])
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    assert read_metrics(run, "valid")[0]["loss"] == pytest.approx(read_metrics(reference, "valid")[0]["loss"], rel=1e-5)
+
+
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
     """Fail with the run's output when it did not exit 0."""
     assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"

@@ -116,6 +116,7 @@ class DataConfig:
     # source=default reads the bundled synthetic shapes set of default_images images.
     image_size: int = 32
     default_images: int = 2000
+    default_max_shapes: int = 3  # shapes per image of the bundled set (1-3)
     # Class names; a sample's label is the one its caption names first (image classification and
     # class-conditional diffusion). null: no labels.
     classes: list[str] | None = None

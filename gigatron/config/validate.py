@@ -143,6 +143,8 @@ def validate_config(cfg: Config, world_size: int) -> Config:
                               ("valid_images", cfg.data.valid_images, 0)):
         if value < least:
             problems.append(f"data.{key}={value} must be >= {least}")
+    if cfg.data.default_max_shapes not in (1, 2, 3):
+        problems.append(f"data.default_max_shapes={cfg.data.default_max_shapes} must be 1, 2 or 3")
     if cfg.data.source == "shards" and not cfg.data.datasets:
         problems.append("data.source=shards needs data.datasets (a list of {path: <dir from `gigatron data shard`>, "
                         "weight: w})")

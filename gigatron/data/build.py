@@ -31,7 +31,7 @@ def dataset_roots(cfg: DataConfig, modality: str = "text") -> tuple[list[Path], 
     if cfg.source == "default" and modality == "image":
         from gigatron.data.default_images import ensure_default_images
 
-        return [ensure_default_images(cfg.cache_dir, cfg.default_images)], [1.0]
+        return [ensure_default_images(cfg.cache_dir, cfg.default_images, cfg.default_max_shapes)], [1.0]
     if cfg.source == "default":
         from gigatron.data.default_dataset import ensure_default_dataset
 

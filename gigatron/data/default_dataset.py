@@ -20,7 +20,7 @@ import glob
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gigatron.data.corpus import default_corpus_files, resolve_cache_dir
@@ -90,6 +90,24 @@ def publish_dataset(built: Path, target: Path) -> None:
         raise DataError(f"{target}: exists but holds no {MANIFEST_NAME}; remove it and retry") from exc
 
 
+def build_dataset_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target` holding a dataset: returned at once when complete, else `build(staging_dir)` writes it
+    into a staging directory that is then published, under a lock so that concurrent callers wait."""
+    if (target / MANIFEST_NAME).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with build_lock(target.parent / f".{target.name}.lock"):
+        if (target / MANIFEST_NAME).is_file():  # built by the process that held the lock before us
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            build(staging / "dataset")
+            publish_dataset(staging / "dataset", target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def ensure_default_dataset(cache_dir: str | None = None, seq_len: int = 128, vocab_size: int = 2048) -> Path:
     """Return the directory of the default token-shard dataset, building it on first use.
 
@@ -99,23 +117,12 @@ def ensure_default_dataset(cache_dir: str | None = None, seq_len: int = 128, voc
     """
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
-    target = default_dataset_dir(cache_dir, seq_len, vocab_size)
-    if (target / MANIFEST_NAME).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with build_lock(target.parent / f".{target.name}.lock"):
-        if (target / MANIFEST_NAME).is_file():  # built by the process that held the lock before us
-            return target
+    def build(out: Path) -> None:
         files = default_corpus_files(cache_dir)
         tokenizer = _ensure_tokenizer(files, default_tokenizer_path(cache_dir, vocab_size), vocab_size)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            built = staging / "dataset"
-            # Escaped: the writer treats inputs as glob patterns.
-            write_text_shards([glob.escape(str(f)) for f in files], str(tokenizer), seq_len, built,
-                              samples_per_shard=SAMPLES_PER_SHARD, valid_fraction=VALID_FRACTION,
-                              workers=max(1, min(4, os.cpu_count() or 1)))
-            publish_dataset(built, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+        # Escaped: the writer treats inputs as glob patterns.
+        write_text_shards([glob.escape(str(f)) for f in files], str(tokenizer), seq_len, out,
+                          samples_per_shard=SAMPLES_PER_SHARD, valid_fraction=VALID_FRACTION,
+                          workers=max(1, min(4, os.cpu_count() or 1)))
+
+    return build_dataset_once(default_dataset_dir(cache_dir, seq_len, vocab_size), build)

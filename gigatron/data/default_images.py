@@ -6,42 +6,32 @@ atomic publication as the default text dataset, so every rank of a job may ask f
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from gigatron.data.corpus import resolve_cache_dir
-from gigatron.data.default_dataset import build_lock, publish_dataset
-from gigatron.data.manifest import MANIFEST_NAME
+from gigatron.data.default_dataset import build_dataset_once
 
 SHAPES_SEED = 0
 SAMPLES_PER_SHARD = 1000
 
 
-def default_images_dir(cache_dir: str | None = None, count: int = 2000) -> Path:
+def default_images_dir(cache_dir: str | None = None, count: int = 2000, max_shapes: int = 3) -> Path:
     """Where `ensure_default_images` puts (or finds) the shapes set of `count` images."""
-    return resolve_cache_dir(cache_dir) / "datasets" / f"shapes-{count}"
+    suffix = "" if max_shapes == 3 else f"-max{max_shapes}"
+    return resolve_cache_dir(cache_dir) / "datasets" / f"shapes-{count}{suffix}"
 
 
-def ensure_default_images(cache_dir: str | None = None, count: int = 2000) -> Path:
-    """The directory of the shapes image-shard dataset of `count` images, built on first use."""
+def ensure_default_images(cache_dir: str | None = None, count: int = 2000, max_shapes: int = 3) -> Path:
+    """The directory of the shapes image-shard dataset of `count` images (at most `max_shapes` shapes
+    each), built on first use."""
     from gigatron.data.image_shards import write_image_shards
     from gigatron.data.shapes import generate_shapes
 
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"the default image set needs a positive number of images, got {count!r}")
-    target = default_images_dir(cache_dir, count)
-    if (target / MANIFEST_NAME).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with build_lock(target.parent / f".{target.name}.lock"):
-        if (target / MANIFEST_NAME).is_file():
-            return target
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            captions = generate_shapes(staging / "images", count, seed=SHAPES_SEED)
-            write_image_shards(str(captions), staging / "dataset", samples_per_shard=SAMPLES_PER_SHARD)
-            publish_dataset(staging / "dataset", target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    def build(out: Path) -> None:
+        captions = generate_shapes(out.with_name("images"), count, seed=SHAPES_SEED, max_shapes=max_shapes)
+        write_image_shards(str(captions), out, samples_per_shard=SAMPLES_PER_SHARD)
+
+    return build_dataset_once(default_images_dir(cache_dir, count, max_shapes), build)

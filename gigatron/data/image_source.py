@@ -14,7 +14,6 @@ array, and "size" holds its (height, width).
 
 from __future__ import annotations
 
-import bisect
 import re
 
 import numpy as np
@@ -22,9 +21,7 @@ import numpy as np
 from gigatron.data.errors import DataError
 from gigatron.data.image_pipeline import AspectBuckets, decode_image_sample, resize_center_crop
 from gigatron.data.image_shards import SPLIT, ImageDataset
-from gigatron.data.manifest import verify_shard
-from gigatron.data.tar_index import TarIndex
-from gigatron.data.token_source import AUTO_SHA256_BYTES
+from gigatron.data.sharded_tars import ShardedTars
 
 NO_LABEL = -1  # label of a sample when the run has no classes
 
@@ -52,18 +49,11 @@ class ImageShardSource:
     def __init__(self, dataset: ImageDataset, image_size: int, classes: list[str] | None,
                  start: int = 0, stop: int | None = None, verify: str = "auto", tokenizer=None,
                  caption_len: int = 0, buckets: AspectBuckets | None = None, latents: bool = False) -> None:
-        if verify not in ("auto", "size", "sha256"):
-            raise ValueError(f"data.verify={verify!r}; valid: auto, size, sha256")
-        self.shards = dataset.splits[SPLIT]
-        total = sum(s.samples for s in self.shards)
+        self.tars = ShardedTars(dataset.splits[SPLIT], verify)
+        total = len(self.tars)
         stop = total if stop is None else stop
         if not 0 <= start < stop <= total:
             raise DataError(f"{dataset.root}: samples [{start}, {stop}) requested of a dataset of {total}")
-        checksum = verify == "sha256" or (verify == "auto" and sum(s.bytes for s in self.shards) <= AUTO_SHA256_BYTES)
-        for shard in self.shards:
-            problem = verify_shard(shard, checksum=checksum)
-            if problem:
-                raise DataError(problem)
         self.root, self.image_size, self.start, self.stop = dataset.root, image_size, start, stop
         self.labels = CaptionLabels(classes) if classes else None
         self.tokenizer, self.caption_len, self.buckets = tokenizer, caption_len, buckets
@@ -74,29 +64,13 @@ class ImageShardSource:
                                 "dataset written by gigatron.data.latent_shards.write_latent_shards")
             self.channels = int(dataset.raw["latents"]["channels"])
         self.side = max(max(b) for b in buckets.buckets) if buckets is not None else image_size
-        self._starts = np.cumsum([0] + [s.samples for s in self.shards]).tolist()
-        self._indexes: dict[int, TarIndex] = {}
-
     def __len__(self) -> int:
         return self.stop - self.start
-
-    def _index(self, shard_id: int) -> TarIndex:
-        index = self._indexes.get(shard_id)
-        if index is None:
-            shard = self.shards[shard_id]
-            index = TarIndex(shard.path)
-            if len(index) != shard.samples:
-                raise DataError(f"{shard.path}: has {len(index)} samples, the manifest says {shard.samples}")
-            self._indexes[shard_id] = index
-        return index
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         if not 0 <= i < len(self):
             raise IndexError(f"sample {i} outside [0, {len(self)})")
-        number = self.start + i
-        shard_id = bisect.bisect_right(self._starts, number) - 1
-        index = self._index(shard_id)
-        local = number - self._starts[shard_id]
+        index, local = self.tars.find(self.start + i)
         where = f"{index.path}:{index.keys[local]}"
         if self.latents:
             return self._latent_sample(index.read(local), where)

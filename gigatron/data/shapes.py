@@ -80,8 +80,14 @@ def _join(phrases: list[str]) -> str:
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def render_shape_image(seed: int, index: int) -> tuple[Image.Image, str]:
-    """Image `index` of the set for `seed`, and its caption."""
+def render_shape_image(seed: int, index: int, max_shapes: int = 3) -> tuple[Image.Image, str]:
+    """Image `index` of the set for `seed`, and its caption; at most `max_shapes` (1-3) shapes.
+
+    max_shapes=3 is the original set; smaller values keep each image's size and background and
+    drop shapes (the draws that follow differ).
+    """
+    if max_shapes not in (1, 2, 3):
+        raise ValueError(f"max_shapes must be 1, 2 or 3, got {max_shapes!r}")
     rng = np.random.default_rng([seed, index])
     width, height = SIZES[rng.integers(len(SIZES))]
     background_name = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
@@ -89,7 +95,7 @@ def render_shape_image(seed: int, index: int) -> tuple[Image.Image, str]:
     draw = ImageDraw.Draw(image)
     palette = _contrasting(BACKGROUNDS[background_name])
     cells = sorted(POSITIONS)
-    chosen = sorted(rng.choice(len(cells), size=int(rng.integers(1, 4)), replace=False).tolist())
+    chosen = sorted(rng.choice(len(cells), size=int(rng.integers(1, 4)), replace=False).tolist())[:max_shapes]
     cell_side = min(width, height) / 3
     phrases = []
     # Chosen cells are sorted, so captions list shapes top to bottom, then left to right.
@@ -105,7 +111,7 @@ def render_shape_image(seed: int, index: int) -> tuple[Image.Image, str]:
     return image, f"{_join(phrases)} on a {background_name} background"
 
 
-def generate_shapes(out_dir: Path, count: int, seed: int = 0) -> Path:
+def generate_shapes(out_dir: Path, count: int, seed: int = 0, max_shapes: int = 3) -> Path:
     """Write `count` shape PNGs and `captions.jsonl` ({"path", "caption"} lines) into `out_dir`.
 
     Deterministic: the same seed gives byte-identical files. Returns the path of captions.jsonl,
@@ -120,7 +126,7 @@ def generate_shapes(out_dir: Path, count: int, seed: int = 0) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = []
     for index in range(count):
-        image, caption = render_shape_image(seed, index)
+        image, caption = render_shape_image(seed, index, max_shapes)
         name = f"shape-{index:06d}.png"
         # Fixed settings and no metadata chunks, so the PNG bytes depend only on the pixels.
         image.save(out_dir / name, format="PNG", compress_level=6)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import bisect
 import io
 from pathlib import Path
 
 import numpy as np
 
 from gigatron.data.errors import DataError
-from gigatron.data.manifest import SAMPLE_SUFFIX, TextDataset, verify_shard
+from gigatron.data.manifest import SAMPLE_SUFFIX, TextDataset
+from gigatron.data.sharded_tars import ShardedTars
 from gigatron.data.tar_index import TarIndex
-
-# Datasets up to this size get a sha256 check of every shard at start under verify="auto".
-AUTO_SHA256_BYTES = 1 << 30
 
 
 class TokenShardSource:
@@ -32,42 +29,21 @@ class TokenShardSource:
         self.shards = dataset.splits[split]
         self.sample_len = dataset.seq_len + 1
         self.dtype = np.dtype(dataset.dtype)
-        total_bytes = sum(s.bytes for s in self.shards)
-        checksum = verify == "sha256" or (verify == "auto" and total_bytes <= AUTO_SHA256_BYTES)
-        if verify not in ("auto", "size", "sha256"):
-            raise ValueError(f"data.verify={verify!r}; valid: auto, size, sha256")
-        for shard in self.shards:
-            problem = verify_shard(shard, checksum=checksum)
-            if problem:
-                raise DataError(problem)
-        self._starts = np.cumsum([0] + [s.samples for s in self.shards]).tolist()
-        self._indexes: dict[int, TarIndex] = {}
+        self.tars = ShardedTars(self.shards, verify)
         self._header: bytes | None = None
 
     def __len__(self) -> int:
-        return self._starts[-1]
-
-    def _index(self, shard_id: int) -> TarIndex:
-        index = self._indexes.get(shard_id)
-        if index is None:
-            shard = self.shards[shard_id]
-            index = TarIndex(shard.path)
-            if len(index) != shard.samples:
-                raise DataError(f"{shard.path}: has {len(index)} samples, the manifest says {shard.samples}")
-            self._indexes[shard_id] = index
-        return index
+        return len(self.tars)
 
     def locate(self, i: int) -> tuple[Path, str]:
         """(shard path, member key) of sample i, for messages."""
-        shard_id = bisect.bisect_right(self._starts, i) - 1
-        return self.shards[shard_id].path, self._index(shard_id).keys[i - self._starts[shard_id]]
+        index, local = self.tars.find(i)
+        return index.path, index.keys[local]
 
     def __getitem__(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self):
             raise IndexError(f"sample {i} outside [0, {len(self)})")
-        shard_id = bisect.bisect_right(self._starts, i) - 1
-        index = self._index(shard_id)
-        local = i - self._starts[shard_id]
+        index, local = self.tars.find(i)
         raw = index.read(local, SAMPLE_SUFFIX)[SAMPLE_SUFFIX]
         return self._decode(raw, index, local)
 

@@ -38,7 +38,7 @@ def validation_captions(cfg, count: int) -> list[str]:
     from gigatron.data.default_images import default_images_dir
 
     data = cfg.data
-    root = default_images_dir(data.cache_dir, data.default_images) if data.source == "default" else \
+    root = default_images_dir(data.cache_dir, data.default_images, data.default_max_shapes) if data.source == "default" else \
         Path(data.datasets[0].path)
     if data.valid_images < 1:
         raise ValueError(f"the run has no validation images (data.valid_images={data.valid_images}); alignment is "

@@ -69,7 +69,7 @@ def prompt_tokens(ckpt, prompts: list[str]) -> torch.Tensor:
     from gigatron.data.default_images import default_images_dir
 
     data = ckpt.cfg.data
-    root = default_images_dir(data.cache_dir, data.default_images) if data.source == "default" else \
+    root = default_images_dir(data.cache_dir, data.default_images, data.default_max_shapes) if data.source == "default" else \
         Path(data.datasets[0].path)
     tokenizer = caption_tokenizer(data, root, train=False)
     recorded = ckpt.trainer_state.get("tokenizer_fingerprint")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, assert_ok, read_metrics, run_pretrain
+from tests.conftest import REPO, assert_ok, assert_same_curves, run_pretrain
 
 pytestmark = pytest.mark.distributed
 
@@ -24,21 +24,12 @@ STEPS = ["train.steps=5", "train.warmup_steps=2", "train.eval_interval=5", "trai
 ZERO2 = ["parallel.zero_stage=2"]
 
 
-def _assert_same_curves(run: Path, reference: Path) -> None:
-    ours, theirs = read_metrics(run), read_metrics(reference)
-    assert [r["step"] for r in ours] == [1, 2, 3, 4, 5]
-    for a, b in zip(ours, theirs, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a["step"], a["loss"], b["loss"])
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
-    assert read_metrics(run, "valid")[0]["loss"] == pytest.approx(read_metrics(reference, "valid")[0]["loss"], rel=1e-5)
-
-
 @pytest.mark.parametrize("config", [ENCODER, DECODER], ids=["encoder", "decoder"])
 def test_dp2_zero2_matches_single_process(tmp_path, config):
     single, dp2 = tmp_path / "single", tmp_path / "dp2"
     assert_ok(run_pretrain(single, STEPS, config=config))
     assert_ok(run_pretrain(dp2, [*STEPS, *ZERO2], nproc=2, config=config))
-    _assert_same_curves(dp2, single)
+    assert_same_curves(dp2, single)
     if config == DECODER:
         _sample_from(single, tmp_path / "samples")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, assert_ok, read_metrics, run_pretrain
+from tests.conftest import REPO, assert_ok, assert_same_curves, run_pretrain
 
 pytestmark = pytest.mark.distributed
 
@@ -29,19 +29,10 @@ def single(tmp_path_factory) -> Path:
     return out
 
 
-def _assert_same_curves(run: Path, reference: Path) -> None:
-    ours, theirs = read_metrics(run), read_metrics(reference)
-    assert [r["step"] for r in ours] == [1, 2, 3, 4, 5]
-    for a, b in zip(ours, theirs, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a["step"], a["loss"], b["loss"])
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
-    assert read_metrics(run, "valid")[0]["loss"] == pytest.approx(read_metrics(reference, "valid")[0]["loss"], rel=1e-5)
-
-
 @pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.zero_stage=2"]], ids=["tp2", "dp2-zero2"])
 def test_layout_matches_single_process(single, tmp_path, layout):
     assert_ok(run_pretrain(tmp_path / "run", [*STEPS, *layout], nproc=2, config=CONFIG))
-    _assert_same_curves(tmp_path / "run", single)
+    assert_same_curves(tmp_path / "run", single)
 
 
 def test_sample_draws_prompts(single, tmp_path):

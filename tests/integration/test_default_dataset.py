@@ -99,7 +99,7 @@ def test_concurrent_builds_agree(built: tuple[Path, float], cache_dir: Path,
 
     # Without the lock every process trains and shards at once: only the atomic publishing
     # keeps the result consistent. (fork: the children inherit the patch.)
-    monkeypatch.setattr(default_dataset, "_lock", lambda path: contextlib.nullcontext())
+    monkeypatch.setattr(default_dataset, "build_lock", lambda path: contextlib.nullcontext())
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     children = [ctx.Process(target=_build_in_child, args=(str(cache_dir), queue)) for _ in range(2)]

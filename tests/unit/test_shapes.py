@@ -68,3 +68,13 @@ def test_bad_arguments(tmp_path: Path) -> None:
         generate_shapes(tmp_path, 0)
     with pytest.raises(ValueError, match="seed"):
         generate_shapes(tmp_path, 1, seed=-1)
+
+
+def test_max_shapes_keeps_sizes_and_backgrounds():
+    from gigatron.data.shapes import render_shape_image
+
+    for index in range(30):
+        full_image, full = render_shape_image(0, index)
+        one_image, one = render_shape_image(0, index, max_shapes=1)
+        assert one.count(" and ") == 0 and one_image.size == full_image.size
+        assert one.split(" on a ")[1] == full.split(" on a ")[1]
