@@ -9,7 +9,7 @@ Scalability of Diffusion-based Text-to-Image Generation") without an evaluator m
 
 Every claim is checked on three separate axes, so a curve can show which one a model learns first:
 
-* colour: does the claimed cell's centre have the claimed colour?
+* colour: is the object centred in the claimed cell of the claimed colour?
 * position: is there a blob of the claimed colour whose centre of mass lies in the claimed cell?
 * shape: is the claimed-colour blob at the claimed cell a circle, a square or a triangle?
 
@@ -54,11 +54,6 @@ _PHRASE = re.compile(
 )
 _CAPTION = re.compile(rf"(?P<body>.+) on a (?P<background>{_alternation(list(BACKGROUNDS))}) background")
 
-# Half-side of the square at a cell centre whose median colour decides the colour check, as a
-# fraction of the smaller cell side. Shapes of the set cover a disc of at least ~0.013 cell sides
-# around the centre (a triangle's inradius minus the jitter), so at high resolution most of this
-# square is the shape; at low resolution the half-side never drops under one pixel, a 3x3 patch.
-_CENTRE_HALF = 0.06
 # A blob counts as an object only with at least this much area, as a fraction of the smaller cell
 # side squared; the smallest shape of the set (a triangle of radius 0.28) covers about 0.10.
 _MIN_AREA = 0.02
@@ -222,16 +217,30 @@ class _Analysis:
 
         return span(row, self.height), span(column, self.width)
 
-    def centre_colour(self, cell: tuple[int, int]) -> str | None:
-        """Nearest candidate to the per-channel median of a small square at the cell centre.
 
-        The median ignores a minority of edge, blended or noisy pixels, so one stray pixel (or an
-        edge of the shape passing near the centre) does not flip the answer."""
-        x, y = self.centre(cell)
-        half = max(1, round(_CENTRE_HALF * self.cell_side))
-        patch = self.image[max(0, y - half): y + half + 1, max(0, x - half): x + half + 1].reshape(-1, 3)
-        median = np.median(patch, axis=0)
-        return self.names[int(self._nearest(median[None])[0])]
+    def largest_colour(self) -> str | None:
+        """The colour of the largest sizeable blob anywhere: the image's main object, if any."""
+        best, best_area = None, 0
+        for colour in self.names:
+            if colour is not None:
+                areas = self.blobs(colour).areas[1:]
+                if areas.size and int(areas.max()) >= self.min_area() and int(areas.max()) > best_area:
+                    best, best_area = colour, int(areas.max())
+        return best
+
+    def cell_colour(self, cell: tuple[int, int]) -> str | None:
+        """The colour of the largest sizeable blob (any palette colour) centred in the cell: the
+        colour of the object drawn there. None when the cell holds only background and specks."""
+        best, best_area = None, 0
+        for colour in self.names:
+            if colour is None:
+                continue
+            blobs = self.blobs(colour)
+            for label in range(1, len(blobs.areas)):
+                area = int(blobs.areas[label])
+                if area >= self.min_area() and area > best_area and self.in_cell(cell, blobs.cx[label], blobs.cy[label]):
+                    best, best_area = colour, area
+        return best
 
     def blobs(self, colour: str) -> _Blobs:
         """4-connected components of the pixels labelled `colour`, with their areas and centroids."""
@@ -296,7 +305,7 @@ def _classify(component: np.ndarray) -> str | None:
 def _check(analysis: _Analysis, claim: ShapeClaim) -> ClaimResult:
     if claim.colour not in COLOURS or claim.shape not in SHAPES or claim.cell not in POSITIONS:
         raise ValueError(f"not a shapes claim: {claim!r}")
-    detected_colour = analysis.centre_colour(claim.cell)
+    detected_colour = analysis.cell_colour(claim.cell)
     blobs = analysis.blobs(claim.colour)
     labels = blobs.labels
     big = [k for k in range(1, blobs.areas.size) if blobs.areas[k] >= analysis.min_area()]
@@ -333,9 +342,10 @@ def _check(analysis: _Analysis, claim: ShapeClaim) -> ClaimResult:
 def check_claim(image: np.ndarray, claim: ShapeClaim) -> ClaimResult:
     """Check one claim against a uint8 [H, W, 3] image of any size.
 
-    colour: the median colour of a small square at the cell centre, snapped to the nearest of the
-    palette and the image's background (median of a border ring), is the claimed colour.
-    position: pixels are snapped the same way; some 4-connected blob of claimed-colour pixels, at
+    colour: pixels are snapped to the nearest of the palette and the image's background (median of
+    a border ring); the largest sizeable blob of any palette colour centred in the claimed cell has
+    the claimed colour (the object drawn there has the named colour).
+    position: some 4-connected blob of claimed-colour pixels, at
     least 2% of a cell side squared, has its centre of mass inside the claimed cell.
     shape: that colour's blob covering (or nearest to) the cell centre overlaps an ideal shape of
     its own area and centre of mass best for the claimed kind, with intersection-over-union >= 0.75.
@@ -349,14 +359,16 @@ def score_alignment(images: Sequence[np.ndarray], captions: Sequence[str]) -> di
     Returns colour_accuracy, shape_accuracy and position_accuracy (over all claims),
     image_accuracy (images whose every claim is right on all three axes), background_accuracy
     (images whose border median is nearest, among the set's backgrounds, to the named one; not part
-    of image_accuracy, which is about the shapes), and the counts claims and images.
+    of image_accuracy, which is about the shapes), object_colour_accuracy (images whose largest
+    object, wherever it is, has a colour the caption names: colour alone, without position), and
+    the counts claims and images.
     """
     if len(images) != len(captions):
         raise ValueError(f"got {len(images)} images but {len(captions)} captions")
     if len(images) == 0:
         raise ValueError("score_alignment needs at least one image")
     background_rgb = np.array(list(BACKGROUNDS.values()), dtype=np.float32)
-    totals = {"colour": 0, "shape": 0, "position": 0, "image": 0, "background": 0, "claims": 0}
+    totals = {"colour": 0, "shape": 0, "position": 0, "image": 0, "background": 0, "object_colour": 0, "claims": 0}
     for image, caption in zip(images, captions, strict=True):
         claims, background = parse_caption(caption)
         analysis = _Analysis(image)
@@ -367,12 +379,14 @@ def score_alignment(images: Sequence[np.ndarray], captions: Sequence[str]) -> di
         totals["image"] += all(result.correct for result in results)
         nearest = int(((background_rgb - analysis.background) ** 2).sum(-1).argmin())
         totals["background"] += list(BACKGROUNDS)[nearest] == background
+        totals["object_colour"] += analysis.largest_colour() in {claim.colour for claim in claims}
     return {
         "colour_accuracy": totals["colour"] / totals["claims"],
         "shape_accuracy": totals["shape"] / totals["claims"],
         "position_accuracy": totals["position"] / totals["claims"],
         "image_accuracy": totals["image"] / len(images),
         "background_accuracy": totals["background"] / len(images),
+        "object_colour_accuracy": totals["object_colour"] / len(images),
         "claims": float(totals["claims"]),
         "images": float(len(images)),
     }

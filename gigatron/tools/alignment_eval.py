@@ -85,7 +85,8 @@ def evaluate(ckpt_path: str, out: Path, images: int, steps: int, guidance: float
                                                 * (width // cfg.model.patch_size))
         * (height // cfg.model.patch_size) * (width // cfg.model.patch_size),
         "size": [height, width], "steps": steps, "cfg": guidance, "seed": seed, **scores,
-        "chance": {k: chance[k] for k in ("colour_accuracy", "shape_accuracy", "position_accuracy")},
+        "chance": {k: chance[k] for k in ("colour_accuracy", "shape_accuracy", "position_accuracy",
+                                          "object_colour_accuracy")},
         "sample_seconds": elapsed,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -93,9 +94,10 @@ def evaluate(ckpt_path: str, out: Path, images: int, steps: int, guidance: float
     shown = min(len(pixels), 32)
     save_grid(pixels[:shown], max(1, shown // 8), out / "grid.png")
     (out / "captions.txt").write_text("".join(f"{i}: {c}\n" for i, c in enumerate(captions[:shown])))
-    log(f"[align] {len(captions)} validation captions, {scores['claims']} claims: colour "
+    log(f"[align] {len(captions)} validation captions, {scores['claims']:.0f} claims: colour at the named cell "
         f"{scores['colour_accuracy']:.3f} (chance {chance['colour_accuracy']:.3f}), shape {scores['shape_accuracy']:.3f}, "
-        f"position {scores['position_accuracy']:.3f}, all right {scores['image_accuracy']:.3f}; "
+        f"position {scores['position_accuracy']:.3f}, all right {scores['image_accuracy']:.3f}; main object's colour "
+        f"{scores['object_colour_accuracy']:.3f} (chance {chance['object_colour_accuracy']:.3f}); "
         f"sampled in {elapsed:.1f} s -> {out}/alignment.json")
     return record
 

@@ -234,3 +234,16 @@ def test_bad_inputs_raise() -> None:
         score_alignment([], [])
     with pytest.raises(ValueError, match="not a shapes caption"):
         score_alignment([image], ["a red blob"])
+
+
+def test_main_object_colour_is_named_by_its_caption():
+    """object_colour_accuracy: the largest object's colour is one the caption names (1.0 on renderings,
+    low against other images' captions)."""
+    from gigatron.data.shapes import render_shape_image
+    from gigatron.data.shapes_alignment import score_alignment
+
+    pairs = [render_shape_image(5, i) for i in range(60)]
+    images = [np.asarray(image) for image, _ in pairs]
+    captions = [caption for _, caption in pairs]
+    assert score_alignment(images, captions)["object_colour_accuracy"] == 1.0
+    assert score_alignment(images, captions[1:] + captions[:1])["object_colour_accuracy"] < 0.5
