@@ -170,26 +170,25 @@ def test_long_context_script_trains_with_context_parallelism(slurm, tmp_path):
     assert train_steps(run_dir) == [1, 2, 3]
 
 
-def test_fit_script_trains_the_image_encoder_data_parallel(slurm, tmp_path):
-    """slurm/pretrain_fit.sh with its default config (the FIT encoder on the shapes set), DP=2 with ZeRO-2."""
-    job, run_dir, log = slurm.submit(tmp_path, steps=3, script=REPO / "slurm" / "pretrain_fit.sh",
-                                     config=REPO / "configs" / "fit" / "smoke.yaml",
-                                     overrides=("data.default_images=64", "data.valid_images=0", "parallel.zero_stage=2"))
-    info = slurm.wait_final(job, timeout=300, log=log)
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
-    assert "dp=2 zero=2" in log.read_text(), tail(log)
-    assert train_steps(run_dir) == [1, 2, 3]
+IMAGE_SCRIPTS = {
+    # script: (its default config, overrides, what the run line must show)
+    "pretrain_fit.sh": ("configs/fit/smoke.yaml",
+                        ("data.default_images=64", "data.valid_images=0", "parallel.zero_stage=2"), "dp=2 zero=2"),
+    "pretrain_t2i.sh": ("configs/t2i/smoke.yaml", ("data.default_images=64", "data.valid_images=0", "parallel.tp=2",
+                                                   "data.caption_vocab_size=300", "model.vocab_size=300"), "tp=2"),
+}
 
 
-def test_t2i_script_trains_the_text_to_image_model_with_tensor_parallelism(slurm, tmp_path):
-    """slurm/pretrain_t2i.sh with its default config (the smoke text-to-image model), TP=2."""
-    job, run_dir, log = slurm.submit(tmp_path, steps=3, script=REPO / "slurm" / "pretrain_t2i.sh",
-                                     config=REPO / "configs" / "t2i" / "smoke.yaml",
-                                     overrides=("data.default_images=64", "data.valid_images=0", "parallel.tp=2",
-                                                "data.caption_vocab_size=300", "model.vocab_size=300"))
+@pytest.mark.parametrize("script", sorted(IMAGE_SCRIPTS))
+def test_image_model_scripts_train_their_default_config(slurm, tmp_path, script):
+    """slurm/pretrain_fit.sh (the FIT encoder, DP=2 with ZeRO-2) and slurm/pretrain_t2i.sh (the smoke
+    text-to-image model, TP=2) on 64 shapes images."""
+    config, overrides, layout = IMAGE_SCRIPTS[script]
+    job, run_dir, log = slurm.submit(tmp_path, steps=3, script=REPO / "slurm" / script, config=REPO / config,
+                                     overrides=overrides)
     info = slurm.wait_final(job, timeout=300, log=log)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
-    assert "tp=2" in log.read_text(), tail(log)
+    assert layout in log.read_text(), tail(log)
     assert train_steps(run_dir) == [1, 2, 3]
 
 
