@@ -43,6 +43,14 @@ class CaptionLabels:
         return min(found)[1]
 
 
+def caption_ids(tokenizer, caption: str, length: int) -> np.ndarray:
+    """A caption as `length` token ids, −1 padded (longer captions are cut)."""
+    ids = tokenizer.encode(caption)[:length]
+    out = np.full(length, -1, dtype=np.int64)
+    out[:len(ids)] = ids
+    return out
+
+
 class ImageShardSource:
     """Samples [start, stop) of an image dataset's train split, decoded to `image_size`² uint8."""
 
@@ -64,6 +72,7 @@ class ImageShardSource:
                                 "dataset written by gigatron.data.latent_shards.write_latent_shards")
             self.channels = int(dataset.raw["latents"]["channels"])
         self.side = max(max(b) for b in buckets.buckets) if buckets is not None else image_size
+
     def __len__(self) -> int:
         return self.stop - self.start
 
@@ -73,60 +82,53 @@ class ImageShardSource:
         index, local = self.tars.find(self.start + i)
         where = f"{index.path}:{index.keys[local]}"
         if self.latents:
-            return self._latent_sample(index.read(local), where)
-        sample = decode_image_sample(index.read(local), where)
-        label = NO_LABEL if self.labels is None else self.labels(sample.caption, where)
-        out = {"label": np.int64(label), "present": np.bool_(True)}
-        if self.buckets is None:
-            image = np.asarray(resize_center_crop(sample.image, self.image_size), dtype=np.uint8)
-            out["image"] = np.ascontiguousarray(image.transpose(2, 0, 1))
+            values, caption = self._latent(index.read(local), where)
         else:
-            bucket = self.buckets.bucket_for(sample.width, sample.height)
-            image = np.asarray(self.buckets.resize_crop_to_bucket(sample.image, bucket), dtype=np.uint8)
-            out["image"] = np.zeros((3, self.side, self.side), dtype=np.uint8)
-            out["image"][:, :bucket[0], :bucket[1]] = image.transpose(2, 0, 1)
-            out["size"] = np.array(bucket, dtype=np.int64)
-        if self.tokenizer is not None:
-            out["caption"] = self.caption_ids(sample.caption)
-        return out
+            sample = decode_image_sample(index.read(local), where)
+            caption = sample.caption
+            if self.buckets is None:
+                image = resize_center_crop(sample.image, self.image_size)
+            else:
+                bucket = self.buckets.bucket_for(sample.width, sample.height)
+                image = self.buckets.resize_crop_to_bucket(sample.image, bucket)
+            values = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+        label = NO_LABEL if self.labels is None else self.labels(caption, where)
+        return self._sample(values, caption, label, present=True)
 
-    def _latent_sample(self, members: dict[str, bytes], where: str) -> dict[str, np.ndarray]:
+    def _latent(self, members: dict[str, bytes], where: str) -> tuple[np.ndarray, str]:
         from gigatron.data.latent_shards import LATENT_EXTENSION, decode_latent
 
         if LATENT_EXTENSION not in members or "txt" not in members:
             raise DataError(f"{where}: a latent sample needs .{LATENT_EXTENSION} and .txt members, has "
                             f"{', '.join(sorted(members))}")
         latent = decode_latent(members[LATENT_EXTENSION], where)
-        caption = members["txt"].decode("utf-8-sig").strip()
         shape = tuple(latent.shape[1:])
         allowed = self.buckets.buckets if self.buckets is not None else [(self.image_size, self.image_size)]
         if latent.shape[0] != self.channels or shape not in allowed:
             raise DataError(f"{where}: latent of {latent.shape[0]} channels and {shape[0]}x{shape[1]} does not "
                             f"match the run ({self.channels} channels, sizes {allowed}: data.image_size, "
                             "data.aspect_buckets)")
-        out = {"label": np.int64(NO_LABEL if self.labels is None else self.labels(caption, where)),
-               "present": np.bool_(True), "image": np.zeros((self.channels, self.side, self.side), dtype=np.float32)}
-        out["image"][:, :shape[0], :shape[1]] = latent
-        if self.buckets is not None:
-            out["size"] = np.array(shape, dtype=np.int64)
-        if self.tokenizer is not None:
-            out["caption"] = self.caption_ids(caption)
-        return out
+        return latent, members["txt"].decode("utf-8-sig").strip()
 
-    def caption_ids(self, caption: str) -> np.ndarray:
-        """A caption as `caption_len` token ids, −1 padded (longer captions are cut)."""
-        ids = self.tokenizer.encode(caption)[:self.caption_len]
-        out = np.full(self.caption_len, -1, dtype=np.int64)
-        out[:len(ids)] = ids
+    def _sample(self, values: np.ndarray, caption: str | None, label: int, present: bool) -> dict[str, np.ndarray]:
+        """The sample dict of image (uint8) or latent (float32) values [C, h, w]: placed top-left in the
+        fixed [C, S_max, S_max] array, with "size" under aspect buckets and "caption" with a tokenizer."""
+        height, width = values.shape[1:]
+        if self.buckets is None:
+            image = np.ascontiguousarray(values)
+        else:
+            image = np.zeros((values.shape[0], self.side, self.side), dtype=values.dtype)
+            image[:, :height, :width] = values
+        out = {"image": image, "label": np.int64(label), "present": np.bool_(present)}
+        if self.buckets is not None:
+            out["size"] = np.array([height, width], dtype=np.int64)
+        if self.tokenizer is not None:
+            out["caption"] = caption_ids(self.tokenizer, caption or "", self.caption_len) if present else \
+                np.full(self.caption_len, -1, dtype=np.int64)
         return out
 
     def placeholder(self) -> dict[str, np.ndarray]:
         """What a skipped sample becomes (data.on_error=skip): a black image marked absent, ignored by the loss."""
-        image = np.zeros((self.channels, self.side, self.side), dtype=np.float32) if self.latents else \
+        values = np.zeros((self.channels, self.side, self.side), dtype=np.float32) if self.latents else \
             np.zeros((3, self.side, self.side), dtype=np.uint8)
-        out = {"image": image, "label": np.int64(NO_LABEL), "present": np.bool_(False)}
-        if self.buckets is not None:
-            out["size"] = np.array([self.side, self.side], dtype=np.int64)
-        if self.tokenizer is not None:
-            out["caption"] = np.full(self.caption_len, -1, dtype=np.int64)
-        return out
+        return self._sample(values, None, NO_LABEL, present=False)

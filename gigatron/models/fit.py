@@ -276,12 +276,13 @@ def flops_per_token(cfg: FITConfig, tokens: int) -> float:
     groups = max(1, tokens // n)
     latents = groups * m
     forward = 2 * tokens * cfg.patch_size ** 2 * cfg.channels * c  # patch embedding
-    for i, (local, global_) in enumerate(parse_layers(cfg.layers)):
+    blocks = parse_layers(cfg.layers)
+    for i, (local, global_) in enumerate(blocks):
         forward += local * groups * _layer_flops(c, cfg.mlp_ratio, n, n)
         if global_:
             forward += groups * _layer_flops(cl, cfg.mlp_ratio, m, n, c)  # read
             forward += global_ * _layer_flops(cl, cfg.mlp_ratio, latents, latents)
-            if i < len(parse_layers(cfg.layers)) - 1:
+            if i < len(blocks) - 1:
                 forward += groups * _layer_flops(c, cfg.mlp_ratio, n, m, cl)  # write
     return 3.0 * forward / tokens
 

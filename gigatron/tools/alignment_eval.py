@@ -35,11 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def validation_captions(cfg, count: int) -> list[str]:
     """The first `count` captions of the run's validation split (the dataset's last valid_images samples)."""
     from gigatron.data.caption_tokenizer import dataset_captions
-    from gigatron.data.default_images import default_images_dir
+    from gigatron.data.default_images import run_image_root
 
     data = cfg.data
-    root = default_images_dir(data.cache_dir, data.default_images, data.default_max_shapes) if data.source == "default" else \
-        Path(data.datasets[0].path)
+    root = run_image_root(data)
     if data.valid_images < 1:
         raise ValueError(f"the run has no validation images (data.valid_images={data.valid_images}); alignment is "
                          "measured on captions the model never trained on")

@@ -66,21 +66,17 @@ def _labels(names: list[str] | None, classes: list[str]) -> list[tuple[str, int]
 def prompt_tokens(ckpt, prompts: list[str]) -> torch.Tensor:
     """Token ids [len(prompts), data.caption_len] (−1 padded) with the run's caption tokenizer."""
     from gigatron.data.caption_tokenizer import caption_tokenizer
-    from gigatron.data.default_images import default_images_dir
+    from gigatron.data.default_images import run_image_root
+    from gigatron.data.image_source import caption_ids
 
     data = ckpt.cfg.data
-    root = default_images_dir(data.cache_dir, data.default_images, data.default_max_shapes) if data.source == "default" else \
-        Path(data.datasets[0].path)
+    root = run_image_root(data)
     tokenizer = caption_tokenizer(data, root, train=False)
     recorded = ckpt.trainer_state.get("tokenizer_fingerprint")
     if recorded and recorded != tokenizer.fingerprint:
         raise ValueError(f"{ckpt.path} was trained with tokenizer {recorded}, but {root}'s captions tokenizer is "
                          f"{tokenizer.fingerprint}; pass the run's data")
-    rows = []
-    for prompt in prompts:
-        ids = tokenizer.encode(prompt)[:data.caption_len]
-        rows.append(ids + [-1] * (data.caption_len - len(ids)))
-    return torch.tensor(rows, dtype=torch.long)
+    return torch.from_numpy(np.stack([caption_ids(tokenizer, prompt, data.caption_len) for prompt in prompts]))
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
