@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, NoReturn
 
 Source = Literal["torchrun", "slurm", "single"]
 
@@ -113,6 +114,23 @@ def init_distributed(env: DistEnv, timeout_s: float = 600) -> None:
         timeout=timedelta(seconds=timeout_s),
     )
 
+
+
+def exit_distributed(code: int) -> NoReturn:
+    """End this rank with `code` once every rank of the default group has reached this point.
+
+    Skips library teardown on purpose: with gloo, destroying process groups at interpreter exit
+    (groups DeepSpeed/ZeRO-3 still reference, or ones that ran point-to-point ops) intermittently
+    aborts a finished process ("terminate called without an active exception", exit 134), which
+    would turn a successful run into a failure for SLURM and the launcher.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 def _get_int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
     raw = env.get(name)

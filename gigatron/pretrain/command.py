@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     Meant as the process's entry point: after training it exits the process with the trainer's
     code. Use `gigatron.pretrain.loop.Trainer` to train in-process.
     """
-    from gigatron.launcher.dist_env import DistEnv, init_distributed
+    from gigatron.launcher.dist_env import DistEnv, exit_distributed, init_distributed
 
     env = DistEnv.from_environ()
     overrides = list(args.overrides)
@@ -55,13 +55,5 @@ def run(args: argparse.Namespace) -> int:
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)
-    import torch.distributed as dist
-
-    # Every rank has finished writing (the trainer's last save ends with a barrier). Leave without
-    # running library teardown: with gloo, destroying groups that DeepSpeed/ZeRO-3 still reference
-    # intermittently aborts the process ("terminate called without an active exception", exit 134)
-    # after all work is done, which would turn a finished run into a failure for SLURM.
-    dist.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    # Every rank has finished writing (the trainer's last save ends with a barrier).
+    exit_distributed(code)

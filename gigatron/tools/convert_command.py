@@ -111,10 +111,8 @@ def reshard(ckpt: str | Path, out: str | Path, tp: int, pp: int, dp: int, zero: 
 
 def run_worker(args: argparse.Namespace) -> int:
     """One rank of `reshard`: build the target layout's engine from the source, save it."""
-    import torch.distributed as dist
-
     from gigatron.config import load_config
-    from gigatron.launcher.dist_env import DistEnv, init_distributed
+    from gigatron.launcher.dist_env import DistEnv, exit_distributed, init_distributed
     from gigatron.pretrain.checkpoint import TrainerState, save_checkpoint, set_rng_state
     from gigatron.pretrain.engine import build_engine
     from gigatron.pretrain.parallel import initialize_parallel
@@ -131,10 +129,7 @@ def run_worker(args: argparse.Namespace) -> int:
     state = TrainerState(**source.trainer_state)
     save_checkpoint(engine.engine, Path(args.out), state, config_to_yaml(cfg), keep_last=1,
                     log=print if env.is_main else (lambda _text: None))
-    dist.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # see pretrain.command: gloo teardown after ZeRO-3 can abort a finished process
+    exit_distributed(0)
 
 
 def _return_freed_tensors_to_the_os() -> None:

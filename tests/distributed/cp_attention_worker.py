@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 import gigatron.models.layers.blockwise_attention as blockwise
 import gigatron.models.layers.cp.ring as ring_module
-from gigatron.launcher.dist_env import DistEnv, init_distributed
+from gigatron.launcher.dist_env import DistEnv, exit_distributed, init_distributed
 from gigatron.models.layers.blockwise_attention import memory_efficient_attention
 from gigatron.models.layers.cp.layout import SequenceLayout, pad_to_multiple
 from gigatron.models.layers.cp.ring import ring_attention
@@ -112,9 +112,8 @@ def main() -> int:
                     problems += check(kind, causal, zigzag, heads, kv_heads, length, hybrid_groups)
     for problem in problems:
         print(problem, file=sys.stderr)
-    dist.barrier()
     return 1 if problems else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_distributed(main())

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from gigatron.config.schema import ParallelConfig
-from gigatron.launcher.dist_env import DistEnv, init_distributed
+from gigatron.launcher.dist_env import DistEnv, exit_distributed, init_distributed
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.layers.nested_ffn import ffn_granularity
@@ -45,9 +45,8 @@ def main() -> int:
         results[setting] = torch.cat(pieces, dim=-1)
     if ranks.tp_rank == 0:
         torch.save(results, out)
-    dist.barrier()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_distributed(main())

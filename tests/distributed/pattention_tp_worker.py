@@ -7,10 +7,9 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.distributed as dist
 
 from gigatron.config.schema import ParallelConfig
-from gigatron.launcher.dist_env import DistEnv, init_distributed
+from gigatron.launcher.dist_env import DistEnv, exit_distributed, init_distributed
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.pretrain.parallel import initialize_parallel
@@ -49,9 +48,8 @@ def main() -> int:
     problems = [p for norm in ("l2_norm_gelu", "gelu_l2_norm", "softmax_n") for p in check(norm, ranks)]
     for problem in problems:
         print(problem, file=sys.stderr)
-    dist.barrier()
     return 1 if problems else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_distributed(main())
