@@ -104,6 +104,8 @@ AccountingStorageType=accounting_storage/none
 ReturnToService=2
 KillWait=30
 MinJobAge=300
+# A test cluster: look at pending (e.g. requeued) jobs every second or two, not every 30-60 s.
+SchedulerParameters=sched_interval=2,bf_interval=1
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$DIR/slurmctld.pid
