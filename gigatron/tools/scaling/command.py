@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         fit.add_argument(f"--{kind}-col", default=None, help=f"name of the {kind.upper()} column in --csv")
     fit.add_argument("--x-col", default=None, help="power: x column (e.g. params, flops, tokens)")
     fit.add_argument("--y-col", default=None, help="power: y column (any metric)")
+    fit.add_argument("--e-min", type=float, default=-np.inf,
+                     help="power: lower bound on E, e.g. 0 for a loss or error rate (default: none)")
+    fit.add_argument("--e-max", type=float, default=np.inf,
+                     help="power: upper bound on E, e.g. 1 for an accuracy (default: none)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--workers", type=int, default=None, help="processes (default: the CPUs available)")
     predict = sub.add_parser("predict", help="predictions with 95% intervals from a fit.json")
@@ -90,9 +94,12 @@ def fit_command(args: argparse.Namespace, log=print) -> dict[str, Any]:
         from gigatron.tools.scaling.points import read_xy
 
         x, y = read_xy(args.csv, args.x_col, args.y_col)
-        fitted = power.fit_power(x, y, args.csv)
-        samples = power.bootstrap_power(x, y, args.bootstrap, args.seed) if args.bootstrap else np.empty((0, 3))
+        bounds = (args.e_min, args.e_max)
+        fitted = power.fit_power(x, y, args.csv, e_bounds=bounds)
+        samples = (power.bootstrap_power(x, y, args.bootstrap, args.seed, e_bounds=bounds) if args.bootstrap
+                   else np.empty((0, 3)))
         result.update(source=args.csv, x=args.x_col, y=args.y_col, n_points=len(x), params=fitted.values(),
+                      e_bounds=[float(b) if np.isfinite(b) else None for b in bounds],
                       rmse=fitted.rmse, names=["E", "A", "alpha"], intervals=_interval(samples),
                       samples=samples.tolist())
         plots.power_plot(x, y, fitted, samples, args.x_col, args.y_col, out / "power.png")
