@@ -217,20 +217,9 @@ class _Analysis:
 
         return span(row, self.height), span(column, self.width)
 
-
-    def largest_colour(self) -> str | None:
-        """The colour of the largest sizeable blob anywhere: the image's main object, if any."""
-        best, best_area = None, 0
-        for colour in self.names:
-            if colour is not None:
-                areas = self.blobs(colour).areas[1:]
-                if areas.size and int(areas.max()) >= self.min_area() and int(areas.max()) > best_area:
-                    best, best_area = colour, int(areas.max())
-        return best
-
-    def cell_colour(self, cell: tuple[int, int]) -> str | None:
-        """The colour of the largest sizeable blob (any palette colour) centred in the cell: the
-        colour of the object drawn there. None when the cell holds only background and specks."""
+    def object_colour(self, cell: tuple[int, int] | None = None) -> str | None:
+        """The colour of the largest sizeable blob of any palette colour: anywhere (the image's main
+        object), or centred in `cell` (the object drawn there). None when only background and specks."""
         best, best_area = None, 0
         for colour in self.names:
             if colour is None:
@@ -238,7 +227,8 @@ class _Analysis:
             blobs = self.blobs(colour)
             for label in range(1, len(blobs.areas)):
                 area = int(blobs.areas[label])
-                if area >= self.min_area() and area > best_area and self.in_cell(cell, blobs.cx[label], blobs.cy[label]):
+                if area >= self.min_area() and area > best_area and \
+                        (cell is None or self.in_cell(cell, blobs.cx[label], blobs.cy[label])):
                     best, best_area = colour, area
         return best
 
@@ -305,7 +295,7 @@ def _classify(component: np.ndarray) -> str | None:
 def _check(analysis: _Analysis, claim: ShapeClaim) -> ClaimResult:
     if claim.colour not in COLOURS or claim.shape not in SHAPES or claim.cell not in POSITIONS:
         raise ValueError(f"not a shapes claim: {claim!r}")
-    detected_colour = analysis.cell_colour(claim.cell)
+    detected_colour = analysis.object_colour(claim.cell)
     blobs = analysis.blobs(claim.colour)
     labels = blobs.labels
     big = [k for k in range(1, blobs.areas.size) if blobs.areas[k] >= analysis.min_area()]
@@ -379,7 +369,7 @@ def score_alignment(images: Sequence[np.ndarray], captions: Sequence[str]) -> di
         totals["image"] += all(result.correct for result in results)
         nearest = int(((background_rgb - analysis.background) ** 2).sum(-1).argmin())
         totals["background"] += list(BACKGROUNDS)[nearest] == background
-        totals["object_colour"] += analysis.largest_colour() in {claim.colour for claim in claims}
+        totals["object_colour"] += analysis.object_colour() in {claim.colour for claim in claims}
     return {
         "colour_accuracy": totals["colour"] / totals["claims"],
         "shape_accuracy": totals["shape"] / totals["claims"],

@@ -115,7 +115,6 @@ def init_distributed(env: DistEnv, timeout_s: float = 600) -> None:
     )
 
 
-
 def exit_distributed(code: int) -> NoReturn:
     """End this rank with `code` once every rank of the default group has reached this point.
 
@@ -131,6 +130,7 @@ def exit_distributed(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
 
 def _get_int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
     raw = env.get(name)

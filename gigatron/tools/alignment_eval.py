@@ -76,13 +76,12 @@ def evaluate(ckpt_path: str, out: Path, images: int, steps: int, guidance: float
         for i in range(0, len(captions), batch)])
     elapsed = time.perf_counter() - start
     scores = score_alignment(list(pixels), captions)
+    patches = (height // cfg.model.patch_size) * (width // cfg.model.patch_size)
     chance = score_alignment(list(pixels), captions[1:] + captions[:1])
     record = {
         "checkpoint": str(ckpt.path), "family": type(cfg.model).family, "step": ckpt.trainer_state.get("step"),
         "params": spec.num_params(cfg.model),
-        "flops_per_image": spec.flops_per_token(cfg.model, (height // cfg.model.patch_size)
-                                                * (width // cfg.model.patch_size))
-        * (height // cfg.model.patch_size) * (width // cfg.model.patch_size),
+        "flops_per_image": spec.flops_per_token(cfg.model, patches) * patches,
         "size": [height, width], "steps": steps, "cfg": guidance, "seed": seed, **scores,
         "chance": {k: chance[k] for k in ("colour_accuracy", "shape_accuracy", "position_accuracy",
                                           "object_colour_accuracy")},
