@@ -29,10 +29,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from gigatron.checkpoint.consolidated import write_consolidated  # noqa: E402
+from gigatron.checkpoint.convert import reshard  # noqa: E402
+from gigatron.checkpoint.param_plan import param_plans  # noqa: E402
 from gigatron.config import config_from_dict  # noqa: E402
-from gigatron.tools.consolidated import write_consolidated  # noqa: E402
-from gigatron.tools.convert_command import reshard  # noqa: E402
-from gigatron.tools.param_plan import param_plans  # noqa: E402
 
 VOCAB, LAYERS = 32000, 8
 
@@ -124,8 +124,8 @@ def main() -> None:
             params = sum(plan.numel for plan in source.plans.values())
             largest = max(plan.numel for plan in source.plans.values()) * 4
             _, const_anon, _ = measure([python, "-c", "import sys, safetensors; from pathlib import Path; "
-                                        "from gigatron.tools.native_checkpoint import NativeCheckpoint; "
-                                        "import gigatron.tools.convert_command; NativeCheckpoint(Path(sys.argv[1]))",
+                                        "from gigatron.checkpoint.native import NativeCheckpoint; "
+                                        "import gigatron.checkpoint.convert; NativeCheckpoint(Path(sys.argv[1]))",
                                         str(tag)])
             seconds, anon, rss = measure([python, "-m", "gigatron", "convert", "consolidate", str(tag),
                                           str(root / "out"), "--no-verify"])

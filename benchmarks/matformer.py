@@ -27,12 +27,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gigatron.models.generation import generate  # noqa: E402
+from gigatron.checkpoint.reader import load_checkpoint_model  # noqa: E402
+from gigatron.inference.generation import generate  # noqa: E402
+from gigatron.inference.lm_eval import lm_loss, validation_batches  # noqa: E402
+from gigatron.inference.matformer_eval import evaluate_submodels  # noqa: E402
+from gigatron.inference.speculative import speculative_generate  # noqa: E402
 from gigatron.models.registry import get_model_spec  # noqa: E402
-from gigatron.models.speculative import speculative_generate  # noqa: E402
-from gigatron.tools.checkpoint_io import load_checkpoint_model  # noqa: E402
-from gigatron.tools.lm_eval import lm_loss, validation_batches  # noqa: E402
-from gigatron.tools.matformer.evaluate import evaluate_submodels  # noqa: E402
 
 CONFIG = REPO / "configs" / "matformer" / "small.yaml"
 INDEPENDENT = {0.25: 256, 0.5: 512, 1.0: 1024}  # granularity -> FFN width of the independent model

@@ -18,8 +18,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gigatron.tools.scaling import parametric  # noqa: E402
-from gigatron.tools.scaling.points import read_csv  # noqa: E402
+from gigatron.scaling import parametric  # noqa: E402
+from gigatron.scaling.points import read_csv  # noqa: E402
 
 DATA = REPO / "tests" / "data" / "chinchilla_svg_extracted_data.csv"
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gigatron.models.cached import forward_cached, new_caches  # noqa: E402
+from gigatron.inference.cached import forward_cached, new_caches  # noqa: E402
 from gigatron.models.gpt import GPTConfig  # noqa: E402
 from gigatron.models.hybrid import HybridConfig, flops_per_token  # noqa: E402
 from gigatron.models.layers.factory import LayerFactory  # noqa: E402
@@ -126,7 +126,7 @@ def bench_train(lengths=(512, 2048)) -> None:
     peak = measured_matmul_flops()
     reference = None
     try:
-        from gigatron.tools.export_hf import to_hf_model
+        from gigatron.checkpoint.hf_export import to_hf_model
 
         reference = to_hf_model(cfg, ours)
     except ImportError as exc:

@@ -1,3 +1,3 @@
-from gigatron.cli import main
+from gigatron.commands import main
 
 raise SystemExit(main())

@@ -78,7 +78,7 @@ class TrainConfig:
     grow_init: Literal["preserve", "random"] = "preserve"
     grow_optimizer: Literal["keep", "reset"] = "keep"  # AdamW moments of the existing tokens
     # MatFormer (model.matformer): train every granularity each step (sum) or one drawn per step
-    # (sample); see gigatron/pretrain/matformer.py and docs/matformer.md.
+    # (sample); see gigatron/objectives/matformer.py and docs/matformer.md.
     matformer_mode: Literal["sum", "sample"] = "sum"
     matformer_weights: list[float] | None = None  # sum: loss weight per granularity (normalised); None = equal
     matformer_probabilities: list[float] | None = None  # sample: probability per granularity; None = uniform

@@ -6,7 +6,6 @@ We do not use torchrun because it collapses worker failures to exit code 1, whic
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
@@ -16,51 +15,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gigatron.launcher.dist_env import find_free_port
-from gigatron.launcher.exit_codes import EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PREEMPTED
+from gigatron.launcher.exit_codes import EXIT_OK, EXIT_PREEMPTED
 
 FORWARDED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 POLL_INTERVAL_S = 0.05
 EXIT_COMMAND_NOT_FOUND = 127
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the `gigatron launch` options on `parser`."""
-    parser.usage = "%(prog)s --nproc N [--master-port P] [--omp-threads T] [--grace S] -- COMMAND ..."
-    parser.add_argument("--nproc", type=int, required=True, help="number of local ranks to start")
-    parser.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: a free one)")
-    parser.add_argument(
-        "--omp-threads",
-        type=int,
-        default=None,
-        help="OMP_NUM_THREADS per rank (default: $OMP_NUM_THREADS, else cpu_count // nproc)",
-    )
-    parser.add_argument(
-        "--grace",
-        type=float,
-        default=30.0,
-        help="seconds the other ranks get after one fails before SIGTERM, and again before SIGKILL",
-    )
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command each rank runs, after --")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Start `args.nproc` copies of `args.command`, wait for them, and return the combined exit code."""
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        print("gigatron launch: error: no command given; usage: gigatron launch --nproc N -- COMMAND ...",
-              file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    if args.nproc < 1:
-        print(f"gigatron launch: error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    port = args.master_port if args.master_port is not None else find_free_port()
-    envs = [
-        child_environ(os.environ, rank, args.nproc, port, args.omp_threads) for rank in range(args.nproc)
-    ]
-    return LocalLauncher(command, envs, grace_s=args.grace).run()
 
 
 def child_environ(

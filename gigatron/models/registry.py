@@ -47,7 +47,7 @@ class ModelSpec:
     num_params: Callable[[Any], int]
     # Share weights between layers after a single-process build (e.g. tied embeddings); optional.
     tie_weights: Callable[[Any, nn.Sequential], None] | None = None
-    # The training objective (see gigatron.pretrain.tasks).
+    # The training objective (see gigatron.objectives).
     task: str = "lm"
     # Models without a layer list: (config, factory) -> the whole model (no pipeline parallelism).
     build: Callable[[Any, LayerFactory], nn.Module] | None = None

@@ -8,16 +8,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from gigatron.checkpoint.consolidated import LogicalCheckpoint
+from gigatron.checkpoint.engine_load import load_model_weights, load_optimizer_state
 from gigatron.config.schema import Config
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.registry import build_model, get_model_spec
-from gigatron.pretrain.logical_load import load_model_weights, load_optimizer_state
+from gigatron.objectives import LanguageModelingTask, Task, build_task
 from gigatron.pretrain.optimizer import ClippedAdamW, param_groups
 from gigatron.pretrain.parallel import MegatronMPU, ParallelRanks, build_context_parallel
 from gigatron.pretrain.schedule import lr_at
-from gigatron.pretrain.tasks import LanguageModelingTask, Task, build_task
-from gigatron.tools.consolidated import LogicalCheckpoint
 
 
 @dataclass

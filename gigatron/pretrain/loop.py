@@ -9,6 +9,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from gigatron.checkpoint.resume import (
+    ResumePlan,
+    current_layout,
+    load_checkpoint,
+    load_logical_state,
+    plan_resume,
+    resume_tag,
+)
+from gigatron.checkpoint.save import TrainerState, save_checkpoint
 from gigatron.config import Config, ConfigError, config_to_yaml
 from gigatron.data.build import TrainingData, build_image_data, build_lm_data
 from gigatron.data.loader import GlobalBatchLoader
@@ -17,22 +26,12 @@ from gigatron.launcher.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from gigatron.launcher.signals import PreemptionHandler, agree_on_preemption
 from gigatron.models.layers.nested_ffn import ffn_granularity
 from gigatron.models.registry import get_model_spec
-from gigatron.pretrain.checkpoint import (
-    ResumePlan,
-    TrainerState,
-    current_layout,
-    load_checkpoint,
-    load_logical_state,
-    plan_resume,
-    resume_tag,
-    save_checkpoint,
-)
+from gigatron.objectives import batch_to, task_modality
+from gigatron.objectives.matformer import GranularitySchedule, metric_name, nested_flops_per_token
 from gigatron.pretrain.engine import TrainingEngine, build_engine, total_steps
-from gigatron.pretrain.matformer import GranularitySchedule, metric_name, nested_flops_per_token
 from gigatron.pretrain.metrics import MetricsWriter, memory_gib
 from gigatron.pretrain.parallel import ParallelRanks, initialize_parallel
 from gigatron.pretrain.peak_flops import peak_flops
-from gigatron.pretrain.tasks import batch_to, task_modality
 
 
 @dataclass
@@ -114,8 +113,8 @@ class Trainer:
         Applied on every start, also when resuming the grown run's own checkpoints, so the model
         always computes what it computed right after growth.
         """
-        from gigatron.tools.checkpoint_io import open_checkpoint
-        from gigatron.tools.tokenformer_growth import GrownCheckpoint, GrowthError
+        from gigatron.checkpoint.reader import open_checkpoint
+        from gigatron.objectives.growth import GrownCheckpoint, GrowthError
 
         t = cfg.train
         try:

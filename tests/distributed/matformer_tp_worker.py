@@ -12,16 +12,16 @@ import sys
 import torch
 import torch.distributed as dist
 
+from gigatron.checkpoint.engine_load import load_model_weights
+from gigatron.checkpoint.reader import open_checkpoint
+from gigatron.checkpoint.verify import fixed_batch
 from gigatron.config.schema import ParallelConfig
 from gigatron.launcher.dist_env import DistEnv, exit_distributed, init_distributed
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.layers.nested_ffn import ffn_granularity
 from gigatron.models.registry import build_model
-from gigatron.pretrain.logical_load import load_model_weights
 from gigatron.pretrain.parallel import initialize_parallel
-from gigatron.tools.checkpoint_io import open_checkpoint
-from gigatron.tools.verify import fixed_batch
 
 
 def main() -> int:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gigatron.tools.checkpoint_io import open_checkpoint
-from gigatron.tools.consolidated import ConsolidatedCheckpoint
-from gigatron.tools.convert_command import consolidate, reshard
-from gigatron.tools.native_checkpoint import MOMENTS
+from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint
+from gigatron.checkpoint.convert import consolidate, reshard
+from gigatron.checkpoint.native import MOMENTS
+from gigatron.checkpoint.reader import open_checkpoint
 from tests.conftest import REPO, assert_ok, pretrain_command, read_metrics, run_pretrain
 
 pytestmark = pytest.mark.distributed
@@ -153,8 +153,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_not_executed(runs, tmp_
 @pytest.mark.parametrize("layout", ["tp2", "dp2-zero3"])
 def test_export_hf_from_a_sharded_run_is_verified_and_imports_back_bitwise(runs, layout, tmp_path):
     pytest.importorskip("transformers", reason="transformers is not installed (pip install -e .[dev])")
-    from gigatron.tools.export_hf import export
-    from gigatron.tools.import_hf import import_hf
+    from gigatron.checkpoint.hf_export import export
+    from gigatron.checkpoint.hf_import import import_hf
 
     export(step5(runs[layout]), tmp_path / "hf")  # reloads with transformers, compares logits (1e-4)
     imported = ConsolidatedCheckpoint(import_hf(tmp_path / "hf", tmp_path / "back", log=lambda _: None))

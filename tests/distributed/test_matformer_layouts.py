@@ -89,9 +89,9 @@ def test_training_matches_single_process(mode, layout, single_process, tmp_path)
 
 
 def _extracted_logits(ckpt: Path, widths: str, out: Path) -> torch.Tensor:
-    from gigatron.tools.checkpoint_io import load_checkpoint_model
-    from gigatron.tools.matformer.extract import extract
-    from gigatron.tools.verify import fixed_batch
+    from gigatron.checkpoint.reader import load_checkpoint_model
+    from gigatron.checkpoint.verify import fixed_batch
+    from gigatron.inference.matformer_extract import extract
 
     values = [float(v) for v in widths.split(",")]
     extract(ckpt, values[0] if len(values) == 1 else values, out, tolerance=1e-6, log=lambda *_: None)
@@ -115,11 +115,11 @@ def test_submodels_extracted_from_a_tp2_checkpoint_equal_the_tp2_nested_model(tp
 
 def test_hybrid_submodels_on_two_tp_ranks_equal_their_extraction(tmp_path):
     """The hybrid's nested MLPs (squared ReLU) under TP=2, from a freshly initialised checkpoint."""
+    from gigatron.checkpoint.consolidated import InMemoryCheckpoint, write_consolidated
     from gigatron.config import config_from_dict
     from gigatron.models.layers.factory import LayerFactory
     from gigatron.models.layers.init import initialize_parameters
     from gigatron.models.registry import build_model
-    from gigatron.tools.consolidated import InMemoryCheckpoint, write_consolidated
 
     cfg = config_from_dict({"model": {"family": "hybrid", "vocab_size": 64, "hidden_size": 32, "num_layers": 6,
                                       "pattern": "M-M*--", "d_state": 8, "headdim": 8, "ngroups": 2, "chunk_size": 8,
@@ -142,9 +142,9 @@ def test_hybrid_submodels_on_two_tp_ranks_equal_their_extraction(tmp_path):
 
 
 def test_extracted_submodel_is_an_ordinary_model_that_trains_and_generates(single_process, tmp_path):
+    from gigatron.checkpoint.reader import load_checkpoint_model
+    from gigatron.checkpoint.verify import fixed_batch
     from gigatron.models.layers.nested_ffn import ffn_granularity
-    from gigatron.tools.checkpoint_io import load_checkpoint_model
-    from gigatron.tools.verify import fixed_batch
 
     run = single_process["sum"]
     proc = gigatron("matformer", "extract", str(run), "--target-params", "1.2e6", "--out", str(tmp_path / "mix"))

@@ -119,7 +119,7 @@ def test_concurrent_builds_agree(built: tuple[Path, float], cache_dir: Path,
 def test_cli_default_with_images(built: tuple[Path, float], cache_dir: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("gigatron.data.shapes")
-    from gigatron.cli import main
+    from gigatron.commands import main
 
     assert main(["data", "default", "--cache-dir", str(cache_dir), "--images", "4"]) == 0
     lines = capsys.readouterr().out.split()

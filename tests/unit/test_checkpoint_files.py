@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gigatron.pretrain.checkpoint_files import (
+from gigatron.checkpoint.files import (
     LATEST,
     choose_resume_tag,
     list_tags,

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from gigatron.checkpoint.param_plan import ParamPlan, param_plans, tied_aliases
+from gigatron.checkpoint.safe_load import FragmentAddress, UnsafeCheckpointError, safe_torch_load
+from gigatron.checkpoint.safetensors_stream import StreamingSafetensorsWriter
 from gigatron.models.hybrid import HybridConfig
 from gigatron.models.layers.init import shard_of
-from gigatron.tools.param_plan import ParamPlan, param_plans, tied_aliases
-from gigatron.tools.safe_load import FragmentAddress, UnsafeCheckpointError, safe_torch_load
-from gigatron.tools.safetensors_stream import StreamingSafetensorsWriter
 
 
 class _Payload:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gigatron.tools.checkpoint_io import load_checkpoint_model, resolve_checkpoint
+from gigatron.checkpoint.reader import load_checkpoint_model, resolve_checkpoint
 from tests.conftest import REPO, assert_ok, final_weights, run_pretrain
 
 TWO_STEPS = ["train.steps=2", "train.eval_interval=0", "data.num_workers=0"]

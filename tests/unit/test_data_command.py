@@ -1,4 +1,4 @@
-"""`gigatron data ...` end to end on tiny data, through gigatron.cli.main."""
+"""`gigatron data ...` end to end on tiny data, through gigatron.commands.main."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gigatron.cli import main
+from gigatron.commands import main
 
 LINES = [f"line {i}: the cat sat on the mat and the dog ran to the park" for i in range(200)]
 

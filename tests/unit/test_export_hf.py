@@ -39,7 +39,7 @@ def hybrid(**kw):
      "LlamaForCausalLM"),
 ], ids=["nemotron-h", "nemotron-h-tied", "mamba2", "llama", "llama-uniform-extracted"])
 def test_exported_model_reproduces_our_logits(cfg, cls, tmp_path):
-    from gigatron.tools.export_hf import to_hf_model
+    from gigatron.checkpoint.hf_export import to_hf_model
 
     model = build_model(cfg, LayerFactory())
     initialize_parameters(model, seed=5)
@@ -59,7 +59,7 @@ def test_exported_model_reproduces_our_logits(cfg, cls, tmp_path):
     (hybrid(ffn_hidden_sizes=[64, 128]), r"model.ffn_hidden_sizes=\[64, 128\]: transformers' config has a single"),
 ])
 def test_unsupported_shapes_are_named(cfg, key):
-    from gigatron.tools.export_hf import ExportError, hf_config_and_tensors
+    from gigatron.checkpoint.hf_export import ExportError, hf_config_and_tensors
 
     with pytest.raises(ExportError, match=key):
         hf_config_and_tensors(cfg, build_model(cfg, LayerFactory()))
@@ -101,10 +101,10 @@ def test_export_command_writes_a_loadable_directory(tmp_path):
               ffn_hidden_size=160),
 ], ids=["nemotron-h", "mamba2", "llama"])
 def test_import_hf_round_trips_an_export_bitwise(cfg, tmp_path):
-    from gigatron.tools.checkpoint_io import load_checkpoint_model
-    from gigatron.tools.consolidated import ConsolidatedCheckpoint
-    from gigatron.tools.export_hf import to_hf_model
-    from gigatron.tools.import_hf import import_hf
+    from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint
+    from gigatron.checkpoint.hf_export import to_hf_model
+    from gigatron.checkpoint.hf_import import import_hf
+    from gigatron.checkpoint.reader import load_checkpoint_model
 
     model = build_model(cfg, LayerFactory())
     initialize_parameters(model, seed=11)
@@ -120,8 +120,8 @@ def test_import_hf_round_trips_an_export_bitwise(cfg, tmp_path):
 
 
 def test_import_hf_refuses_pickled_weights_and_unrepresentable_configs(tmp_path):
-    from gigatron.tools.export_hf import to_hf_model
-    from gigatron.tools.import_hf import UnsupportedModelError, import_hf
+    from gigatron.checkpoint.hf_export import to_hf_model
+    from gigatron.checkpoint.hf_import import UnsupportedModelError, import_hf
 
     cfg = GPTConfig(vocab_size=97, hidden_size=64, num_layers=1, num_heads=4)
     hf_model = to_hf_model(cfg, build_model(cfg, LayerFactory()))
@@ -137,9 +137,9 @@ def test_import_hf_refuses_pickled_weights_and_unrepresentable_configs(tmp_path)
 
 
 def test_a_tied_checkpoint_consolidates_and_loads_with_one_embedding(tmp_path):
-    from gigatron.tools.checkpoint_io import load_checkpoint_model
-    from gigatron.tools.consolidated import ConsolidatedCheckpoint
-    from gigatron.tools.convert_command import consolidate
+    from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint
+    from gigatron.checkpoint.convert import consolidate
+    from gigatron.checkpoint.reader import load_checkpoint_model
 
     model = write_checkpoint(tmp_path / "run", hybrid(tie_embeddings=True), seed=3)
     out = ConsolidatedCheckpoint(consolidate(tmp_path / "run", tmp_path / "c", log=lambda _: None))

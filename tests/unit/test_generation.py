@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gigatron.models.generation import generate
+from gigatron.inference.generation import generate
 from gigatron.models.gpt import GPTConfig
 from gigatron.models.hybrid import HybridConfig
 from gigatron.models.layers.factory import LayerFactory

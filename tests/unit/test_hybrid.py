@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gigatron.config import load_config
-from gigatron.models.cached import forward_cached, new_caches
+from gigatron.inference.cached import forward_cached, new_caches
 from gigatron.models.gpt import GPTConfig
 from gigatron.models.hybrid import HybridConfig, MambaConfig
 from gigatron.models.layers.factory import LayerFactory

@@ -10,19 +10,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint, InMemoryCheckpoint, write_consolidated
 from gigatron.config import ConfigError, config_from_dict, validate_config
-from gigatron.models.generation import generate
+from gigatron.inference.generation import generate
+from gigatron.inference.matformer_extract import ExtractedCheckpoint, verify_extraction
+from gigatron.inference.mixnmatch import SizeModel, choose, proposals
+from gigatron.inference.speculative import speculative_generate
 from gigatron.models.gpt import GPTConfig
 from gigatron.models.hybrid import HybridConfig
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.layers.nested_ffn import MatFormerConfig, ffn_granularity, submodel_config
 from gigatron.models.registry import build_model, get_model_spec
-from gigatron.models.speculative import speculative_generate
-from gigatron.pretrain.matformer import GranularitySchedule
-from gigatron.tools.consolidated import ConsolidatedCheckpoint, InMemoryCheckpoint, write_consolidated
-from gigatron.tools.matformer.extract import ExtractedCheckpoint, verify_extraction
-from gigatron.tools.matformer.mixnmatch import SizeModel, choose, proposals
+from gigatron.objectives.matformer import GranularitySchedule
 
 
 def gpt(**overrides) -> GPTConfig:

@@ -16,8 +16,8 @@ from gigatron.models.rectified_flow import (
     shift_time,
     velocity_target,
 )
-from gigatron.pretrain.tasks.image_classification import ImageClassificationTask
-from gigatron.pretrain.tasks.rectified_flow import RectifiedFlowTask
+from gigatron.objectives.image_classification import ImageClassificationTask
+from gigatron.objectives.rectified_flow import RectifiedFlowTask
 
 
 def test_euler_with_the_exact_field_carries_noise_to_the_data_distribution():

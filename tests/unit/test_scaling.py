@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gigatron.tools.scaling import isoflop, parametric, power
-from gigatron.tools.scaling.points import Points, ScalingDataError, read_csv, read_runs
+from gigatron.scaling import isoflop, parametric, power
+from gigatron.scaling.points import Points, ScalingDataError, read_csv, read_runs
 from tests.conftest import REPO
 
 # Hoffmann et al. 2022, Fig. 4, extracted by Besiroglu et al. 2024 (Epoch AI); see tests/data/README.md.

@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint, InMemoryCheckpoint, write_consolidated
 from gigatron.config import config_from_dict
-from gigatron.models.cached import forward_cached, new_caches
+from gigatron.inference.cached import forward_cached, new_caches
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.registry import build_model, get_model_spec
 from gigatron.models.tokenformer import TokenFormerConfig
-from gigatron.tools.consolidated import ConsolidatedCheckpoint, InMemoryCheckpoint, write_consolidated
-from gigatron.tools.tokenformer_growth import GrownCheckpoint, GrowthError, grow
+from gigatron.objectives.growth import GrownCheckpoint, GrowthError, grow
 
 
 def naive_pattention(x, keys, values, normalization, scale):
@@ -91,7 +91,7 @@ def test_preserving_growth_keeps_the_function_and_the_new_tokens_learn(tmp_path,
     grown = ConsolidatedCheckpoint(tmp_path / "grown")
     assert grown.cfg.model.qkv_tokens == 40 and grown.cfg.model.qkv_scale_tokens == 16
     assert grown.cfg.model.proj_scale_tokens == 16 and grown.cfg.model.ffn_scale_tokens == 48
-    from gigatron.tools.checkpoint_io import model_from_checkpoint
+    from gigatron.checkpoint.reader import model_from_checkpoint
 
     bigger = model_from_checkpoint(grown).train()
     ids = torch.randint(0, 97, (2, 16))

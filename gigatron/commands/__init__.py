@@ -1,0 +1,56 @@
+"""`gigatron <command>`: the command line. One module per command: argument parsing, printing, exit codes.
+
+Every command module imports only the standard library (and gigatron modules that do) at its top,
+so `gigatron --help` and `gigatron <command> --help` answer without importing torch; the libraries
+a command calls are imported inside its `run`. A test holds this (tests/unit/test_package_shape.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, help). Each module exposes `add_arguments(parser)` and `run(args) -> int`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("gigatron.commands.pretrain", "train a registered model from a YAML config"),
+    "launch": ("gigatron.commands.launch", "run N local ranks of a command (laptops, tests)"),
+    "generate": ("gigatron.commands.generate", "sample text from a trained checkpoint"),
+    "sample": ("gigatron.commands.sample", "draw images from a trained diffusion checkpoint"),
+    "align": ("gigatron.commands.align", "text-image alignment of a text-to-image checkpoint (shapes)"),
+    "convert": ("gigatron.commands.convert", "move a checkpoint between layouts: consolidate, reshard"),
+    "export-hf": ("gigatron.commands.export_hf", "write a checkpoint as a Hugging Face transformers model"),
+    "grow": ("gigatron.commands.grow", "grow a TokenFormer checkpoint by appending parameter tokens"),
+    "matformer": ("gigatron.commands.matformer", "MatFormer submodels: extract (Mix'n'Match), eval"),
+    "import-hf": ("gigatron.commands.import_hf", "read a local transformers model as a gigatron checkpoint"),
+    "scaling": ("gigatron.commands.scaling", "fit, check and use scaling laws: fit, predict"),
+    "status": ("gigatron.commands.status", "summarise a run directory: progress, loss, speed, restarts"),
+    "sweep": ("gigatron.commands.sweep", "plan a grid of runs as a SLURM job array, and summarise it"),
+    "data": ("gigatron.commands.data", "data tools: tokenizer, shard, shard-images, default, inspect"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per command."""
+    parser = argparse.ArgumentParser(prog="gigatron", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser.set_defaults(_module=module_name)
+        importlib.import_module(module_name).add_arguments(command_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv` and run the chosen command; returns its exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    # Only import the chosen command's module when we can tell which it is: keeps `--help` cheap
+    # for everything else and keeps the launcher light.
+    if argv and argv[0] in COMMANDS:
+        module_name, help_text = COMMANDS[argv[0]]
+        parser = argparse.ArgumentParser(prog=f"gigatron {argv[0]}", description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(parser)
+        return int(module.run(parser.parse_args(argv[1:])) or 0)
+    args = build_parser().parse_args(argv)
+    return int(importlib.import_module(args._module).run(args) or 0)

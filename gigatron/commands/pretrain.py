@@ -1,0 +1,59 @@
+"""`gigatron pretrain --config X.yaml [--set a.b=c ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from gigatron.config import ConfigError, load_config, validate_config
+from gigatron.data.errors import DataError
+from gigatron.launcher.exit_codes import EXIT_CONFIG_ERROR
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Command-line flags of `gigatron pretrain`."""
+    parser.add_argument("--config", required=True, help="YAML run config, e.g. configs/gpt/smoke.yaml")
+    parser.add_argument("--resume-from", metavar="CKPT", default=None,
+                        help="start from this checkpoint, written by any layout: a run dir, checkpoints dir, "
+                             "step_NNNNNNNN dir or consolidated dir (same as --set checkpoint.resume=CKPT)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.steps=10 (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the config for this world size before any process group exists, then train.
+
+    Meant as the process's entry point: after training it exits the process with the trainer's
+    code. Use `gigatron.pretrain.loop.Trainer` to train in-process.
+    """
+    from gigatron.launcher.dist_env import DistEnv, exit_distributed, init_distributed
+
+    env = DistEnv.from_environ()
+    overrides = list(args.overrides)
+    if args.resume_from is not None:
+        overrides.append(f"checkpoint.resume={args.resume_from}")
+    try:
+        cfg = validate_config(load_config(args.config, overrides), env.world_size)
+    except ConfigError as exc:
+        print(f"gigatron pretrain: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    init_distributed(env)
+    from gigatron.checkpoint.resume import ResumeError
+    from gigatron.pretrain.loop import Trainer
+
+    try:
+        code = Trainer(cfg, env).run()
+    except (ConfigError, DataError, FileNotFoundError, ResumeError) as exc:
+        # Input problems found once data and checkpoints are visible: a message, not a traceback.
+        print(f"gigatron pretrain (rank {env.rank}): {exc}", file=sys.stderr, flush=True)
+        os._exit(EXIT_CONFIG_ERROR)
+    except BaseException:  # noqa: BLE001 - any crash must end the process, not hang it
+        # Loader workers, TensorBoard's writer thread or a pending collective can keep a crashed
+        # rank alive forever after a normal exit; the scheduler must see the failure at once.
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    # Every rank has finished writing (the trainer's last save ends with a barrier).
+    exit_distributed(code)

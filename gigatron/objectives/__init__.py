@@ -1,0 +1,57 @@
+"""Training objectives. The trainer is shared; a task says how a micro-batch becomes a loss.
+
+Each task names the data it reads (`modality`: token shards or image shards) and computes one
+micro-batch's loss from the model and the batch (`forward_loss`). Tasks that use randomness
+(diffusion noise) draw it per sample from the sample's global number, so a run's losses do not
+depend on its data-parallel layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from gigatron.config.schema import Config
+from gigatron.models.layers.factory import LayerFactory
+from gigatron.objectives.lm import LanguageModelingTask
+
+
+class Task(Protocol):
+    """What the trainer needs of an objective."""
+
+    name: str
+    modality: str  # "text" (token shards) or "image" (image shards)
+
+    def forward_loss(self, model: nn.Module, batch: Any) -> torch.Tensor: ...
+
+
+def _registry() -> dict[str, type]:
+    from gigatron.objectives.image_classification import ImageClassificationTask
+    from gigatron.objectives.rectified_flow import RectifiedFlowTask
+
+    return {"lm": LanguageModelingTask, "classify": ImageClassificationTask, "rectified_flow": RectifiedFlowTask}
+
+
+def build_task(name: str, factory: LayerFactory, cfg: Config | None = None) -> Task:
+    """The task registered under `name`, configured from the run's config."""
+    tasks = _registry()
+    if name not in tasks:
+        raise KeyError(f"unknown task {name!r}; valid: {', '.join(tasks)}")
+    return tasks[name](factory, cfg)
+
+
+def task_modality(name: str) -> str:
+    """The data a task reads: "text" (token shards) or "image" (image shards)."""
+    return _registry()[name].modality
+
+
+def batch_to(batch: Any, device: torch.device | str) -> Any:
+    """A micro-batch (tensor, or dict of tensors for image data) on `device`."""
+    if isinstance(batch, dict):
+        return {key: value.to(device) for key, value in batch.items()}
+    return batch.to(device)
+
+
+__all__ = ["LanguageModelingTask", "Task", "batch_to", "build_task", "task_modality"]

@@ -1,0 +1,173 @@
+"""Growing a trained TokenFormer by appending parameter tokens (`gigatron grow`, `train.grow_from`).
+
+Each Pattention's key and value tokens get new rows; nothing else changes shape.
+  preserve  new keys zero, new values ~ N(0, value std), Θ's scale kept at the old token count:
+            zero keys score 0, GeLU(0) = 0, so the grown model computes exactly the old function,
+            and the zero keys still learn (GeLU'(0) = 1/2 times non-zero values).
+  random    the reference code: new keys ~ N(0, key std), new values as above, scale √n_new.
+AdamW moments of new tokens start at zero; those of existing tokens are kept or reset. The result
+is a logical checkpoint (see `consolidated.py`) with the old step, tokens and data position.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gigatron.checkpoint.consolidated import LogicalCheckpoint
+from gigatron.checkpoint.param_plan import param_plans
+from gigatron.models.layers.init import name_seed
+
+TOKEN_COUNTS = {"qkv": "qkv_tokens", "proj": "proj_tokens", "ffn": "ffn_tokens"}
+_SCALES = {"qkv": "qkv_scale_tokens", "proj": "proj_scale_tokens", "ffn": "ffn_scale_tokens"}
+_FIXED = ("vocab_size", "hidden_size", "num_layers", "num_heads", "normalization", "rotary_pct", "rope_base",
+          "norm_eps", "tie_embeddings")
+
+
+class GrowthError(ValueError):
+    """The requested growth is impossible; names the key and why."""
+
+
+def _counts(model: Any) -> dict[str, int]:
+    return {"qkv": model.qkv_tokens, "proj": model.proj_token_count, "ffn": model.ffn_tokens}
+
+
+def _scales(model: Any) -> dict[str, int]:
+    counts = _counts(model)
+    return {kind: getattr(model, _SCALES[kind]) or counts[kind] for kind in counts}
+
+
+def grown_model_config(old: Any, target: Any, init: str) -> Any:
+    """`target`'s token counts on `old`'s shape, with Θ's scale set for `init`; raises if not a growth."""
+    if type(old).family != "tokenformer" or type(target).family != "tokenformer":
+        raise GrowthError(f"growth needs TokenFormer checkpoints and configs (got model.family={type(old).family} -> "
+                          f"{type(target).family})")
+    for key in _FIXED:
+        if getattr(old, key) != getattr(target, key):
+            raise GrowthError(f"model.{key} differs ({getattr(old, key)!r} in the checkpoint, {getattr(target, key)!r} "
+                              "requested): growth appends parameter tokens; the hidden size, depth, heads and "
+                              "vocabulary stay fixed")
+    old_counts, new_counts = _counts(old), _counts(target)
+    for kind, key in TOKEN_COUNTS.items():
+        if new_counts[kind] < old_counts[kind]:
+            raise GrowthError(f"model.{key}={new_counts[kind]} is smaller than the checkpoint's {old_counts[kind]}: "
+                              "growth can only append tokens")
+    if init == "preserve" and old.normalization == "softmax_n":
+        raise GrowthError("--init preserve needs model.normalization l2_norm_gelu or gelu_l2_norm: with softmax_n a "
+                          "zero key scores exp(0) = 1, which changes the function; use --init random")
+    if init not in ("preserve", "random"):
+        raise GrowthError(f"init={init!r}; valid: preserve, random")
+    grown = dataclasses.replace(old, qkv_tokens=new_counts["qkv"], proj_tokens=new_counts["proj"],
+                                ffn_tokens=new_counts["ffn"])
+    scales = _scales(old) if init == "preserve" else {kind: None for kind in _SCALES}
+    return dataclasses.replace(grown, **{_SCALES[kind]: value for kind, value in scales.items()})
+
+
+class GrownCheckpoint:
+    """A logical checkpoint that reads `source` and appends the new tokens on the fly."""
+
+    kind = "grown"
+
+    def __init__(self, source: LogicalCheckpoint, target_model: Any, init: str = "preserve",
+                 optimizer: str = "keep", seed: int = 0) -> None:
+        if optimizer not in ("keep", "reset"):
+            raise GrowthError(f"optimizer={optimizer!r}; valid: keep, reset")
+        self.source, self.init, self.optimizer, self.seed = source, init, optimizer, seed
+        self.cfg = copy.deepcopy(source.cfg)
+        self.cfg.model = grown_model_config(source.cfg.model, target_model, init)
+        self.path = source.path
+        self.plans = param_plans(self.cfg.model)
+        self.trainer_state = source.trainer_state
+        self.has_optimizer = source.has_optimizer
+        self.optimizer_step = source.optimizer_step
+        self.rng = source.rng
+        self.layout = {"grown_from": str(source.path), "init": init, "optimizer": optimizer}
+
+    def stored_names(self) -> set[str]:
+        """Every parameter of the grown model."""
+        return set(self.plans)
+
+    def _new_rows(self, name: str, rows: int, width: int) -> torch.Tensor:
+        model = self.cfg.model
+        keys = name.endswith("key_tokens")
+        if keys and self.init == "preserve":
+            return torch.zeros(rows, width)
+        std = model.key_init_std if keys else model.value_std
+        generator = torch.Generator().manual_seed(name_seed(self.seed, f"grow:{name}"))
+        return torch.randn(rows, width, generator=generator) * std
+
+    def tensor(self, name: str, key: str | None = None) -> torch.Tensor:
+        """The grown tensor: the source's rows, then the new tokens (zero moments for them)."""
+        old = self.source.tensor(name, key)
+        if key is not None and self.optimizer == "reset":
+            old = torch.zeros_like(old)
+        shape = self.plans[name].shape
+        if tuple(old.shape) == shape:
+            return old
+        extra = shape[0] - old.shape[0]
+        new = torch.zeros(extra, shape[1]) if key is not None else self._new_rows(name, extra, shape[1])
+        return torch.cat([old.float(), new])
+
+    def model_weight(self, name: str) -> torch.Tensor:
+        """Same as the master weight."""
+        return self.tensor(name)
+
+
+def grow(ckpt: str | Path, out: str | Path, qkv: int | None, proj: int | None, ffn: int | None, init: str,
+         optimizer: str = "keep", tolerance: float = 1e-6, log=print) -> Path:
+    """Write the grown checkpoint `out` (consolidated) and verify it: with `preserve`, logits equal the
+    source's on a fixed batch within `tolerance` relative to their size; in any case the old tokens
+    are copied bitwise."""
+    from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint, write_consolidated
+    from gigatron.checkpoint.reader import open_checkpoint
+    from gigatron.checkpoint.verify import VerificationError
+
+    source = open_checkpoint(ckpt)
+    old = source.cfg.model
+    if type(old).family != "tokenformer":
+        raise GrowthError(f"{source.path}: model.family={type(old).family}; only TokenFormer checkpoints grow")
+    # Unset counts keep the checkpoint's setting; a proj_tokens that follows qkv_tokens keeps following
+    # it, exactly as the same keys in a config do.
+    target = dataclasses.replace(old, qkv_tokens=qkv or old.qkv_tokens, proj_tokens=proj or old.proj_tokens,
+                                 ffn_tokens=ffn or old.ffn_tokens)
+    grown = GrownCheckpoint(source, target, init, optimizer, seed=source.cfg.train.seed)
+    write_consolidated(grown, Path(out), log=log)
+    try:
+        return _verify_growth(source, ConsolidatedCheckpoint(Path(out)), init, tolerance, log)
+    except VerificationError:
+        shutil.rmtree(out, ignore_errors=True)  # written by us a moment ago; never a user's data
+        raise
+
+
+def _verify_growth(source: LogicalCheckpoint, result: Any, init: str, tolerance: float, log) -> Path:
+    from gigatron.checkpoint.reader import model_from_checkpoint
+    from gigatron.checkpoint.verify import VerificationError, fixed_batch
+
+    out, old = result.path, source.cfg.model
+    counts = _counts(old)
+    for name in source.plans:
+        rows = source.plans[name].shape[0]
+        if not torch.equal(result.tensor(name)[:rows], source.tensor(name).float()):
+            raise VerificationError(f"{out}: the existing rows of {name} were not copied exactly")
+    ids = fixed_batch(old.vocab_size, source.cfg.data.seq_len)
+    with torch.no_grad():
+        before = model_from_checkpoint(source)(ids)
+        after = model_from_checkpoint(result)(ids)
+    diff = float((after - before).abs().max())
+    # Relative to the logits' size: appending zero-scoring tokens changes only the rounding of
+    # reductions over the (longer) token axis.
+    relative = diff / max(1.0, float(before.abs().max()))
+    if init == "preserve" and relative > tolerance:
+        raise VerificationError(f"{out}: the grown model's logits differ from the source's by {diff:.3g} "
+                                f"({relative:.3g} of their size; tolerance {tolerance:g}) although --init "
+                                "preserve should keep the function")
+    new = _counts(result.cfg.model)
+    log(f"[grow] {source.path} -> {out}: tokens qkv {counts['qkv']}->{new['qkv']}, proj {counts['proj']}->"
+        f"{new['proj']}, ffn {counts['ffn']}->{new['ffn']} ({init}); logits moved by at most {diff:.3g} "
+        f"({relative:.3g} of their size) on a fixed batch")
+    return out

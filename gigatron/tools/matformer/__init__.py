@@ -1,1 +1,0 @@
-"""MatFormer tools: Mix'n'Match extraction, submodel evaluation (`gigatron matformer ...`)."""
