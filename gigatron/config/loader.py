@@ -1,4 +1,4 @@
-"""YAML + `--set a.b=c` overrides -> a typed `Config`, and back to plain data for checkpoints."""
+"""YAML (with `base:` inheritance) + `--set a.b=c` overrides -> a typed `Config`, and back to plain data."""
 
 from __future__ import annotations
 
@@ -74,21 +74,59 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML file (or start from nothing when `path` is None) and apply overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
-        raw = loaded or {}
+BASE_KEY = "base"
+
+
+def merge_configs(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """`child` over `base`: mappings merge key by key, any other value (list, scalar, null) replaces."""
+    out = _deep_copy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_configs(out[key], value)
+        else:
+            out[key] = _deep_copy(value)
+    return out
+
+
+def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One YAML config as plain data, with its `base:` files (paths relative to it) merged underneath.
+
+    `base` is one path or a list of paths; later bases override earlier ones and the file itself
+    overrides them all. The result holds no `base` key.
+    """
+    path = Path(path)
+    where = " -> ".join(str(p) for p in (*_chain, path))
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist" + (f" (base of {where})" if _chain else ""))
+    if path.resolve() in {p.resolve() for p in _chain}:
+        raise ConfigError(f"{_chain[0]}: `base` files form a cycle: {where}")
     try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    raw = loaded or {}
+    bases = raw.pop(BASE_KEY, None)
+    if bases is None:
+        return raw
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not bases or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: base: {bases!r} must be a path (relative to {path.parent}) or a list of paths")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        merged = merge_configs(merged, read_config_file(path.parent / base, (*_chain, path)))
+    return merge_configs(merged, raw)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (with its `base:` files; or start from nothing when `path` is None) and apply overrides."""
+    raw = read_config_file(path) if path is not None else {}
+    try:
+        if any(parse_override(text)[0][0] == BASE_KEY for text in overrides or []):
+            raise ConfigError(f"--set {BASE_KEY}=...: `base` is read from YAML files only; name the base in the file "
+                              "passed to --config")
         return config_from_dict(apply_overrides(raw, overrides or []))
     except ConfigError as exc:
         where = f"{path}: " if path is not None else ""

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from gigatron.config import ConfigError, config_from_dict, config_to_dict, load_config, validate_config
 from tests.conftest import REPO, SMOKE
@@ -86,3 +87,62 @@ def test_cli_reports_bad_config_before_starting(tmp_path) -> None:
 def test_missing_file_is_named(tmp_path) -> None:
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def _write(path, text: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_files_are_merged_under_the_file(tmp_path) -> None:
+    _write(tmp_path / "family" / "base.yaml", "model: {family: gpt, hidden_size: 64, num_layers: 4, num_heads: 4}\n"
+           "train: {steps: 10, lr: 1.0e-3, betas: [0.9, 0.95]}\noutput_dir: runs/base\n")
+    _write(tmp_path / "family" / "sizes" / "wide.yaml", "base: ../base.yaml\nmodel: {hidden_size: 128}\n"
+           "train: {betas: [0.8, 0.9]}\noutput_dir: runs/wide\n")
+    cfg = load_config(tmp_path / "family" / "sizes" / "wide.yaml", ["train.steps=3"])
+    # Mappings merge key by key; a list or scalar in the file replaces the base's; --set comes last.
+    assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads) == (128, 4, 4)
+    assert (cfg.train.lr, cfg.train.betas, cfg.train.steps) == (1.0e-3, (0.8, 0.9), 3)
+    assert cfg.output_dir == "runs/wide"
+
+
+def test_several_bases_apply_in_order_and_chain(tmp_path) -> None:
+    _write(tmp_path / "a.yaml", "model: {family: gpt, hidden_size: 64, num_layers: 2}\ntrain: {steps: 1, lr: 0.1}\n")
+    _write(tmp_path / "b.yaml", "base: a.yaml\ntrain: {lr: 0.2, min_lr: 0.01}\n")
+    _write(tmp_path / "c.yaml", "train: {lr: 0.3}\n")
+    cfg = load_config(_write(tmp_path / "run.yaml", "base: [b.yaml, c.yaml]\nmodel: {num_layers: 6}\n"))
+    assert (cfg.model.hidden_size, cfg.model.num_layers) == (64, 6)
+    assert (cfg.train.lr, cfg.train.min_lr, cfg.train.steps) == (0.3, 0.01, 1)
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({"run.yaml": "base: missing.yaml\n"}, "missing.yaml' does not exist (base of"),
+    ({"run.yaml": "base: a.yaml\n", "a.yaml": "base: run.yaml\n"}, "`base` files form a cycle"),
+    ({"run.yaml": "base: 3\n"}, "must be a path"),
+    ({"run.yaml": "base: a.yaml\n", "a.yaml": "- not a mapping\n"}, "a.yaml: top level must be a mapping"),
+])
+def test_bad_bases_are_named(tmp_path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        _write(tmp_path / name, text)
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(tmp_path / "run.yaml")
+    assert message in str(info.value)
+
+
+def test_base_cannot_be_set_on_the_command_line() -> None:
+    with pytest.raises(ConfigError, match="--set base=...: `base` is read from YAML files only"):
+        smoke("base=other.yaml")
+
+
+def test_shipped_sizes_state_only_what_differs_from_their_base() -> None:
+    # Every size of the text-to-image study and of TokenFormer takes its recipe from one base file,
+    # so a change to the recipe (say the learning rate) is made once.
+    for pattern in ("t2i/depth/*.yaml", "t2i/width/*.yaml", "tokenformer/[0-9]*.yaml", "tokenformer/grow-*.yaml"):
+        paths = sorted((REPO / "configs").glob(pattern))
+        assert paths, pattern
+        for path in paths:
+            raw = yaml.safe_load(path.read_text())
+            assert raw["base"] in ("../base.yaml", "base.yaml"), path
+            assert "lr" not in raw.get("train", {}) and "data" not in raw, path
+            assert validate_config(load_config(path), world_size=16).train.lr > 0
