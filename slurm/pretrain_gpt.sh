@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Pretrain the Llama-style Transformer baseline with `gigatron pretrain` under SLURM; the same
-# variables, preemption and requeue as slurm/pretrain_hybrid.sh (see docs/slurm.md):
+# The Llama-style Transformer baseline (docs/gpt.md).
+# slurm/pretrain.sh with job name gigatron-gpt and default config configs/gpt/smoke.yaml;
+# every variable, argument and behaviour is that script's (docs/slurm.md):
 #
-#   mkdir -p logs
-#   GIGATRON_CONFIG=configs/gpt/8b.yaml GIGATRON_DATA=/shared/shards \
+#   GIGATRON_CONFIG=configs/gpt/8b.yaml GIGATRON_DATA=/shared/data \
 #       sbatch --nodes=8 --ntasks-per-node=8 --gpus-per-node=8 slurm/pretrain_gpt.sh
 #
+# sbatch reads #SBATCH lines only from the submitted file, so they are repeated here; a test
+# checks that they equal slurm/pretrain.sh's apart from the job name.
 #SBATCH --job-name=gigatron-gpt
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=8
@@ -16,11 +18,9 @@
 #SBATCH --open-mode=append
 #SBATCH --output=logs/%x-%j.out
 set -euo pipefail
-
-for _dir in "${GIGATRON_REPO:-}" "$(dirname "${BASH_SOURCE[0]}")/.." "${SLURM_SUBMIT_DIR:-}"; do
-    if [[ -n "$_dir" && -f "$_dir/slurm/common.sh" ]]; then GIGATRON_REPO="$(cd "$_dir" && pwd)"; break; fi
+GIGATRON_DEFAULT_CONFIG=configs/gpt/smoke.yaml
+for _dir in "${GIGATRON_REPO:-}" "$(dirname "${BASH_SOURCE[0]}")/.." "${SLURM_SUBMIT_DIR:-}" \
+    "$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's/^ *Command=\(.*\)\/slurm\/[^/]*$/\1/p')"; do
+    if [[ -n "$_dir" && -f "$_dir/slurm/pretrain.sh" ]]; then GIGATRON_REPO="$(cd "$_dir" && pwd)"; break; fi
 done
-[[ -f "${GIGATRON_REPO:-}/slurm/common.sh" ]] || { echo "set GIGATRON_REPO to the gigatron checkout" >&2; exit 2; }
-source "$GIGATRON_REPO/slurm/common.sh"
-
-gigatron_pretrain_job configs/gpt/smoke.yaml "$@"
+source "${GIGATRON_REPO:?set GIGATRON_REPO to the gigatron checkout}/slurm/pretrain.sh"

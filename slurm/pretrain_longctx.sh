@@ -1,22 +1,13 @@
 #!/usr/bin/env bash
-# Long-context pretraining (context parallelism, docs/longctx.md) with `gigatron pretrain` under
-# SLURM: one srun task per GPU, requeued and resumed automatically when preempted or near the time
-# limit. Submit from the repository root (the log directory must exist: SLURM does not create it):
+# Context-parallel long-context pretraining (docs/longctx.md).
+# slurm/pretrain.sh with job name gigatron-longctx and default config configs/longctx/smoke.yaml;
+# every variable, argument and behaviour is that script's (docs/slurm.md):
 #
-#   mkdir -p logs
-#   GIGATRON_CONFIG=configs/longctx/hybrid-8b-128k.yaml GIGATRON_DATA=/shared/shards \
+#   GIGATRON_CONFIG=configs/longctx/hybrid-8b-128k.yaml GIGATRON_DATA=/shared/data \
 #       sbatch --nodes=4 --ntasks-per-node=8 --gpus-per-node=8 slurm/pretrain_longctx.sh
 #
-# GPUs are requested on the command line (--gpus-per-node=8, matching --ntasks-per-node), not in
-# this header, so the same script also runs on CPU-only clusters and the local test cluster.
-# Variables (all optional; see slurm/common.sh and docs/slurm.md):
-#   GIGATRON_CONFIG   run config                          default configs/longctx/smoke.yaml
-#   GIGATRON_RUN_DIR  output_dir (checkpoints, metrics)   default runs/$SLURM_JOB_NAME
-#   GIGATRON_DATA     shard dataset dir(s), comma-separated -> data.source=shards
-#   GIGATRON_VENV     environment with gigatron           default <repo>/.venv
-#   GIGATRON_EXTRA    extra pretrain arguments, e.g. "--set train.steps=1000"
-# Arguments after the script name are passed to `gigatron pretrain` too.
-#
+# sbatch reads #SBATCH lines only from the submitted file, so they are repeated here; a test
+# checks that they equal slurm/pretrain.sh's apart from the job name.
 #SBATCH --job-name=gigatron-longctx
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=8
@@ -27,14 +18,9 @@
 #SBATCH --open-mode=append
 #SBATCH --output=logs/%x-%j.out
 set -euo pipefail
-
-# sbatch runs a copy of this file from the spool directory: find the repository via GIGATRON_REPO,
-# this file's location, the submit directory, or the job's recorded command.
+GIGATRON_DEFAULT_CONFIG=configs/longctx/smoke.yaml
 for _dir in "${GIGATRON_REPO:-}" "$(dirname "${BASH_SOURCE[0]}")/.." "${SLURM_SUBMIT_DIR:-}" \
     "$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's/^ *Command=\(.*\)\/slurm\/[^/]*$/\1/p')"; do
-    if [[ -n "$_dir" && -f "$_dir/slurm/common.sh" ]]; then GIGATRON_REPO="$(cd "$_dir" && pwd)"; break; fi
+    if [[ -n "$_dir" && -f "$_dir/slurm/pretrain.sh" ]]; then GIGATRON_REPO="$(cd "$_dir" && pwd)"; break; fi
 done
-[[ -f "${GIGATRON_REPO:-}/slurm/common.sh" ]] || { echo "set GIGATRON_REPO to the gigatron checkout" >&2; exit 2; }
-source "$GIGATRON_REPO/slurm/common.sh"
-
-gigatron_pretrain_job configs/longctx/smoke.yaml "$@"
+source "${GIGATRON_REPO:?set GIGATRON_REPO to the gigatron checkout}/slurm/pretrain.sh"
