@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,18 +14,49 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "gpt" / "smoke.yaml"
+# `python -m gigatron` for tests: the same command, forked by tests/zygote.py from a process that
+# imported torch, DeepSpeed and gigatron once (a fresh `python -m gigatron` where no zygote runs).
+GIGATRON = [sys.executable, "-S", str(REPO / "tests" / "zygote_client.py")]
 
 
-def pretrain_command(output_dir: Path, overrides: list[str], nproc: int = 1, config: Path = SMOKE) -> list[str]:
-    """The command line of a smoke run writing to `output_dir` (under `gigatron launch` when nproc > 1)."""
-    train = [sys.executable, "-m", "gigatron", "pretrain", "--config", str(config),
+@pytest.fixture(scope="session", autouse=True)
+def zygote(tmp_path_factory):
+    """Start the command zygote for the session; commands started before it is ready queue on its socket."""
+    if os.environ.get("GIGATRON_TEST_NO_ZYGOTE"):
+        yield None
+        return
+    path = tmp_path_factory.mktemp("zygote") / "socket"
+    with open(path.with_name("zygote.log"), "w") as log:  # the server's own import warnings
+        server = subprocess.Popen([sys.executable, str(REPO / "tests" / "zygote.py"), str(path)], cwd=REPO,
+                                  stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not path.exists() and server.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if path.exists():
+        os.environ["GIGATRON_ZYGOTE"] = str(path)
+    yield server
+    os.environ.pop("GIGATRON_ZYGOTE", None)
+    server.kill()
+    server.wait()
+
+
+def pretrain_command(output_dir: Path, overrides: list[str], nproc: int = 1, config: Path = SMOKE,
+                     fresh: bool = False) -> list[str]:
+    """The command line of a smoke run writing to `output_dir` (under `gigatron launch` when nproc > 1).
+
+    fresh: a new interpreter, not a zygote fork: for tests that SIGKILL the process group of a run
+    (a zygote's command lives outside the client's group and dies only when the zygote sees the
+    client gone).
+    """
+    gigatron = [sys.executable, "-m", "gigatron"] if fresh else GIGATRON
+    train = [*gigatron, "pretrain", "--config", str(config),
              "--set", f"output_dir={output_dir}", "--set", "logging.progress_bar=false",
              "--set", "logging.tensorboard=false"]
     for item in overrides:
         train += ["--set", item]
     if nproc == 1:
         return train
-    return [sys.executable, "-m", "gigatron", "launch", "--nproc", str(nproc), "--grace", "10", "--", *train]
+    return [*gigatron, "launch", "--nproc", str(nproc), "--grace", "10", "--", *train]
 
 
 def run_pretrain(output_dir: Path, overrides: list[str], nproc: int = 1, timeout: float = 300,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint
 from gigatron.checkpoint.convert import consolidate, reshard
 from gigatron.checkpoint.native import MOMENTS
 from gigatron.checkpoint.reader import open_checkpoint
-from tests.conftest import REPO, assert_ok, pretrain_command, read_metrics, run_pretrain
+from tests.conftest import GIGATRON, REPO, assert_ok, pretrain_command, read_metrics, run_pretrain
 
 pytestmark = pytest.mark.distributed
 
@@ -136,7 +135,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_not_executed(runs, tmp_
     shutil.copytree(step5(runs["single"]), tag)
     marker = tmp_path / "pwned"
     torch.save({"module": {}, "evil": _Payload(marker)}, tag / "mp_rank_00_model_states.pt")
-    convert = subprocess.run([sys.executable, "-m", "gigatron", "convert", "consolidate", str(tag),
+    convert = subprocess.run([*GIGATRON, "convert", "consolidate", str(tag),
                               str(tmp_path / "out")], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert convert.returncode == 2, convert.stderr
     assert "refused" in convert.stderr and "mp_rank_00_model_states.pt" in convert.stderr

@@ -6,11 +6,10 @@ reproduces the single-process loss curve, also combined with TP=2 on 4 ranks (th
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO, assert_ok, assert_same_curves, read_metrics, run_pretrain
+from tests.conftest import GIGATRON, REPO, assert_ok, assert_same_curves, read_metrics, run_pretrain
 
 pytestmark = pytest.mark.distributed
 
@@ -26,7 +25,7 @@ FAMILY_OVERRIDES = {"gpt": [], "hybrid": ["model.position_embedding=rope", "mode
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_attention_over_split_sequences_equals_full_attention(ranks):
     worker = REPO / "tests" / "distributed" / "cp_attention_worker.py"
-    proc = subprocess.run([sys.executable, "-m", "gigatron", "launch", "--nproc", str(ranks), "--", sys.executable,
+    proc = subprocess.run([*GIGATRON, "launch", "--nproc", str(ranks), "--", *GIGATRON, "--script",
                            str(worker)], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert_ok(proc)
 

@@ -5,13 +5,12 @@ sample, not the rank), and `gigatron sample` draws PNGs from the decoder's check
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, assert_ok, assert_same_curves, run_pretrain
+from tests.conftest import GIGATRON, REPO, assert_ok, assert_same_curves, run_pretrain
 
 pytestmark = pytest.mark.distributed
 
@@ -35,7 +34,7 @@ def test_dp2_zero2_matches_single_process(tmp_path, config):
 
 
 def _sample_from(run: Path, out: Path) -> None:
-    gigatron = [sys.executable, "-m", "gigatron", "sample", str(run), "--out", str(out)]
+    gigatron = [*GIGATRON, "sample", str(run), "--out", str(out)]
     done = subprocess.run([*gigatron, "--label", "red", "--label", "blue", "--count", "2", "--steps", "3"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert_ok(done)

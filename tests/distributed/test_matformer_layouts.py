@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, assert_ok, read_metrics, run_pretrain
+from tests.conftest import GIGATRON, REPO, assert_ok, read_metrics, run_pretrain
 
 pytestmark = pytest.mark.distributed
 
@@ -26,7 +25,7 @@ MIXED = "0.125,0.25,0.5,1"
 
 
 def gigatron(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gigatron", *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([*GIGATRON, *args], capture_output=True, text=True, timeout=timeout,
                           cwd=REPO)
 
 
@@ -104,7 +103,7 @@ def _extracted_logits(ckpt: Path, widths: str, out: Path) -> torch.Tensor:
 def test_submodels_extracted_from_a_tp2_checkpoint_equal_the_tp2_nested_model(tp2_sum_run, tmp_path):
     worker = REPO / "tests" / "distributed" / "matformer_tp_worker.py"
     logits_file = tmp_path / "tp2_logits.pt"
-    proc = gigatron("launch", "--nproc", "2", "--", sys.executable, str(worker), str(tp2_sum_run),
+    proc = gigatron("launch", "--nproc", "2", "--", *GIGATRON, "--script", str(worker), str(tp2_sum_run),
                     str(logits_file), "0.25", MIXED)
     assert_ok(proc)
     nested = torch.load(logits_file, weights_only=True)
@@ -132,7 +131,7 @@ def test_hybrid_submodels_on_two_tp_ranks_equal_their_extraction(tmp_path):
     write_consolidated(InMemoryCheckpoint(tmp_path, cfg, tensors), tmp_path / "hybrid", log=lambda *_: None)
     worker = REPO / "tests" / "distributed" / "matformer_tp_worker.py"
     logits_file = tmp_path / "tp2_logits.pt"
-    assert_ok(gigatron("launch", "--nproc", "2", "--", sys.executable, str(worker), str(tmp_path / "hybrid"),
+    assert_ok(gigatron("launch", "--nproc", "2", "--", *GIGATRON, "--script", str(worker), str(tmp_path / "hybrid"),
                        str(logits_file), "0.125", "0.25,0.5,1", "1"))
     nested = torch.load(logits_file, weights_only=True)
     for i, widths in enumerate(("0.125", "0.25,0.5,1", "1")):

@@ -5,13 +5,12 @@ sample --prompt` draws from the checkpoint."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, assert_ok, assert_same_curves, run_pretrain
+from tests.conftest import GIGATRON, REPO, assert_ok, assert_same_curves, run_pretrain
 
 pytestmark = pytest.mark.distributed
 
@@ -36,7 +35,7 @@ def test_layout_matches_single_process(single, tmp_path, layout):
 
 
 def test_sample_draws_prompts(single, tmp_path):
-    command = [sys.executable, "-m", "gigatron", "sample", str(single), "--out", str(tmp_path / "s"),
+    command = [*GIGATRON, "sample", str(single), "--out", str(tmp_path / "s"),
                "--prompt", "a red circle in the centre on a grey background", "--prompt", "a blue square",
                "--count", "2", "--steps", "2", "--size", "24x40"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)

@@ -4,11 +4,10 @@ training runs give the single-process loss curve."""
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO, assert_ok, read_metrics, run_pretrain
+from tests.conftest import GIGATRON, REPO, assert_ok, read_metrics, run_pretrain
 
 pytestmark = pytest.mark.distributed
 
@@ -19,7 +18,7 @@ STEPS = ["train.steps=5", "train.warmup_steps=2", "checkpoint.save_final=false",
 
 def test_pattention_with_tokens_split_over_two_ranks_equals_one_rank():
     worker = REPO / "tests" / "distributed" / "pattention_tp_worker.py"
-    proc = subprocess.run([sys.executable, "-m", "gigatron", "launch", "--nproc", "2", "--", sys.executable,
+    proc = subprocess.run([*GIGATRON, "launch", "--nproc", "2", "--", *GIGATRON, "--script",
                            str(worker)], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert_ok(proc)
 

@@ -63,7 +63,7 @@ def _latest_step(out) -> int:
 
 def test_sigkill_mid_run_resumes_bitwise(uninterrupted, tmp_path):
     command = BASE + ["checkpoint.interval=5"]
-    proc = subprocess.Popen(pretrain_command(tmp_path, command), cwd=REPO, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(pretrain_command(tmp_path, command, fresh=True), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait_for(lambda: _latest_step(tmp_path) >= 10, 240, proc)

@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, assert_ok, pretrain_command, read_metrics, run_pretrain
+from tests.conftest import GIGATRON, REPO, assert_ok, pretrain_command, read_metrics, run_pretrain
 
 TOKENFORMER = REPO / "configs" / "tokenformer" / "smoke.yaml"
 BASE = ["train.steps=20", "train.warmup_steps=2", "train.eval_interval=0", "checkpoint.interval=5",
@@ -42,7 +41,7 @@ def grown_run(base, tmp_path_factory) -> Path:
 
 
 def test_grow_command_and_grow_from_give_the_same_run(base, grown_run, tmp_path):
-    cli = subprocess.run([sys.executable, "-m", "gigatron", "grow", str(base), "--qkv-tokens", "128",
+    cli = subprocess.run([*GIGATRON, "grow", str(base), "--qkv-tokens", "128",
                           "--ffn-tokens", "512", "--out", str(tmp_path / "grown")],
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert_ok(cli)
@@ -61,7 +60,7 @@ def test_grow_command_and_grow_from_give_the_same_run(base, grown_run, tmp_path)
 
 def test_a_grown_run_killed_after_a_checkpoint_resumes_bitwise(base, grown_run, tmp_path):
     out = tmp_path / "killed"
-    command = pretrain_command(out, [*BASE, *GROWN, f"train.grow_from={base}"], config=TOKENFORMER)
+    command = pretrain_command(out, [*BASE, *GROWN, f"train.grow_from={base}"], config=TOKENFORMER, fresh=True)
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     latest = out / "checkpoints" / "latest"

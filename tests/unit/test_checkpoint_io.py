@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from gigatron.checkpoint.reader import load_checkpoint_model, resolve_checkpoint
-from tests.conftest import REPO, assert_ok, final_weights, run_pretrain
+from tests.conftest import GIGATRON, REPO, assert_ok, final_weights, run_pretrain
 
 TWO_STEPS = ["train.steps=2", "train.eval_interval=0", "data.num_workers=0"]
 
@@ -96,7 +95,7 @@ def test_files_that_would_run_code_are_refused(trained, tmp_path):
 
 def test_generate_command_end_to_end(trained):
     def generate(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gigatron", "generate", *args], capture_output=True, text=True,
+        return subprocess.run([*GIGATRON, "generate", *args], capture_output=True, text=True,
                               timeout=120, cwd=REPO)
 
     ok = generate("--ckpt", str(trained), "--prompt", "ROMEO:", "--max-new-tokens", "12", "--seed", "1")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 import yaml
 
 from gigatron.config import ConfigError, config_from_dict, config_to_dict, load_config, validate_config
-from tests.conftest import REPO, SMOKE
+from tests.conftest import GIGATRON, REPO, SMOKE
 
 
 def smoke(*overrides: str):
@@ -75,7 +74,7 @@ def test_dp_is_derived() -> None:
 
 def test_cli_reports_bad_config_before_starting(tmp_path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "gigatron", "pretrain", "--config", str(SMOKE), "--set", "parallel.tp=2",
+        [*GIGATRON, "pretrain", "--config", str(SMOKE), "--set", "parallel.tp=2",
          "--set", f"output_dir={tmp_path}"],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from gigatron.models.hybrid import HybridConfig, Mamba2Config, MambaConfig
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.registry import build_model
-from tests.conftest import REPO
+from tests.conftest import GIGATRON, REPO
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install -e .[dev])")
 
@@ -82,7 +81,7 @@ def write_checkpoint(run: Path, model_cfg: HybridConfig, seed: int) -> torch.nn.
 def test_export_command_writes_a_loadable_directory(tmp_path):
     model = write_checkpoint(tmp_path / "run", hybrid(), seed=7)
     out = tmp_path / "hf"
-    command = [sys.executable, "-m", "gigatron", "export-hf", "--ckpt", str(tmp_path / "run"), "--out", str(out)]
+    command = [*GIGATRON, "export-hf", "--ckpt", str(tmp_path / "run"), "--out", str(out)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()

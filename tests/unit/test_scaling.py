@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 
 from gigatron.scaling import isoflop, parametric, power
 from gigatron.scaling.points import Points, ScalingDataError, read_csv, read_runs
-from tests.conftest import REPO
+from tests.conftest import GIGATRON, REPO
 
 # Hoffmann et al. 2022, Fig. 4, extracted by Besiroglu et al. 2024 (Epoch AI); see tests/data/README.md.
 CHINCHILLA = REPO / "tests" / "data" / "chinchilla_svg_extracted_data.csv"
@@ -190,7 +189,7 @@ def test_runs_give_points_and_curves(tmp_path):
 
 def test_fit_and_predict_commands(tmp_path):
     def gigatron(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gigatron", "scaling", *args], capture_output=True, text=True,
+        return subprocess.run([*GIGATRON, "scaling", *args], capture_output=True, text=True,
                               timeout=300, cwd=REPO)
 
     fit = gigatron("fit", "--csv", str(CHINCHILLA), "--drop-highest", "5", "--bootstrap", "20", "--starts", "32",
@@ -218,7 +217,7 @@ def test_sweep_summary_isoflop_and_power_commands(tmp_path):
     (sweep / "summary.csv").write_text("\n".join(rows) + "\n")
 
     def gigatron(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gigatron", "scaling", *args], capture_output=True, text=True,
+        return subprocess.run([*GIGATRON, "scaling", *args], capture_output=True, text=True,
                               timeout=300, cwd=REPO)
 
     fit = gigatron("fit", "--sweep", str(sweep), "--method", "isoflop", "--bootstrap", "50", "--out",
