@@ -1,10 +1,6 @@
-"""DistEnv.from_environ: torchrun, SLURM and single-process environments; process-wide settings."""
+"""DistEnv.from_environ: torchrun, SLURM and single-process environments."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -149,11 +145,3 @@ def test_missing_torchrun_variable_is_named() -> None:
 def test_bad_slurm_values_name_the_variable(overrides: dict[str, str], name: str) -> None:
     with pytest.raises(ValueError, match=name):
         DistEnv.from_environ({**SLURM, **overrides}, cuda_available=False)
-
-
-def test_importing_gigatron_fixes_mkl_thread_counts_unless_set() -> None:
-    probe = "import os, gigatron; print(os.environ['MKL_DYNAMIC'])"
-    env = {k: v for k, v in os.environ.items() if k != "MKL_DYNAMIC"}
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env).stdout == "FALSE\n"
-    env["MKL_DYNAMIC"] = "TRUE"
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env).stdout == "TRUE\n"
