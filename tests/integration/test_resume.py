@@ -13,10 +13,11 @@ import torch
 from gigatron.launcher.exit_codes import EXIT_PREEMPTED
 from tests.conftest import REPO, assert_ok, final_weights, pretrain_command, read_metrics, run_pretrain
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread_per_run")]
 
 STEPS = 30
 BASE = [f"train.steps={STEPS}", "train.eval_interval=0"]
+
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,12 @@ import pytest
 
 from tests.conftest import GIGATRON, REPO, assert_ok, pretrain_command, read_metrics, run_pretrain
 
+pytestmark = pytest.mark.usefixtures("one_thread_per_run")
 TOKENFORMER = REPO / "configs" / "tokenformer" / "smoke.yaml"
 BASE = ["train.steps=20", "train.warmup_steps=2", "train.eval_interval=0", "checkpoint.interval=5",
         "checkpoint.keep_last=5", "data.num_workers=0", "logging.interval=1"]
 GROWN = ["model.qkv_tokens=128", "model.ffn_tokens=512"]
+
 
 
 def losses(run: Path) -> dict[int, float]:
