@@ -2,7 +2,7 @@
 
 Both arms see the same tokens in the same order (one global data order, one cosine schedule over
 the whole budget). The grown arm trains three sizes in turn, growing each stage's checkpoint with
-`train.grow_from` (--init preserve): Q/K/V/output tokens 32 -> 64 -> 128, FFN tokens 128 -> 256 ->
+`grow.checkpoint` (init preserve): Q/K/V/output tokens 32 -> 64 -> 128, FFN tokens 128 -> 256 ->
 512, hidden 128, 4 layers. The scratch arm trains the final size for the whole budget. Compute is
 the model's FLOPs per token (6N + attention, from the model spec) times the tokens each stage
 trained. Reported: the validation-loss curves against compute (PNG) and the compute at which the
@@ -79,7 +79,7 @@ def main() -> None:
             overrides = [*common, f"model.qkv_tokens={qkv}", f"model.ffn_tokens={ffn}",
                          f"train.exit_interval={end - start}"]
             if previous is not None:
-                overrides.append(f"train.grow_from={previous}")
+                overrides.append(f"grow.checkpoint={previous}")
             pretrain(run, overrides)
             step_flops = flops_per_step(qkv, ffn, common)
             done = boundary

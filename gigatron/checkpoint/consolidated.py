@@ -91,7 +91,7 @@ class ConsolidatedCheckpoint:
         self.meta = json.loads((self.path / MARKER).read_text())
         if self.meta.get("format") != FORMAT:
             raise ValueError(f"{self.path / MARKER}: format {self.meta.get('format')!r}, this gigatron reads {FORMAT!r}")
-        self.cfg: Config = load_config(self.path / "config.yaml")
+        self.cfg: Config = load_config(self.path / "config.yaml", migrate=True)
         self.trainer_state: dict[str, Any] = json.loads((self.path / "trainer_state.json").read_text())
         self.plans: dict[str, ParamPlan] = param_plans(self.cfg.model)
         self.has_optimizer = all((self.path / f"{key}.safetensors").is_file() for key in MOMENTS)

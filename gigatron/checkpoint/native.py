@@ -51,7 +51,7 @@ class NativeCheckpoint:
 
     def __init__(self, tag: Path) -> None:
         self.path = Path(tag)
-        self.cfg: Config = load_config(self.path / "config.yaml")
+        self.cfg: Config = load_config(self.path / "config.yaml", migrate=True)
         self.trainer_state: dict[str, Any] = json.loads((self.path / "trainer_state.json").read_text())
         self.plans: dict[str, ParamPlan] = param_plans(self.cfg.model)
         p = self.cfg.parallel

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HxW in pixels (default: the run's data.image_size, square)")
     parser.add_argument("--steps", type=int, default=50, help="Euler steps (default 50)")
     parser.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale; 1 = none (default 2)")
-    parser.add_argument("--shift", type=float, default=None, help="time shift (default: the run's train.flow.shift)")
+    parser.add_argument("--shift", type=float, default=None, help="time shift (default: the run's diffusion.shift)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
 
 
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"gigatron sample: {exc}", file=sys.stderr)
         return 2
-    shift = cfg.train.flow.shift if args.shift is None else args.shift
+    shift = cfg.diffusion.shift if args.shift is None else args.shift
     conditions = conditions.repeat_interleave(args.count, dim=0)
     noise = torch.randn(len(conditions), cfg.model.channels, height, width,
                         generator=torch.Generator().manual_seed(args.seed))

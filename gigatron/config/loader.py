@@ -51,13 +51,55 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
-def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Build a `Config`; `model.family` chooses the model dataclass from the registry."""
+# Keys that moved into the section of the feature that owns them: old dotted key -> new one.
+MOVED_KEYS = {
+    "train.grow_from": "grow.checkpoint",
+    "train.grow_init": "grow.init",
+    "train.grow_optimizer": "grow.optimizer",
+    "train.matformer_mode": "matformer.mode",
+    "train.matformer_weights": "matformer.weights",
+    "train.matformer_probabilities": "matformer.probabilities",
+    "train.flow": "diffusion",
+}
+
+
+def _pop_moved(raw: dict[str, Any]) -> dict[str, Any]:
+    """Remove every moved key from `raw`; returns {old key: value}."""
+    found = {}
+    for old in MOVED_KEYS:
+        section, key = old.split(".")
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            found[old] = raw[section].pop(key)
+    return found
+
+
+def migrate_moved_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with keys written before they moved (checkpoints of earlier versions) at their new places."""
+    raw = _deep_copy(raw)
+    for old, value in _pop_moved(raw).items():
+        parts = MOVED_KEYS[old].split(".")
+        if len(parts) == 1:
+            raw[parts[0]] = merge_configs(value, raw.get(parts[0]) or {})
+        else:
+            raw.setdefault(parts[0], {}).setdefault(parts[1], value)
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any], migrate: bool = False) -> Config:
+    """Build a `Config`; `model.family` chooses the model dataclass from the registry.
+
+    A key that moved to a feature's own section (MOVED_KEYS) is an error naming its new place,
+    unless `migrate` (reading a checkpoint written before the move) puts it there.
+    """
     from gigatron.models.registry import get_model_spec, model_families
 
     if not isinstance(raw, dict):
         raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
-    raw = _deep_copy(raw)
+    raw = migrate_moved_keys(raw) if migrate else _deep_copy(raw)
+    moved = _pop_moved(_deep_copy(raw))
+    if moved:
+        raise ConfigError("; ".join(f"{old} has moved to {MOVED_KEYS[old]} (its feature's own section; see "
+                                    "docs/config.md)" for old in moved))
     model_raw = raw.pop("model", None)
     if not isinstance(model_raw, dict) or "family" not in model_raw:
         raise ConfigError(f"model.family is required (registered families: {', '.join(model_families())})")
@@ -120,14 +162,17 @@ def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[st
     return merge_configs(merged, raw)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML file (with its `base:` files; or start from nothing when `path` is None) and apply overrides."""
+def load_config(path: str | Path | None, overrides: list[str] | None = None, migrate: bool = False) -> Config:
+    """Read a YAML file (with its `base:` files; or start from nothing when `path` is None) and apply overrides.
+
+    `migrate`: accept keys that have moved since (see `config_from_dict`), for checkpoints' configs.
+    """
     raw = read_config_file(path) if path is not None else {}
     try:
         if any(parse_override(text)[0][0] == BASE_KEY for text in overrides or []):
             raise ConfigError(f"--set {BASE_KEY}=...: `base` is read from YAML files only; name the base in the file "
                               "passed to --config")
-        return config_from_dict(apply_overrides(raw, overrides or []))
+        return config_from_dict(apply_overrides(raw, overrides or []), migrate=migrate)
     except ConfigError as exc:
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{exc}") from None

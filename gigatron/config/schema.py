@@ -33,8 +33,9 @@ class ParallelConfig:
 
 
 @dataclass
-class FlowConfig:
-    """The rectified-flow objective of diffusion models (docs/fit.md): how training draws t and conditions."""
+class DiffusionConfig:
+    """Section `diffusion:` — the rectified-flow objective of diffusion models (docs/fit.md): how
+    training draws t and conditions."""
 
     # Logit-normal time sampling: t = sigmoid(logit_mean + logit_std * z), z ~ N(0, 1) (SD3).
     logit_mean: float = 0.0
@@ -72,18 +73,26 @@ class TrainConfig:
     # --exit-interval: splits a run into fixed-length jobs. None runs to the budget.
     exit_interval: int | None = None
     eval_batches: int = 4  # global batches of the validation split per evaluation
-    # TokenFormer growth: start from this (smaller) checkpoint, grown to model.*_tokens, while the
-    # run has no checkpoint of its own (see `gigatron grow` and docs/tokenformer.md).
-    grow_from: str | None = None
-    grow_init: Literal["preserve", "random"] = "preserve"
-    grow_optimizer: Literal["keep", "reset"] = "keep"  # AdamW moments of the existing tokens
-    # MatFormer (model.matformer): train every granularity each step (sum) or one drawn per step
-    # (sample); see gigatron/objectives/matformer.py and docs/matformer.md.
-    matformer_mode: Literal["sum", "sample"] = "sum"
-    matformer_weights: list[float] | None = None  # sum: loss weight per granularity (normalised); None = equal
-    matformer_probabilities: list[float] | None = None  # sample: probability per granularity; None = uniform
-    # Diffusion models (task rectified_flow): time sampling, condition dropout, self-conditioning.
-    flow: FlowConfig = field(default_factory=FlowConfig)
+
+
+@dataclass
+class GrowConfig:
+    """Section `grow:` — TokenFormer growth at start (docs/tokenformer.md): while the run has no
+    checkpoint of its own it starts from `checkpoint` (a smaller TokenFormer) grown to model.*_tokens."""
+
+    checkpoint: str | None = None
+    init: Literal["preserve", "random"] = "preserve"
+    optimizer: Literal["keep", "reset"] = "keep"  # AdamW moments of the existing tokens
+
+
+@dataclass
+class MatFormerTrainingConfig:
+    """Section `matformer:` — how a MatFormer (model.matformer) trains its granularities
+    (docs/matformer.md): every one each step (sum) or one drawn per step (sample)."""
+
+    mode: Literal["sum", "sample"] = "sum"
+    weights: list[float] | None = None  # sum: loss weight per granularity (normalised); None = equal
+    probabilities: list[float] | None = None  # sample: probability per granularity; None = uniform
 
 
 @dataclass
@@ -166,6 +175,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # Training-time features and objectives, each with its own section.
+    grow: GrowConfig = field(default_factory=GrowConfig)
+    matformer: MatFormerTrainingConfig = field(default_factory=MatFormerTrainingConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     output_dir: str = "runs/default"
 
     @property

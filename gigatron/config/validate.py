@@ -19,29 +19,29 @@ def divisibility_problems(checks: list[tuple[str, int, str, int]]) -> list[str]:
 
 
 def matformer_problems(cfg: Config) -> list[str]:
-    """Problems with the `train.matformer_*` keys for this model and layout; names the keys."""
-    t, nesting = cfg.train, getattr(cfg.model, "matformer", None)
+    """Problems with the `matformer:` section for this model and layout; names the keys."""
+    m, nesting = cfg.matformer, getattr(cfg.model, "matformer", None)
     if nesting is None:
-        given = [k for k in ("matformer_weights", "matformer_probabilities") if getattr(t, k) is not None]
-        return [f"train.{k} is set but the model has no model.matformer section" for k in given]
+        given = [k for k in ("weights", "probabilities") if getattr(m, k) is not None]
+        return [f"matformer.{k} is set but the model has no model.matformer section" for k in given]
     out: list[str] = []
     count = len(nesting.granularities)
-    for key in ("matformer_weights", "matformer_probabilities"):
-        values = getattr(t, key)
+    for key in ("weights", "probabilities"):
+        values = getattr(m, key)
         if values is None:
             continue
         if len(values) != count or any(v < 0 for v in values) or not sum(values) > 0:
-            out.append(f"train.{key}={values} needs {count} non-negative values (one per "
+            out.append(f"matformer.{key}={values} needs {count} non-negative values (one per "
                        f"model.matformer.granularities {nesting.granularities}) with a positive sum")
-    probabilities = t.matformer_probabilities
+    probabilities = m.probabilities
     if probabilities is not None and not out and abs(sum(probabilities) - 1.0) > 1e-6:
-        out.append(f"train.matformer_probabilities={probabilities} sums to {sum(probabilities)}, not 1")
+        out.append(f"matformer.probabilities={probabilities} sums to {sum(probabilities)}, not 1")
     if cfg.parallel.zero_stage == 3:
         out.append("model.matformer with parallel.zero_stage=3: ZeRO-3 gathers a layer's weights only when the layer "
                    "is called, and a submodel multiplies by slices of them; use parallel.zero_stage 0, 1 or 2")
-    if cfg.parallel.pp > 1 and t.matformer_mode == "sum":
-        out.append("train.matformer_mode=sum with parallel.pp>1: the pipeline engine runs one forward/backward per "
-                   "micro-batch; use train.matformer_mode=sample with pipeline parallelism")
+    if cfg.parallel.pp > 1 and m.mode == "sum":
+        out.append("matformer.mode=sum with parallel.pp>1: the pipeline engine runs one forward/backward per "
+                   "micro-batch; use matformer.mode=sample with pipeline parallelism")
     return out
 
 

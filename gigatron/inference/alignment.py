@@ -58,7 +58,7 @@ def evaluate(ckpt_path: str, out: Path, images: int, steps: int, guidance: float
     noise = torch.randn(len(captions), cfg.model.channels, height, width, generator=generator)
     start = time.perf_counter()
     pixels = np.concatenate([
-        to_uint8(model.sample(noise[i:i + batch], tokens[i:i + batch], steps, guidance, cfg.train.flow.shift))
+        to_uint8(model.sample(noise[i:i + batch], tokens[i:i + batch], steps, guidance, cfg.diffusion.shift))
         for i in range(0, len(captions), batch)])
     elapsed = time.perf_counter() - start
     scores = score_alignment(list(pixels), captions)

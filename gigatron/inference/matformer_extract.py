@@ -11,7 +11,6 @@ and removes the output if it does not.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from gigatron.checkpoint.consolidated import LogicalCheckpoint
 from gigatron.checkpoint.param_plan import param_plans
+from gigatron.config.schema import MatFormerTrainingConfig
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import tp_plan
 from gigatron.models.layers.nested_ffn import kept_neurons, per_layer_fractions, submodel_config
@@ -54,9 +54,8 @@ class ExtractedCheckpoint:
         self.fractions = per_layer_fractions(fractions, len(model.ffn_sizes))
         self.cfg = copy.deepcopy(source.cfg)
         self.cfg.model = submodel_config(model, self.fractions)
-        # An ordinary model: the MatFormer training keys would be refused without model.matformer.
-        self.cfg.train = dataclasses.replace(self.cfg.train, matformer_mode="sum", matformer_weights=None,
-                                             matformer_probabilities=None)
+        # An ordinary model: the MatFormer training section would be refused without model.matformer.
+        self.cfg.matformer = MatFormerTrainingConfig()
         self.path = source.path
         self.plans = param_plans(self.cfg.model)
         # A new model: step 0 and a fresh data position, but the tokenizer it was trained with.

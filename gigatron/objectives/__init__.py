@@ -1,4 +1,5 @@
-"""Training objectives. The trainer is shared; a task says how a micro-batch becomes a loss.
+"""Training objectives and features. The trainer is shared; a task says how a micro-batch becomes a
+loss, and a feature (objectives.features) changes how a run starts or steps behind small hooks.
 
 Each task names the data it reads (`modality`: token shards or image shards) and computes one
 micro-batch's loss from the model and the batch (`forward_loss`). Tasks that use randomness
@@ -14,7 +15,9 @@ import torch
 from torch import nn
 
 from gigatron.config.schema import Config
+from gigatron.data.build import TrainingData, build_image_data, build_lm_data
 from gigatron.models.layers.factory import LayerFactory
+from gigatron.objectives.features import StepContext, TrainingFeature
 from gigatron.objectives.lm import LanguageModelingTask
 
 
@@ -47,6 +50,28 @@ def task_modality(name: str) -> str:
     return _registry()[name].modality
 
 
+def build_features(cfg: Config) -> list[TrainingFeature]:
+    """The training-time features `cfg` turns on, in the order the trainer calls them."""
+    features: list[TrainingFeature] = []
+    if cfg.grow.checkpoint:
+        from gigatron.objectives.growth import GrowthAtStart
+
+        features.append(GrowthAtStart(cfg))
+    if getattr(cfg.model, "matformer", None) is not None:
+        from gigatron.objectives.matformer import MatFormerTraining
+
+        features.append(MatFormerTraining(cfg))
+    return features
+
+
+def build_task_data(spec: Any, data_cfg: Any) -> TrainingData:
+    """The training data the objective of model spec `spec` reads: token shards, or image shards
+    (with caption token ids for models conditioned on text)."""
+    if task_modality(spec.task) == "image":
+        return build_image_data(data_cfg, captions=spec.reads_captions)
+    return build_lm_data(data_cfg)
+
+
 def batch_to(batch: Any, device: torch.device | str) -> Any:
     """A micro-batch (tensor, or dict of tensors for image data) on `device`."""
     if isinstance(batch, dict):
@@ -54,4 +79,5 @@ def batch_to(batch: Any, device: torch.device | str) -> Any:
     return batch.to(device)
 
 
-__all__ = ["LanguageModelingTask", "Task", "batch_to", "build_task", "task_modality"]
+__all__ = ["LanguageModelingTask", "StepContext", "Task", "TrainingFeature", "batch_to", "build_features", "build_task", "build_task_data",
+           "task_modality"]

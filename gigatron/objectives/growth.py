@@ -1,4 +1,4 @@
-"""Growing a trained TokenFormer by appending parameter tokens (`gigatron grow`, `train.grow_from`).
+"""Growing a trained TokenFormer by appending parameter tokens (`gigatron grow`, section `grow:`).
 
 Each Pattention's key and value tokens get new rows; nothing else changes shape.
   preserve  new keys zero, new values ~ N(0, value std), Θ's scale kept at the old token count:
@@ -22,6 +22,7 @@ import torch
 from gigatron.checkpoint.consolidated import LogicalCheckpoint
 from gigatron.checkpoint.param_plan import param_plans
 from gigatron.models.layers.init import name_seed
+from gigatron.objectives.features import TrainingFeature
 
 TOKEN_COUNTS = {"qkv": "qkv_tokens", "proj": "proj_tokens", "ffn": "ffn_tokens"}
 _SCALES = {"qkv": "qkv_scale_tokens", "proj": "proj_scale_tokens", "ffn": "ffn_scale_tokens"}
@@ -116,6 +117,37 @@ class GrownCheckpoint:
     def model_weight(self, name: str) -> torch.Tensor:
         """Same as the master weight."""
         return self.tensor(name)
+
+
+class GrowthAtStart(TrainingFeature):
+    """Section `grow:`: a run with no checkpoint of its own starts from `grow.checkpoint` grown to its model.
+
+    The Θ scales the growth defines are applied on every start, also when the grown run resumes its
+    own checkpoints, so the model always computes what it computed right after growth.
+    """
+
+    name = "grow"
+
+    def __init__(self, cfg: Any) -> None:
+        self.grown: GrownCheckpoint | None = None
+
+    def prepare(self, cfg: Any) -> None:
+        """Open the source, grow its view to the run's model, and take the grown model config."""
+        from gigatron.checkpoint.reader import open_checkpoint
+        from gigatron.config import ConfigError
+
+        g = cfg.grow
+        try:
+            self.grown = GrownCheckpoint(open_checkpoint(g.checkpoint), cfg.model, g.init, g.optimizer, cfg.train.seed)
+        except (GrowthError, FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"grow.checkpoint={g.checkpoint}: {exc}") from exc
+        cfg.model = self.grown.cfg.model
+
+    def start_point(self, log) -> GrownCheckpoint | None:
+        """The grown source."""
+        if self.grown is not None:
+            log(f"[grow] starting from {self.grown.path} grown to {self.grown.layout}")
+        return self.grown
 
 
 def grow(ckpt: str | Path, out: str | Path, qkv: int | None, proj: int | None, ffn: int | None, init: str,

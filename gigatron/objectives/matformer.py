@@ -1,9 +1,9 @@
-"""Which nested FFN granularities a MatFormer step trains, and with what weight (`train.matformer_*`).
+"""Which nested FFN granularities a MatFormer step trains, and with what weight (section `matformer:`).
 
 sum     every step runs forward/backward at every granularity on the same batch and takes one
         optimizer step on sum_g w_g·loss_g, the weights normalised to sum to 1 (so the learning rate
         and gradient clipping mean what they mean for an ordinary model).
-sample  one granularity per step, drawn from `train.matformer_probabilities` by a generator seeded
+sample  one granularity per step, drawn from `matformer.probabilities` by a generator seeded
         with (train.seed, step): every rank draws the same one, and a resumed run the same sequence.
 """
 
@@ -13,7 +13,8 @@ import torch
 
 from gigatron.config.schema import Config
 from gigatron.models.layers.init import name_seed
-from gigatron.models.layers.nested_ffn import submodel_config
+from gigatron.models.layers.nested_ffn import ffn_granularity, submodel_config
+from gigatron.objectives.features import StepContext, TrainingFeature
 
 
 class GranularitySchedule:
@@ -21,11 +22,11 @@ class GranularitySchedule:
 
     def __init__(self, cfg: Config) -> None:
         nesting = cfg.model.matformer
-        self.mode = cfg.train.matformer_mode
+        self.mode = cfg.matformer.mode
         self.granularities = [float(g) for g in nesting.granularities]
-        weights = cfg.train.matformer_weights or [1.0] * len(self.granularities)
+        weights = cfg.matformer.weights or [1.0] * len(self.granularities)
         self.weights = [w / sum(weights) for w in weights]
-        probabilities = cfg.train.matformer_probabilities or [1.0] * len(self.granularities)
+        probabilities = cfg.matformer.probabilities or [1.0] * len(self.granularities)
         self.probabilities = torch.tensor(probabilities, dtype=torch.float64) / sum(probabilities)
         self.seed = cfg.train.seed
 
@@ -52,3 +53,52 @@ def nested_flops_per_token(cfg: Config, flops_per_token) -> float:
         shares = schedule.probabilities.tolist()
     return sum(share * flops_per_token(submodel_config(cfg.model, g), cfg.data.seq_len)
                for g, share in zip(schedule.granularities, shares, strict=True))
+
+
+class MatFormerTraining(TrainingFeature):
+    """Trains a MatFormer's granularities on the schedule of the `matformer:` section."""
+
+    name = "matformer"
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.schedule = GranularitySchedule(cfg)
+
+    def flops_per_token(self, flops_per_token) -> float:
+        """Every scheduled granularity's FLOPs (sum), or their expectation (sample)."""
+        return nested_flops_per_token(self.cfg, flops_per_token)
+
+    def train_step(self, step: int, ctx: StepContext, micro_batches: list) -> tuple[float, dict[str, float]]:
+        """The scheduled granularities of every micro-batch, one optimizer step."""
+        ds, task = ctx.engine, ctx.task
+        plan = self.schedule.at(step)
+        if ctx.is_pipeline:  # sample mode only (validated): one granularity for the whole batch
+            with ffn_granularity(ds.module, plan[0][0]):
+                pairs = iter([task.pipeline_pairs(mb.to(ctx.device)) for mb in micro_batches])
+                loss = float(ds.train_batch(data_iter=pairs).detach().float())
+            return loss, {metric_name(plan[0][0]): loss}
+        sums = torch.zeros(len(plan), device=ctx.device)
+        for i, mb in enumerate(micro_batches):
+            mb = mb.to(ctx.device)
+            for j, (granularity, weight) in enumerate(plan):
+                if len(plan) > 1:
+                    # Several backward passes per micro-batch: DeepSpeed must reduce and step only
+                    # after the last one of the last micro-batch (its documented manual boundary).
+                    ds.set_gradient_accumulation_boundary(i == len(micro_batches) - 1 and j == len(plan) - 1)
+                with ffn_granularity(ds.module, granularity):
+                    micro_loss = task.forward_loss(ds, mb)
+                ds.backward(micro_loss * weight)
+                sums[j] += micro_loss.detach().float()
+            ds.step()
+        means = ctx.dp_mean(sums / len(micro_batches))
+        weights = torch.tensor([w for _, w in plan], device=ctx.device)
+        per_granularity = {metric_name(g): float(v) for (g, _), v in zip(plan, means, strict=True)}
+        return float((means * weights).sum()), per_granularity
+
+    def evaluate(self, ctx: StepContext, batches: list) -> tuple[float, dict[str, float]]:
+        """The validation loss at every granularity; the full model's is the run's validation loss."""
+        losses = {}
+        for granularity in self.schedule.granularities:
+            with ffn_granularity(ctx.module, granularity):
+                losses[metric_name(granularity)] = ctx.validation_loss(batches)
+        return losses[metric_name(1.0)], losses

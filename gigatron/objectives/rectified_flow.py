@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gigatron.config.schema import Config, FlowConfig
+from gigatron.config.schema import Config, DiffusionConfig
 from gigatron.models.layers.init import name_seed
 from gigatron.models.rectified_flow import interpolate, logit_normal_time, velocity_target
 
@@ -33,7 +33,7 @@ class RectifiedFlowTask:
 
     def __init__(self, factory, cfg: Config | None = None) -> None:
         self.factory = factory
-        self.flow: FlowConfig = cfg.train.flow if cfg is not None else FlowConfig()
+        self.flow: DiffusionConfig = cfg.diffusion if cfg is not None else DiffusionConfig()
         self.seed = cfg.train.seed if cfg is not None else 0
 
     def draw(self, numbers: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:

@@ -19,15 +19,13 @@ from gigatron.checkpoint.resume import (
 )
 from gigatron.checkpoint.save import TrainerState, save_checkpoint
 from gigatron.config import Config, ConfigError, config_to_yaml
-from gigatron.data.build import TrainingData, build_image_data, build_lm_data
+from gigatron.data.build import TrainingData
 from gigatron.data.loader import GlobalBatchLoader
 from gigatron.launcher.dist_env import DistEnv
 from gigatron.launcher.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from gigatron.launcher.signals import PreemptionHandler, agree_on_preemption
-from gigatron.models.layers.nested_ffn import ffn_granularity
 from gigatron.models.registry import get_model_spec
-from gigatron.objectives import batch_to, task_modality
-from gigatron.objectives.matformer import GranularitySchedule, metric_name, nested_flops_per_token
+from gigatron.objectives import StepContext, batch_to, build_features, build_task_data
 from gigatron.pretrain.engine import TrainingEngine, build_engine, total_steps
 from gigatron.pretrain.metrics import MetricsWriter, memory_gib
 from gigatron.pretrain.parallel import ParallelRanks, initialize_parallel
@@ -42,8 +40,8 @@ class StepResult:
     grad_norm: float | None
     lr: float
     data_wait_s: float
-    # MatFormer: the loss of each granularity trained this step (metric name -> loss).
-    granularity_losses: dict[str, float] = field(default_factory=dict)
+    # Metrics a training feature adds to the step (e.g. one loss per trained submodel).
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 def _dp_mean(value: torch.Tensor) -> torch.Tensor:
@@ -81,10 +79,15 @@ class Trainer:
         where = resume_tag(self.ckpt_dir, cfg.checkpoint.resume, log=self.log)
         layout = current_layout(cfg.parallel, cfg.train.precision, self.ranks.dp_size)
         self.resume: ResumePlan | None = plan_resume(where, layout, log=self.log)
-        grown = self._apply_growth(cfg) if cfg.train.grow_from else None
-        if self.resume is None and grown is not None:
-            self.log(f"[grow] starting from {grown.path} grown to {grown.layout}")
-            self.resume = ResumePlan(grown.path, grown, grown.cfg.model)
+        self.features = build_features(cfg)
+        for feature in self.features:
+            feature.prepare(cfg)
+        if self.resume is None:
+            for feature in self.features:
+                start = feature.start_point(self.log)
+                if start is not None:
+                    self.resume = ResumePlan(start.path, start, start.cfg.model)
+                    break
         if self.resume is not None:
             self.resume.check_model(cfg.model)
         init_from = None if self.resume is None else self.resume.logical
@@ -100,43 +103,21 @@ class Trainer:
         sample_tokens = spec.sample_tokens(cfg.model, cfg.data)
         self.tokens_per_step = t.global_batch_size * sample_tokens
         self.flops_per_token = spec.flops_per_token(cfg.model, sample_tokens)
-        self.valid_granularity_losses: dict[str, float] = {}
-        self.granularities = GranularitySchedule(cfg) if getattr(cfg.model, "matformer", None) else None
-        if self.granularities is not None:
-            self.flops_per_token = nested_flops_per_token(cfg, spec.flops_per_token)
+        for feature in self.features:
+            self.flops_per_token = feature.flops_per_token(spec.flops_per_token) or self.flops_per_token
+        self.valid_extra: dict[str, float] = {}
+        self.context = StepContext(self.engine.engine, self.engine.task, self.device, self.engine.is_pipeline,
+                                   _dp_mean, self._validation_loss)
         peak = peak_flops(self.device, t.precision)
         self.cluster_peak = None if peak is None else peak * env.world_size
 
-    def _apply_growth(self, cfg: Config):
-        """The grown view of `train.grow_from`; sets the model's Θ scales as the growth defines them.
-
-        Applied on every start, also when resuming the grown run's own checkpoints, so the model
-        always computes what it computed right after growth.
-        """
-        from gigatron.checkpoint.reader import open_checkpoint
-        from gigatron.objectives.growth import GrownCheckpoint, GrowthError
-
-        t = cfg.train
-        try:
-            grown = GrownCheckpoint(open_checkpoint(t.grow_from), cfg.model, t.grow_init, t.grow_optimizer, t.seed)
-        except (GrowthError, FileNotFoundError, ValueError) as exc:
-            raise ConfigError(f"train.grow_from={t.grow_from}: {exc}") from exc
-        cfg.model = grown.cfg.model
-        return grown
-
     def _build_data(self, spec) -> TrainingData:
-        # Image tasks read image shards; the language-model task reads token shards.
-        if task_modality(spec.task) == "image":
-            def build(data_cfg):
-                return build_image_data(data_cfg, captions=spec.reads_captions)
-        else:
-            build = build_lm_data
         # Local rank 0 downloads and tokenizes; the others then read its cache instead of racing.
         if self.env.local_rank == 0:
-            data = build(self.cfg.data)
+            data = build_task_data(spec, self.cfg.data)
         dist.barrier()
         if self.env.local_rank != 0:
-            data = build(self.cfg.data)
+            data = build_task_data(spec, self.cfg.data)
         return data
 
     def log(self, text: str) -> None:
@@ -177,10 +158,12 @@ class Trainer:
         wait_start = time.perf_counter()
         micro_batches = self.loader.next_batch()
         data_wait = time.perf_counter() - wait_start
-        if self.granularities is not None:
-            loss, per_granularity = self._nested_step(micro_batches)
-            return StepResult(loss=loss, grad_norm=_as_float(ds.get_global_grad_norm()), lr=lr,
-                              data_wait_s=data_wait, granularity_losses=per_granularity)
+        for feature in self.features:
+            taken = feature.train_step(self.state.step, self.context, micro_batches)
+            if taken is not None:
+                loss, extra = taken
+                return StepResult(loss=loss, grad_norm=_as_float(ds.get_global_grad_norm()), lr=lr,
+                                  data_wait_s=data_wait, extra=extra)
         if self.engine.is_pipeline:
             pairs = iter([task.pipeline_pairs(mb.to(self.device)) for mb in micro_batches])
             loss = ds.train_batch(data_iter=pairs).detach().float()
@@ -195,39 +178,11 @@ class Trainer:
         return StepResult(loss=float(loss), grad_norm=_as_float(ds.get_global_grad_norm()), lr=lr,
                           data_wait_s=data_wait)
 
-    def _nested_step(self, micro_batches: list[torch.Tensor]) -> tuple[float, dict[str, float]]:
-        """A MatFormer step: the scheduled granularities of every micro-batch, one optimizer step."""
-        ds, task = self.engine.engine, self.engine.task
-        plan = self.granularities.at(self.state.step)
-        if self.engine.is_pipeline:  # sample mode only (validated): one granularity for the whole batch
-            with ffn_granularity(ds.module, plan[0][0]):
-                pairs = iter([task.pipeline_pairs(mb.to(self.device)) for mb in micro_batches])
-                loss = float(ds.train_batch(data_iter=pairs).detach().float())
-            return loss, {metric_name(plan[0][0]): loss}
-        sums = torch.zeros(len(plan), device=self.device)
-        for i, mb in enumerate(micro_batches):
-            mb = batch_to(mb, self.device)
-            for j, (granularity, weight) in enumerate(plan):
-                if len(plan) > 1:
-                    # Several backward passes per micro-batch: DeepSpeed must reduce and step only
-                    # after the last one of the last micro-batch (its documented manual boundary).
-                    ds.set_gradient_accumulation_boundary(i == len(micro_batches) - 1 and j == len(plan) - 1)
-                with ffn_granularity(ds.module, granularity):
-                    micro_loss = task.forward_loss(ds, mb)
-                ds.backward(micro_loss * weight)
-                sums[j] += micro_loss.detach().float()
-            ds.step()
-        means = _dp_mean(sums / len(micro_batches))
-        weights = torch.tensor([w for _, w in plan], device=self.device)
-        per_granularity = {metric_name(g): float(v) for (g, _), v in zip(plan, means, strict=True)}
-        return float((means * weights).sum()), per_granularity
-
     @torch.no_grad()
     def evaluate(self) -> float | None:
         """Mean validation loss over `train.eval_batches` micro-batches per DP rank."""
         if not self.data.valid or self.cfg.train.eval_batches < 1:
             return None
-        ds = self.engine.engine
         t = self.cfg.train
         # The same `eval_batches` global batches every time and on every layout, so validation
         # curves compare across runs and across DP sizes.
@@ -235,13 +190,13 @@ class Trainer:
                                   self.ranks.data_rank, self.ranks.data_size, t.seed, shuffle=False,
                                   weights=self.data.valid_weights, on_error=self.cfg.data.on_error)
         batches = [batch_to(mb, self.device) for _ in range(t.eval_batches) for mb in valid.next_batch()]
-        self.valid_granularity_losses = {}
-        if self.granularities is None:
-            return self._validation_loss(batches)
-        for granularity in self.granularities.granularities:
-            with ffn_granularity(ds.module, granularity):
-                self.valid_granularity_losses[metric_name(granularity)] = self._validation_loss(batches)
-        return self.valid_granularity_losses[metric_name(1.0)]
+        self.valid_extra = {}
+        for feature in self.features:
+            taken = feature.evaluate(self.context, batches)
+            if taken is not None:
+                loss, self.valid_extra = taken
+                return loss
+        return self._validation_loss(batches)
 
     def _validation_loss(self, batches: list) -> float:
         ds, task = self.engine.engine, self.engine.task
@@ -332,7 +287,7 @@ class Trainer:
             "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
             "tokens": self.state.tokens, "tokens_per_s": tokens_per_s, "step_time_s": elapsed,
             "data_wait_s": result.data_wait_s, "data_skipped": self.loader.skipped_samples,
-            "mfu": mfu, "memory_gib": memory_gib(self.device), **result.granularity_losses,
+            "mfu": mfu, "memory_gib": memory_gib(self.device), **result.extra,
         }
         assert self.metrics is not None
         self.metrics.log(step, values)
@@ -343,13 +298,13 @@ class Trainer:
             self.log(f"step {step}/{self.total_steps} loss {result.loss:.4f} lr {result.lr:.3e} grad_norm {gn} "
                      f"tok/s {tokens_per_s:,.0f} mfu {mfu_text} data_wait {1000 * result.data_wait_s:.1f}ms "
                      f"mem {values['memory_gib']:.2f}GiB"
-                     + "".join(f" {k} {v:.4f}" for k, v in result.granularity_losses.items()))
+                     + "".join(f" {k} {v:.4f}" for k, v in result.extra.items()))
 
     def _log_eval(self) -> None:
         loss = self.evaluate()
         if loss is None:
             return
         assert self.metrics is not None
-        self.metrics.log(self.state.step, {"loss": loss, **self.valid_granularity_losses}, kind="valid")
-        nested = "".join(f", {k} {v:.4f}" for k, v in self.valid_granularity_losses.items())
+        self.metrics.log(self.state.step, {"loss": loss, **self.valid_extra}, kind="valid")
+        nested = "".join(f", {k} {v:.4f}" for k, v in self.valid_extra.items())
         self.log(f"step {self.state.step} validation loss {loss:.4f}{nested}")

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.distributed
 
 CONFIG = REPO / "configs" / "matformer" / "smoke.yaml"
 STEPS = ["train.steps=5", "train.warmup_steps=2", "train.eval_interval=5", "data.num_workers=0"]
-MODES = {"sum": ["train.matformer_mode=sum", "train.matformer_weights=[1,1,1,2]"],
-         "sample": ["train.matformer_mode=sample", "train.matformer_probabilities=[0.4,0.3,0.2,0.1]"]}
+MODES = {"sum": ["matformer.mode=sum", "matformer.weights=[1,1,1,2]"],
+         "sample": ["matformer.mode=sample", "matformer.probabilities=[0.4,0.3,0.2,0.1]"]}
 MIXED = "0.125,0.25,0.5,1"
 
 

@@ -1,4 +1,4 @@
-"""Growing a trained TokenFormer end to end: `gigatron grow` and `train.grow_from` give the same
+"""Growing a trained TokenFormer end to end: `gigatron grow` and `grow.checkpoint` give the same
 run, and a grown run killed after a checkpoint resumes bitwise equal to an uninterrupted one."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def base(tmp_path_factory, corpus_ready) -> Path:
 @pytest.fixture(scope="module")
 def grown_run(base, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tokenformer-grown")
-    proc = run_pretrain(out, [*BASE, *GROWN, f"train.grow_from={base}"], config=TOKENFORMER)
+    proc = run_pretrain(out, [*BASE, *GROWN, f"grow.checkpoint={base}"], config=TOKENFORMER)
     assert_ok(proc)
     assert "[grow] starting from" in proc.stdout
     return out
@@ -62,7 +62,7 @@ def test_grow_command_and_grow_from_give_the_same_run(base, grown_run, tmp_path)
 
 def test_a_grown_run_killed_after_a_checkpoint_resumes_bitwise(base, grown_run, tmp_path):
     out = tmp_path / "killed"
-    command = pretrain_command(out, [*BASE, *GROWN, f"train.grow_from={base}"], config=TOKENFORMER, fresh=True)
+    command = pretrain_command(out, [*BASE, *GROWN, f"grow.checkpoint={base}"], config=TOKENFORMER, fresh=True)
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     latest = out / "checkpoints" / "latest"
@@ -74,7 +74,7 @@ def test_a_grown_run_killed_after_a_checkpoint_resumes_bitwise(base, grown_run, 
         time.sleep(0.05)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run was not killed after its step-15 checkpoint"
-    resumed = run_pretrain(out, [*BASE, *GROWN, f"train.grow_from={base}"], config=TOKENFORMER)
+    resumed = run_pretrain(out, [*BASE, *GROWN, f"grow.checkpoint={base}"], config=TOKENFORMER)
     assert_ok(resumed)
     assert "holds this run's own checkpoint" not in resumed.stdout  # auto-resume of its own dir
     assert "[grow] starting from" not in resumed.stdout

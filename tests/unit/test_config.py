@@ -145,3 +145,29 @@ def test_shipped_sizes_state_only_what_differs_from_their_base() -> None:
             assert raw["base"] in ("../base.yaml", "base.yaml"), path
             assert "lr" not in raw.get("train", {}) and "data" not in raw, path
             assert validate_config(load_config(path), world_size=16).train.lr > 0
+
+
+@pytest.mark.parametrize(("override", "old", "new"), [
+    ("train.grow_from=runs/x", "train.grow_from", "grow.checkpoint"),
+    ("train.grow_init=random", "train.grow_init", "grow.init"),
+    ("train.grow_optimizer=reset", "train.grow_optimizer", "grow.optimizer"),
+    ("train.matformer_mode=sample", "train.matformer_mode", "matformer.mode"),
+    ("train.matformer_weights=[1,2]", "train.matformer_weights", "matformer.weights"),
+    ("train.matformer_probabilities=[1]", "train.matformer_probabilities", "matformer.probabilities"),
+    ("train.flow.shift=3", "train.flow", "diffusion"),
+])
+def test_a_moved_key_names_its_new_section(override: str, old: str, new: str) -> None:
+    with pytest.raises(ConfigError, match=f"{old} has moved to {new}"):
+        smoke(override)
+
+
+def test_checkpoints_written_before_the_move_still_load(tmp_path) -> None:
+    old = config_to_dict(smoke("train.steps=3"))
+    old["train"].update(grow_from="runs/small", grow_init="random", flow={"shift": 3.0})
+    old.pop("grow"), old.pop("diffusion")
+    path = _write(tmp_path / "config.yaml", yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match="train.grow_from has moved to grow.checkpoint"):
+        load_config(path)
+    cfg = load_config(path, migrate=True)
+    assert (cfg.grow.checkpoint, cfg.grow.init, cfg.diffusion.shift) == ("runs/small", "random", 3.0)
+    assert cfg.diffusion.condition_dropout == 0.1  # defaults fill what the old section did not say

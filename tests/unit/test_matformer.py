@@ -103,26 +103,26 @@ BASE = {"family": "gpt", "hidden_size": 32, "num_heads": 4, "ffn_hidden_size": 6
     ({**BASE, "ffn_hidden_sizes": [64]}, {}, "model.ffn_hidden_sizes has 1 entries but the model has 2"),
     ({**BASE, "ffn_hidden_sizes": [64, 64], "matformer": {}}, {}, "exclusive"),
     ({**BASE, "matformer": {}}, {"parallel": {"zero_stage": 3}}, "ZeRO-3"),
-    ({**BASE, "matformer": {}}, {"parallel": {"pp": 2}}, "train.matformer_mode=sum with parallel.pp>1"),
-    ({**BASE, "matformer": {}}, {"train": {"matformer_weights": [1, 1]}}, "train.matformer_weights=[1.0, 1.0] needs 4"),
-    ({**BASE, "matformer": {}}, {"train": {"matformer_probabilities": [0.5, 0.5, 0.5, 0.5]}}, "sums to 2.0"),
-    (BASE, {"train": {"matformer_weights": [1.0]}}, "no model.matformer section"),
+    ({**BASE, "matformer": {}}, {"parallel": {"pp": 2}}, "matformer.mode=sum with parallel.pp>1"),
+    ({**BASE, "matformer": {}}, {"matformer": {"weights": [1, 1]}}, "matformer.weights=[1.0, 1.0] needs 4"),
+    ({**BASE, "matformer": {}}, {"matformer": {"probabilities": [0.5, 0.5, 0.5, 0.5]}}, "sums to 2.0"),
+    (BASE, {"matformer": {"weights": [1.0]}}, "no model.matformer section"),
 ])
 def test_bad_matformer_configs_are_named(model, sections, expected):
     assert expected in _problems(model, **sections)
 
 
-def _cfg(**train):
-    return config_from_dict({"model": {**BASE, "matformer": {}}, "train": {"steps": 1, **train}})
+def _cfg(**matformer):
+    return config_from_dict({"model": {**BASE, "matformer": {}}, "train": {"steps": 1}, "matformer": matformer})
 
 
 def test_sum_mode_trains_every_granularity_with_normalised_weights():
-    plan = GranularitySchedule(_cfg(matformer_weights=[1, 1, 2, 4])).at(7)
+    plan = GranularitySchedule(_cfg(weights=[1, 1, 2, 4])).at(7)
     assert plan == [(0.125, 0.125), (0.25, 0.125), (0.5, 0.25), (1.0, 0.5)]
 
 
 def test_sample_mode_is_deterministic_and_follows_the_probabilities():
-    schedule = GranularitySchedule(_cfg(matformer_mode="sample", matformer_probabilities=[0.1, 0.2, 0.3, 0.4]))
+    schedule = GranularitySchedule(_cfg(mode="sample", probabilities=[0.1, 0.2, 0.3, 0.4]))
     draws = [schedule.at(step)[0][0] for step in range(4000)]
     assert draws == [schedule.at(step)[0][0] for step in range(4000)]
     for g, p in zip((0.125, 0.25, 0.5, 1.0), (0.1, 0.2, 0.3, 0.4), strict=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -114,3 +115,15 @@ def test_every_command_module_is_importable_without_torch() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
                          cwd=ROOT.parent)
     assert "TORCH False" in out.stdout, out.stdout + out.stderr
+
+
+def test_the_trainer_names_no_family_and_no_feature() -> None:
+    # Families come from the registry and features through objectives.build_features; the loop
+    # only calls their hooks. (Words in identifiers, strings and comments alike.)
+    from gigatron.models.registry import model_families
+
+    words = {*model_families(), "matformer", "granularit", "grow", "tokenformer", "pattention", "mamba", "diffusion",
+             "rectified", "flow", "image", "caption"}
+    text = (ROOT / "pretrain" / "loop.py").read_text().lower()
+    named = sorted(w for w in words if re.search(rf"(?<![a-z]){re.escape(w)}", text))
+    assert not named, f"gigatron/pretrain/loop.py names {named}"

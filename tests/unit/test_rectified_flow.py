@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from gigatron.config.schema import Config, FlowConfig, TrainConfig
+from gigatron.config.schema import Config, DiffusionConfig, TrainConfig
 from gigatron.models.rectified_flow import (
     euler_sample,
     guided,
@@ -68,7 +68,7 @@ def test_guidance_combines_conditional_and_unconditional_fields():
 
 
 def _task(**flow) -> RectifiedFlowTask:
-    return RectifiedFlowTask(None, Config(model=None, train=TrainConfig(seed=7, flow=FlowConfig(**flow))))
+    return RectifiedFlowTask(None, Config(model=None, train=TrainConfig(seed=7), diffusion=DiffusionConfig(**flow)))
 
 
 def test_task_draws_depend_on_the_sample_not_the_batch():
