@@ -19,6 +19,14 @@ SMOKE = REPO / "configs" / "gpt" / "smoke.yaml"
 GIGATRON = [sys.executable, "-S", str(REPO / "tests" / "zygote_client.py")]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Multi-process and end-to-end tests are `slow`: `-m "not slow"` is the inner loop (unit tests)."""
+    for item in items:
+        if item.get_closest_marker("distributed") or "/integration/" in item.nodeid.replace("\\", "/") \
+                or item.nodeid.startswith("tests/integration/"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def zygote(tmp_path_factory):
     """Start the command zygote for the session; commands started before it is ready queue on its socket."""

@@ -30,6 +30,7 @@ def chinchilla():
     return points, fitted, parametric.bootstrap(points, fitted, 1000, seed=1)
 
 
+@pytest.mark.slow  # a 1,000-resample bootstrap of the replication's fit (~15 s)
 def test_chinchilla_parametric_fit_reproduces_the_replication(chinchilla):
     points, fitted, _ = chinchilla
     assert len(points) == 240
@@ -62,6 +63,7 @@ def covered(samples: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return (low <= truth) & (truth <= high)
 
 
+@pytest.mark.slow  # bootstrap coverage over many synthetic fits (~17 s)
 def test_parametric_bootstrap_intervals_cover_the_truth():
     truth = np.array([TRUE[k] for k in parametric.NAMES])
     hits = np.zeros(5)
