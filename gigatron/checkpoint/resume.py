@@ -20,14 +20,12 @@ class ResumeError(RuntimeError):
     """The checkpoint to resume from is missing, damaged or unsafe; the message names it."""
 
 
-
 def _broadcast_object(value: Any) -> Any:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return value
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
-
 
 
 def resume_tag(ckpt_dir: Path, resume: str, log=print) -> tuple[Path, str] | None:
@@ -69,7 +67,6 @@ def resume_tag(ckpt_dir: Path, resume: str, log=print) -> tuple[Path, str] | Non
     return None if choice is None else (Path(choice[0]), choice[1])
 
 
-
 @dataclass
 class ResumePlan:
     """How to resume: DeepSpeed's own loader when the layout is unchanged, else the logical path."""
@@ -97,14 +94,12 @@ class ResumePlan:
         return self.logical is None
 
 
-
 def current_layout(parallel, precision: str, dp_size: int) -> dict[str, Any]:
     """This run's layout, in the terms of NativeCheckpoint.layout."""
     # DP matters to the files only where the optimizer is partitioned (ZeRO >= 1); at stage 0 every
     # DP rank holds the same state (bf16 included: DeepSpeed's unfused wrapper keeps whole fp32 masters).
     return {"tp": parallel.tp, "pp": parallel.pp, "dp": dp_size if parallel.zero_stage > 0 else None,
             "zero_stage": parallel.zero_stage, "precision": precision}
-
 
 
 def _scan_safely(tag_dir: Path) -> None:
@@ -115,7 +110,6 @@ def _scan_safely(tag_dir: Path) -> None:
 
     for path in sorted(tag_dir.rglob("*.pt")):
         safe_torch_load(path, mmap=True)
-
 
 
 def plan_resume(where: tuple[Path, str] | None, layout: dict[str, Any], log=print) -> ResumePlan | None:
@@ -147,7 +141,6 @@ def plan_resume(where: tuple[Path, str] | None, layout: dict[str, Any], log=prin
     return ResumePlan(path, ckpt, ckpt.cfg.model)
 
 
-
 def load_logical_state(ckpt) -> TrainerState:
     """Counters and RNG of a logical checkpoint (weights and optimizer were set when the engine was built).
 
@@ -156,7 +149,6 @@ def load_logical_state(ckpt) -> TrainerState:
     if ckpt.rng is not None:
         set_rng_state(ckpt.rng)
     return TrainerState(**ckpt.trainer_state)
-
 
 
 def load_checkpoint(engine, load_dir: Path, tag: str) -> TrainerState:

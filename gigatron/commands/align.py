@@ -20,7 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
 
 
-
 def run(args: argparse.Namespace) -> int:
     """CLI entry."""
     from gigatron.inference.alignment import evaluate

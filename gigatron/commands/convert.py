@@ -41,7 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     worker.add_argument("--out", required=True)
 
 
-
 def run_worker(args: argparse.Namespace) -> int:
     """One rank of `reshard`: build the target layout's engine from the source, save it."""
     from gigatron.checkpoint.reader import open_checkpoint
@@ -65,7 +64,6 @@ def run_worker(args: argparse.Namespace) -> int:
     exit_distributed(0)
 
 
-
 def _return_freed_tensors_to_the_os() -> None:
     # After freeing a large block glibc raises its mmap threshold (up to 32 MiB) and then serves
     # tensors below it from the heap, which it does not give back: a conversion would keep the
@@ -73,7 +71,6 @@ def _return_freed_tensors_to_the_os() -> None:
     # memory stays bounded by the tensors alive at once. No effect on other C libraries.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from gigatron.commands.outcome import run_verified
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,20 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="new directory for config.json + model.safetensors")
 
 
-
 def run(args: argparse.Namespace) -> int:
-    """Export, or explain why not (exit 2)."""
+    """Export, or explain why not (exit 2); a verification failure exits 1."""
     from gigatron.checkpoint.hf_export import ExportError, export
-    from gigatron.checkpoint.verify import VerificationError
 
-    try:
-        out = export(args.ckpt, args.out)
-    except VerificationError as exc:
-        print(f"gigatron export-hf: verification failed: {exc}", file=sys.stderr)
-        return 1
-    except (ExportError, FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
-        print(f"gigatron export-hf: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}))")
-    return 0
-
+    code = run_verified("export-hf", lambda: export(args.ckpt, args.out),
+                        (ExportError, FileNotFoundError, FileExistsError, ValueError, ImportError))
+    if code == 0:
+        print(f"wrote {args.out} (load with transformers.AutoModelForCausalLM.from_pretrained({str(args.out)!r}))")
+    return code

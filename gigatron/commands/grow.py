@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from gigatron.commands.outcome import run_verified
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,19 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="new directory for the grown (consolidated) checkpoint")
 
 
-
 def run(args: argparse.Namespace) -> int:
     """Grow, or explain why not (exit 2); a failed verification exits 1."""
-    from gigatron.checkpoint.verify import VerificationError
     from gigatron.objectives.growth import GrowthError, grow
 
-    try:
-        grow(args.ckpt, args.out, args.qkv_tokens, args.proj_tokens, args.ffn_tokens, args.init, args.optimizer)
-    except VerificationError as exc:
-        print(f"gigatron grow: verification failed: {exc}", file=sys.stderr)
-        return 1
-    except (GrowthError, FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
-        print(f"gigatron grow: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
+    return run_verified("grow", lambda: grow(args.ckpt, args.out, args.qkv_tokens, args.proj_tokens, args.ffn_tokens,
+                                             args.init, args.optimizer),
+                        (GrowthError, FileNotFoundError, FileExistsError, ValueError, KeyError))

@@ -29,7 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command each rank runs, after --")
 
 
-
 def run(args: argparse.Namespace) -> int:
     """Start `args.nproc` copies of `args.command`, wait for them, and return the combined exit code."""
     from gigatron.launcher.dist_env import find_free_port

@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from gigatron.commands.outcome import run_verified
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,14 +78,6 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a sub-command; bad input exits 2 with the reason, a failed verification 1."""
-    from gigatron.checkpoint.verify import VerificationError
-
-    try:
-        _extract(args) if args.matformer_command == "extract" else _evaluate(args)
-    except VerificationError as exc:
-        print(f"gigatron matformer {args.matformer_command}: verification failed: {exc}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
-        print(f"gigatron matformer {args.matformer_command}: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    work = (lambda: _extract(args)) if args.matformer_command == "extract" else (lambda: _evaluate(args))
+    return run_verified(f"matformer {args.matformer_command}", work,
+                        (FileNotFoundError, FileExistsError, ValueError, KeyError))

@@ -33,7 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
 
 
-
 def _labels(names: list[str] | None, classes: list[str]) -> list[tuple[str, int]]:
     if not classes:
         if names:
@@ -45,7 +44,6 @@ def _labels(names: list[str] | None, classes: list[str]) -> list[tuple[str, int]
     if unknown:
         raise ValueError(f"--label {', '.join(unknown)}: not a class of this run; valid: {', '.join(classes)}")
     return [(n, classes.index(n)) for n in names]
-
 
 
 def _conditions(args: argparse.Namespace, ckpt: Any) -> tuple[list[str], Any]:
@@ -65,7 +63,6 @@ def _conditions(args: argparse.Namespace, ckpt: Any) -> tuple[list[str], Any]:
         raise ValueError(f"model.family={type(cfg.model).family} is class-conditional: pass --label, not --prompt")
     labels = _labels(args.label, cfg.data.classes or [])
     return [name for name, _ in labels], torch.tensor([i for _, i in labels])
-
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,7 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     summary.add_argument("sweep_dir", type=Path)
 
 
-
 def run(args: argparse.Namespace) -> int:
     """Dispatch; input problems exit 2 with a message."""
     from gigatron.scaling.sweep import PLAN, make_plan, parse_grid, summarize, task_lines
