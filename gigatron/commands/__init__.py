@@ -1,8 +1,8 @@
 """`gigatron <command>`: the command line. One module per command: argument parsing, printing, exit codes.
 
-Every command module imports only the standard library (and gigatron modules that do) at its top,
-so `gigatron --help` and `gigatron <command> --help` answer without importing torch; the libraries
-a command calls are imported inside its `run`. A test holds this (tests/unit/test_package_shape.py).
+No command module imports torch, DeepSpeed, megatron-core or transformers at its top, so `gigatron
+--help` and `gigatron <command> --help` answer without them; the libraries a command calls are
+imported inside its `run`. A test holds this (tests/unit/test_package_shape.py).
 """
 
 from __future__ import annotations
