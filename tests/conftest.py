@@ -22,8 +22,7 @@ GIGATRON = [sys.executable, "-S", str(REPO / "tests" / "zygote_client.py")]
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Multi-process and end-to-end tests are `slow`: `-m "not slow"` is the inner loop (unit tests)."""
     for item in items:
-        if item.get_closest_marker("distributed") or "/integration/" in item.nodeid.replace("\\", "/") \
-                or item.nodeid.startswith("tests/integration/"):
+        if item.get_closest_marker("distributed") or item.path.parent.name == "integration":
             item.add_marker(pytest.mark.slow)
 
 

@@ -60,7 +60,7 @@ def is_consolidated(path: Path) -> bool:
 
 
 def rng_to_json(state: dict[str, Any] | None) -> dict[str, Any] | None:
-    """RNG states (see pretrain.checkpoint.rng_state) as JSON values."""
+    """RNG states (see gigatron.checkpoint.save.rng_state) as JSON values."""
     if state is None:
         return None
     version, internal, gauss = state["python"]

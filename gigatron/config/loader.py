@@ -96,7 +96,7 @@ def config_from_dict(raw: dict[str, Any], migrate: bool = False) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
     raw = migrate_moved_keys(raw) if migrate else _deep_copy(raw)
-    moved = _pop_moved(_deep_copy(raw))
+    moved = _pop_moved(raw)  # raw is our copy; the keys it removes are reported, not used
     if moved:
         raise ConfigError("; ".join(f"{old} has moved to {MOVED_KEYS[old]} (its feature's own section; see "
                                     "docs/config.md)" for old in moved))

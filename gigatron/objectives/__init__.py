@@ -79,5 +79,5 @@ def batch_to(batch: Any, device: torch.device | str) -> Any:
     return batch.to(device)
 
 
-__all__ = ["LanguageModelingTask", "StepContext", "Task", "TrainingFeature", "batch_to", "build_features", "build_task", "build_task_data",
-           "task_modality"]
+__all__ = ["LanguageModelingTask", "StepContext", "Task", "TrainingFeature", "batch_to", "build_features", "build_task",
+           "build_task_data", "task_modality"]

@@ -14,6 +14,7 @@ import torch
 from gigatron.config.schema import Config
 from gigatron.models.layers.init import name_seed
 from gigatron.models.layers.nested_ffn import ffn_granularity, submodel_config
+from gigatron.objectives import batch_to
 from gigatron.objectives.features import StepContext, TrainingFeature
 
 
@@ -44,17 +45,6 @@ def metric_name(granularity: float) -> str:
     return f"loss_ffn{granularity:g}"
 
 
-def nested_flops_per_token(cfg: Config, flops_per_token) -> float:
-    """Model FLOPs per trained token of a MatFormer step: all granularities (sum) or their expectation (sample)."""
-    schedule = GranularitySchedule(cfg)
-    if schedule.mode == "sum":
-        shares = [1.0 if w > 0 else 0.0 for w in schedule.weights]
-    else:
-        shares = schedule.probabilities.tolist()
-    return sum(share * flops_per_token(submodel_config(cfg.model, g), cfg.data.seq_len)
-               for g, share in zip(schedule.granularities, shares, strict=True))
-
-
 class MatFormerTraining(TrainingFeature):
     """Trains a MatFormer's granularities on the schedule of the `matformer:` section."""
 
@@ -65,8 +55,15 @@ class MatFormerTraining(TrainingFeature):
         self.schedule = GranularitySchedule(cfg)
 
     def flops_per_token(self, flops_per_token) -> float:
-        """Every scheduled granularity's FLOPs (sum), or their expectation (sample)."""
-        return nested_flops_per_token(self.cfg, flops_per_token)
+        """Model FLOPs per trained token of a step: every scheduled granularity's (sum), or their
+        expectation (sample)."""
+        schedule, cfg = self.schedule, self.cfg
+        if schedule.mode == "sum":
+            shares = [1.0 if w > 0 else 0.0 for w in schedule.weights]
+        else:
+            shares = schedule.probabilities.tolist()
+        return sum(share * flops_per_token(submodel_config(cfg.model, g), cfg.data.seq_len)
+                   for g, share in zip(schedule.granularities, shares, strict=True))
 
     def train_step(self, step: int, ctx: StepContext, micro_batches: list) -> tuple[float, dict[str, float]]:
         """The scheduled granularities of every micro-batch, one optimizer step."""
@@ -74,12 +71,12 @@ class MatFormerTraining(TrainingFeature):
         plan = self.schedule.at(step)
         if ctx.is_pipeline:  # sample mode only (validated): one granularity for the whole batch
             with ffn_granularity(ds.module, plan[0][0]):
-                pairs = iter([task.pipeline_pairs(mb.to(ctx.device)) for mb in micro_batches])
+                pairs = iter([task.pipeline_pairs(batch_to(mb, ctx.device)) for mb in micro_batches])
                 loss = float(ds.train_batch(data_iter=pairs).detach().float())
             return loss, {metric_name(plan[0][0]): loss}
         sums = torch.zeros(len(plan), device=ctx.device)
         for i, mb in enumerate(micro_batches):
-            mb = mb.to(ctx.device)
+            mb = batch_to(mb, ctx.device)
             for j, (granularity, weight) in enumerate(plan):
                 if len(plan) > 1:
                     # Several backward passes per micro-batch: DeepSpeed must reduce and step only
