@@ -19,6 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint, write_consolidated
+from gigatron.checkpoint.native import NativeCheckpoint
+from gigatron.checkpoint.reader import open_checkpoint, resolve_checkpoint
+from gigatron.checkpoint.verify import verify_conversion
 from gigatron.config import config_to_yaml, validate_config
 
 
@@ -29,10 +33,6 @@ def _fresh_out(out: Path) -> None:
 
 def consolidate(ckpt: str | Path, out: str | Path, verify: bool = True, log=print) -> Path:
     """Write any checkpoint as a consolidated directory and check it against the source."""
-    from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint, write_consolidated
-    from gigatron.checkpoint.reader import open_checkpoint
-    from gigatron.checkpoint.verify import verify_conversion
-
     out = Path(out)
     _fresh_out(out)
     source = open_checkpoint(ckpt)
@@ -45,10 +45,6 @@ def consolidate(ckpt: str | Path, out: str | Path, verify: bool = True, log=prin
 def reshard(ckpt: str | Path, out: str | Path, tp: int, pp: int, dp: int, zero: int | None, verify: bool = True,
             log=print) -> Path:
     """Write any checkpoint as DeepSpeed files of the layout (tp, pp, dp, zero), using tp*pp*dp CPU ranks."""
-    from gigatron.checkpoint.native import NativeCheckpoint
-    from gigatron.checkpoint.reader import open_checkpoint, resolve_checkpoint
-    from gigatron.checkpoint.verify import verify_conversion
-
     out = Path(out)
     _fresh_out(out)
     source = open_checkpoint(ckpt)

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gigatron.checkpoint.reader import load_checkpoint_model, training_manifest
+from gigatron.checkpoint.verify import VerificationError, fixed_batch, max_logit_difference
 from gigatron.models.gpt import GPTConfig
 from gigatron.models.hybrid import HybridConfig
 
@@ -183,8 +185,6 @@ def to_hf_model(model_cfg: Any, model: nn.Module, token_ids: dict[str, int | Non
 
 def special_token_ids(cfg: Any) -> dict[str, int | None]:
     """bos/eos/pad ids of the run's tokenizer from its training data manifest; unset if unavailable."""
-    from gigatron.checkpoint.reader import training_manifest
-
     ids: dict[str, int | None] = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
     try:
         entry = json.loads(training_manifest(cfg).read_text())["tokenizer"]
@@ -199,8 +199,6 @@ def special_token_ids(cfg: Any) -> dict[str, int | None]:
 
 def export(ckpt: str | Path, out: str | Path) -> Path:
     """Write config.json + model.safetensors (+ generation_config.json) for the checkpoint into `out`."""
-    from gigatron.checkpoint.reader import load_checkpoint_model
-
     out = Path(out)
     # Checked before the (possibly long) load so that a typo fails at once.
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -221,7 +219,6 @@ def verify_export(cfg: Any, model: nn.Module, out: Path, tolerance: float = 1e-4
 
     from transformers import AutoModelForCausalLM
 
-    from gigatron.checkpoint.verify import VerificationError, fixed_batch, max_logit_difference
 
     loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, local_files_only=True).eval()
     diff = max_logit_difference(model, loaded, fixed_batch(cfg.model.vocab_size, cfg.data.seq_len))

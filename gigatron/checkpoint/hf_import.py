@@ -14,7 +14,10 @@ from typing import Any
 
 import torch
 
+from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint, InMemoryCheckpoint, write_consolidated
 from gigatron.checkpoint.hf_export import from_hf_layout, hf_config_and_names
+from gigatron.checkpoint.reader import model_from_checkpoint
+from gigatron.checkpoint.verify import VerificationError, fixed_batch, max_logit_difference
 from gigatron.config import config_from_dict
 
 
@@ -97,13 +100,6 @@ def import_hf(src: str | Path, out: str | Path, tolerance: float = 1e-4, log=pri
     """Convert the transformers directory `src` into the consolidated checkpoint `out`, verified."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from gigatron.checkpoint.consolidated import (
-        ConsolidatedCheckpoint,
-        InMemoryCheckpoint,
-        write_consolidated,
-    )
-    from gigatron.checkpoint.reader import model_from_checkpoint
-    from gigatron.checkpoint.verify import VerificationError, fixed_batch, max_logit_difference
 
     src, out = Path(src), Path(out)
     if not (src / "config.json").is_file():

@@ -12,7 +12,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from gigatron.checkpoint.consolidated import is_consolidated
 from gigatron.checkpoint.files import choose_resume_tag
+from gigatron.checkpoint.reader import open_checkpoint, resolve_checkpoint
+from gigatron.checkpoint.safe_load import safe_torch_load
 from gigatron.checkpoint.save import TRAINER_STATE, TrainerState, set_rng_state
 
 
@@ -35,8 +38,6 @@ def resume_tag(ckpt_dir: Path, resume: str, log=print) -> tuple[Path, str] | Non
     a run directory, a checkpoints directory, a step_NNNNNNNN tag of any layout or a consolidated
     checkpoint directory. A path is used only while `ckpt_dir` holds no checkpoint of its own.
     """
-    from gigatron.checkpoint.reader import resolve_checkpoint
-
     rank = dist.get_rank() if dist.is_initialized() else 0
     choice: tuple[str, str] | None | str = None
     if rank == 0:
@@ -106,17 +107,12 @@ def _scan_safely(tag_dir: Path) -> None:
     # DeepSpeed's loader unpickles without restriction. Every file it will read is first read
     # here with weights-only loading (storages mapped, not read); one that needs arbitrary
     # objects is refused before DeepSpeed ever opens it.
-    from gigatron.checkpoint.safe_load import safe_torch_load
-
     for path in sorted(tag_dir.rglob("*.pt")):
         safe_torch_load(path, mmap=True)
 
 
 def plan_resume(where: tuple[Path, str] | None, layout: dict[str, Any], log=print) -> ResumePlan | None:
     """Open the chosen checkpoint, check it is safe to read, and pick the loading path (all ranks)."""
-    from gigatron.checkpoint.consolidated import is_consolidated
-    from gigatron.checkpoint.reader import open_checkpoint
-
     if where is None:
         return None
     path = where[0] / where[1]

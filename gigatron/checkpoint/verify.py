@@ -7,6 +7,7 @@ from torch import nn
 
 from gigatron.checkpoint.consolidated import LogicalCheckpoint
 from gigatron.checkpoint.native import MOMENTS
+from gigatron.checkpoint.reader import model_from_checkpoint
 from gigatron.models.registry import get_model_spec
 
 
@@ -50,8 +51,6 @@ def compare_tensors(source: LogicalCheckpoint, result: LogicalCheckpoint) -> int
 def verify_conversion(source: LogicalCheckpoint, result: LogicalCheckpoint, tolerance: float = 0.0,
                       log=print) -> float:
     """Bitwise tensor comparison, then logits of both TP=1 models on a fixed batch; returns the max difference."""
-    from gigatron.checkpoint.reader import model_from_checkpoint
-
     compared = compare_tensors(source, result)
     diff = 0.0
     if get_model_spec(type(source.cfg.model).family).task == "lm":

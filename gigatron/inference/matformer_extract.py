@@ -18,13 +18,20 @@ from typing import Any
 
 import torch
 
-from gigatron.checkpoint.consolidated import LogicalCheckpoint
+from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint, LogicalCheckpoint, write_consolidated
 from gigatron.checkpoint.param_plan import param_plans
+from gigatron.checkpoint.reader import model_from_checkpoint, open_checkpoint
+from gigatron.checkpoint.verify import VerificationError, fixed_batch
 from gigatron.config.schema import MatFormerTrainingConfig
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import tp_plan
-from gigatron.models.layers.nested_ffn import kept_neurons, per_layer_fractions, submodel_config
-from gigatron.models.registry import build_model
+from gigatron.models.layers.nested_ffn import (
+    ffn_granularity,
+    kept_neurons,
+    per_layer_fractions,
+    submodel_config,
+)
+from gigatron.models.registry import build_model, get_model_spec
 
 
 def ffn_parameter_dims(model_cfg: Any) -> list[dict[str, int]]:
@@ -90,10 +97,6 @@ class ExtractedCheckpoint:
 def verify_extraction(source: LogicalCheckpoint, result: LogicalCheckpoint, fractions: Sequence[float],
                       tolerance: float) -> float:
     """Max |logit difference| between the extracted model and the nested one at `fractions`; raises above tolerance."""
-    from gigatron.checkpoint.reader import model_from_checkpoint
-    from gigatron.checkpoint.verify import VerificationError, fixed_batch
-    from gigatron.models.layers.nested_ffn import ffn_granularity
-
     ids = fixed_batch(source.cfg.model.vocab_size, source.cfg.data.seq_len)
     nested = model_from_checkpoint(source)
     with torch.no_grad(), ffn_granularity(nested, fractions):
@@ -110,11 +113,6 @@ def verify_extraction(source: LogicalCheckpoint, result: LogicalCheckpoint, frac
 def extract(ckpt: str | Path, fractions: float | Sequence[float], out: str | Path, tolerance: float = 1e-5,
             log=print) -> Path:
     """Write the submodel at `fractions` (one value, or one per FFN layer) as consolidated `out`, verified."""
-    from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint, write_consolidated
-    from gigatron.checkpoint.reader import open_checkpoint
-    from gigatron.checkpoint.verify import VerificationError
-    from gigatron.models.registry import get_model_spec
-
     source = open_checkpoint(ckpt)
     if getattr(source.cfg.model, "matformer", None) is None:
         raise ValueError(f"{source.path}: model.family={type(source.cfg.model).family} without model.matformer; "

@@ -19,8 +19,11 @@ from typing import Any
 
 import torch
 
-from gigatron.checkpoint.consolidated import LogicalCheckpoint
+from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint, LogicalCheckpoint, write_consolidated
 from gigatron.checkpoint.param_plan import param_plans
+from gigatron.checkpoint.reader import model_from_checkpoint, open_checkpoint
+from gigatron.checkpoint.verify import VerificationError, fixed_batch
+from gigatron.config import ConfigError
 from gigatron.models.layers.init import name_seed
 from gigatron.objectives.features import TrainingFeature
 
@@ -133,9 +136,6 @@ class GrowthAtStart(TrainingFeature):
 
     def prepare(self, cfg: Any) -> None:
         """Open the source, grow its view to the run's model, and take the grown model config."""
-        from gigatron.checkpoint.reader import open_checkpoint
-        from gigatron.config import ConfigError
-
         g = cfg.grow
         try:
             self.grown = GrownCheckpoint(open_checkpoint(g.checkpoint), cfg.model, g.init, g.optimizer, cfg.train.seed)
@@ -155,10 +155,6 @@ def grow(ckpt: str | Path, out: str | Path, qkv: int | None, proj: int | None, f
     """Write the grown checkpoint `out` (consolidated) and verify it: with `preserve`, logits equal the
     source's on a fixed batch within `tolerance` relative to their size; in any case the old tokens
     are copied bitwise."""
-    from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint, write_consolidated
-    from gigatron.checkpoint.reader import open_checkpoint
-    from gigatron.checkpoint.verify import VerificationError
-
     source = open_checkpoint(ckpt)
     old = source.cfg.model
     if type(old).family != "tokenformer":
@@ -177,8 +173,6 @@ def grow(ckpt: str | Path, out: str | Path, qkv: int | None, proj: int | None, f
 
 
 def _verify_growth(source: LogicalCheckpoint, result: Any, init: str, tolerance: float, log) -> Path:
-    from gigatron.checkpoint.reader import model_from_checkpoint
-    from gigatron.checkpoint.verify import VerificationError, fixed_batch
 
     out, old = result.path, source.cfg.model
     counts = _counts(old)
