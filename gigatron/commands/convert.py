@@ -75,12 +75,11 @@ def _return_freed_tensors_to_the_os() -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch; input problems exit 2 with a message naming the file or value."""
+    _return_freed_tensors_to_the_os()  # before anything allocates tensors
     from gigatron.checkpoint.convert import consolidate, reshard
-    from gigatron.config import ConfigError
-
-    _return_freed_tensors_to_the_os()
     from gigatron.checkpoint.safe_load import UnsafeCheckpointError
     from gigatron.checkpoint.verify import VerificationError
+    from gigatron.config import ConfigError
 
     try:
         if args.convert_command == "reshard-worker":
