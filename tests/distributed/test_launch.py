@@ -117,9 +117,11 @@ def test_forwarded_sigusr1_is_agreed_and_exits_75(tmp_path: Path) -> None:
     while time.monotonic() < deadline:
         if agree_on_preemption(handler.requested):
             (OUT / f"stopped{env.rank}").write_text(str(handler.signal_name))
-            sys.exit(75)
+            # As the trainer ends: sys.exit would run gloo's teardown, which intermittently
+            # aborts a finished process (exit 134) - the flake exit_distributed exists for.
+            exit_distributed(75)
         time.sleep(0.1)
-    sys.exit(1)
+    exit_distributed(1)
     """
     proc = _launch(tmp_path, body)
     deadline = time.monotonic() + 30
