@@ -72,7 +72,7 @@ def worker(mode: str, size: int, result: Path) -> None:
     from gigatron.data.default_images import ensure_default_images
     from gigatron.data.image_shards import load_image_dataset
     from gigatron.data.image_source import ImageShardSource
-    from gigatron.models.fit import FITEncoder
+    from gigatron.models.fit.model import FITEncoder
     from gigatron.models.layers.factory import LayerFactory
     from gigatron.models.layers.init import initialize_parameters
 

@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gigatron.inference.cached import forward_cached, new_caches  # noqa: E402
-from gigatron.models.gpt import GPTConfig  # noqa: E402
-from gigatron.models.hybrid import HybridConfig, flops_per_token  # noqa: E402
+from gigatron.models.gpt.config import GPTConfig  # noqa: E402
+from gigatron.models.hybrid.config import HybridConfig  # noqa: E402
+from gigatron.models.hybrid.model import flops_per_token  # noqa: E402
 from gigatron.models.layers.factory import LayerFactory  # noqa: E402
 from gigatron.models.layers.init import initialize_parameters  # noqa: E402
 from gigatron.models.layers.ssd import ssd_chunked, ssd_sequential  # noqa: E402

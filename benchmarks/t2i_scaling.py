@@ -44,7 +44,7 @@ def denoiser_params(hidden: int, layers: int) -> tuple[int, int]:
     sys.path.insert(0, str(REPO))
     from gigatron.config import load_config
     from gigatron.models.layers.factory import LayerFactory
-    from gigatron.models.t2i import T2IModel
+    from gigatron.models.t2i.model import T2IModel
 
     cfg = load_config(CONFIG).model
     cfg.hidden_size, cfg.num_layers = hidden, layers

@@ -30,8 +30,9 @@ PRELOAD = (
     "gigatron", "torch", "numpy", "deepspeed", "megatron.core.parallel_state", "megatron.core.tensor_parallel",
     "gigatron.commands", "gigatron.commands.pretrain", "gigatron.pretrain.loop", "gigatron.pretrain.engine",
     "gigatron.checkpoint.reader", "gigatron.checkpoint.convert", "gigatron.inference.generation",
-    "gigatron.models.gpt", "gigatron.models.hybrid", "gigatron.models.tokenformer", "gigatron.models.fit",
-    "gigatron.models.t2i", "gigatron.objectives.rectified_flow", "gigatron.objectives.image_classification",
+    "gigatron.models.gpt.model", "gigatron.models.hybrid.model", "gigatron.models.tokenformer.model",
+    "gigatron.models.fit.model",
+    "gigatron.models.t2i.model", "gigatron.objectives.rectified_flow", "gigatron.objectives.image_classification",
     "megatron.core.optimizer", "megatron.core.distributed", "transformers",
 )
 # Signals a client forwards to its command (what `gigatron launch` and the tests send).
@@ -59,6 +60,11 @@ def _run_command(request: dict, fds: list[int]) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    # A fresh interpreter would put the client's PYTHONPATH first on sys.path (plugins, e.g. a model
+    # family registered by a package outside gigatron).
+    for entry in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+        if entry and os.path.abspath(entry) not in sys.path:
+            sys.path.insert(0, os.path.abspath(entry))
     script = request.get("script")
     sys.argv = [script or "gigatron", *request["argv"]]
     code = 1

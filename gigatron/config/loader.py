@@ -10,6 +10,7 @@ import yaml
 
 from gigatron.config.coerce import build_dataclass, suggest
 from gigatron.config.errors import ConfigError
+from gigatron.config.families import family_names, model_config_class
 from gigatron.config.schema import Config
 
 
@@ -86,13 +87,11 @@ def migrate_moved_keys(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_from_dict(raw: dict[str, Any], migrate: bool = False) -> Config:
-    """Build a `Config`; `model.family` chooses the model dataclass from the registry.
+    """Build a `Config`; `model.family` chooses the model dataclass from the family registry.
 
     A key that moved to a feature's own section (MOVED_KEYS) is an error naming its new place,
     unless `migrate` (reading a checkpoint written before the move) puts it there.
     """
-    from gigatron.models.registry import get_model_spec, model_families
-
     if not isinstance(raw, dict):
         raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
     raw = migrate_moved_keys(raw) if migrate else _deep_copy(raw)
@@ -102,11 +101,11 @@ def config_from_dict(raw: dict[str, Any], migrate: bool = False) -> Config:
                                     "docs/config.md)" for old in moved))
     model_raw = raw.pop("model", None)
     if not isinstance(model_raw, dict) or "family" not in model_raw:
-        raise ConfigError(f"model.family is required (registered families: {', '.join(model_families())})")
+        raise ConfigError(f"model.family is required (registered families: {', '.join(family_names())})")
     family = model_raw.pop("family")
-    if family not in model_families():
-        raise ConfigError(f"model.family: unknown family {family!r}{suggest(str(family), model_families())}")
-    model = build_dataclass(get_model_spec(family).config_cls, model_raw, "model")
+    if not isinstance(family, str):
+        raise ConfigError(f"model.family must be a family name, got {family!r} (registered: {', '.join(family_names())})")
+    model = build_dataclass(model_config_class(family), model_raw, "model")
     valid_sections = [f.name for f in dataclasses.fields(Config) if f.name != "model"]
     for key in raw:
         if key not in valid_sections:

@@ -1,36 +1,25 @@
-"""Model families by name: each module defines a ModelSpec bundling config, layers, FLOPs and size.
+"""What the trainer needs to know about a model family (`ModelSpec`), and building one by name.
 
-Following torchtitan's ModelSpec, the trainer never imports a model module directly; it asks the
-registry, so adding a family is one module plus one line here.
+Following torchtitan's ModelSpec, the trainer never imports a model module directly: it asks for
+the spec of `model.family`, which `gigatron.config.families` locates (a family is a folder,
+`gigatron/models/<family>/`, plus one registry line; docs/adding-a-family.md).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from gigatron.config.families import family_names, get_family, load_attribute
+from gigatron.models.hf_adapter import HFAdapter
 from gigatron.models.layers.factory import LayerFactory
 
 # A layer recipe (class, args, kwargs): built directly for one process, or wrapped in DeepSpeed's
 # LayerSpec so that each pipeline stage builds only its own layers.
 LayerRecipe = tuple[type[nn.Module], tuple[Any, ...], dict[str, Any]]
-
-# family -> (module, attribute holding its ModelSpec)
-_FAMILY_MODULES: dict[str, tuple[str, str]] = {
-    "gpt": ("gigatron.models.gpt", "SPEC"),
-    "hybrid": ("gigatron.models.hybrid", "SPEC"),
-    "mamba2": ("gigatron.models.hybrid", "MAMBA2_SPEC"),
-    "mamba": ("gigatron.models.hybrid", "MAMBA_SPEC"),
-    "tokenformer": ("gigatron.models.tokenformer", "SPEC"),
-    "fit": ("gigatron.models.fit", "SPEC"),
-    "fit_diffusion": ("gigatron.models.fit", "DIFFUSION_SPEC"),
-    "t2i": ("gigatron.models.t2i", "SPEC"),
-}
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -56,6 +45,8 @@ class ModelSpec:
     tokens_per_sample: Callable[[Any, Any], int] | None = None
     # Image models conditioned on text: samples carry caption token ids.
     reads_captions: bool = False
+    # The mapping to a transformers model class (export-hf, import-hf); None: not exportable.
+    hf_adapter: HFAdapter | None = None
 
     def sample_tokens(self, model_cfg: Any, data_cfg: Any) -> int:
         """Tokens per training sample under these configs."""
@@ -66,15 +57,15 @@ class ModelSpec:
 
 def model_families() -> list[str]:
     """Names accepted as `model.family`."""
-    return sorted(_FAMILY_MODULES)
+    return family_names()
 
 
 def get_model_spec(family: str) -> ModelSpec:
-    """The spec of a registered family; raises KeyError naming the valid ones."""
-    if family not in _FAMILY_MODULES:
-        raise KeyError(f"unknown model family {family!r}; registered: {', '.join(model_families())}")
-    module, attribute = _FAMILY_MODULES[family]
-    return getattr(importlib.import_module(module), attribute)
+    """The spec of a registered family; a ConfigError names the valid ones."""
+    spec = load_attribute(get_family(family).spec)
+    if not isinstance(spec, ModelSpec) or spec.family != family:
+        raise TypeError(f"{get_family(family).spec} must be the ModelSpec of family {family!r}, got {spec!r:.80}")
+    return spec
 
 
 def build_model(model_cfg: Any, factory: LayerFactory) -> nn.Module:

@@ -1,12 +1,10 @@
-"""Growing a trained TokenFormer by appending parameter tokens (`gigatron grow`, section `grow:`).
+"""Growing a trained TokenFormer checkpoint (`gigatron grow`, section `grow:`).
 
-Each Pattention's key and value tokens get new rows; nothing else changes shape.
-  preserve  new keys zero, new values ~ N(0, value std), Θ's scale kept at the old token count:
-            zero keys score 0, GeLU(0) = 0, so the grown model computes exactly the old function,
-            and the zero keys still learn (GeLU'(0) = 1/2 times non-zero values).
-  random    the reference code: new keys ~ N(0, key std), new values as above, scale √n_new.
-AdamW moments of new tokens start at zero; those of existing tokens are kept or reset. The result
-is a logical checkpoint (see `consolidated.py`) with the old step, tokens and data position.
+The family's own rules (which shapes may grow, how new tokens start) are in
+`gigatron.models.tokenformer.growth`; this module applies them to checkpoints: a logical
+checkpoint that appends the new tokens on the fly (see `consolidated.py`), keeping the old step,
+tokens and data position. AdamW moments of new tokens start at zero; those of existing tokens are
+kept or reset.
 """
 
 from __future__ import annotations
@@ -24,53 +22,10 @@ from gigatron.checkpoint.param_plan import param_plans
 from gigatron.checkpoint.reader import model_from_checkpoint, open_checkpoint
 from gigatron.checkpoint.verify import VerificationError, fixed_batch
 from gigatron.config import ConfigError
-from gigatron.models.layers.init import name_seed
+from gigatron.models.tokenformer.growth import GrowthError, grown_model_config, new_token_rows, token_counts
 from gigatron.objectives.features import TrainingFeature
 
-TOKEN_COUNTS = {"qkv": "qkv_tokens", "proj": "proj_tokens", "ffn": "ffn_tokens"}
-_SCALES = {"qkv": "qkv_scale_tokens", "proj": "proj_scale_tokens", "ffn": "ffn_scale_tokens"}
-_FIXED = ("vocab_size", "hidden_size", "num_layers", "num_heads", "normalization", "rotary_pct", "rope_base",
-          "norm_eps", "tie_embeddings")
-
-
-class GrowthError(ValueError):
-    """The requested growth is impossible; names the key and why."""
-
-
-def _counts(model: Any) -> dict[str, int]:
-    return {"qkv": model.qkv_tokens, "proj": model.proj_token_count, "ffn": model.ffn_tokens}
-
-
-def _scales(model: Any) -> dict[str, int]:
-    counts = _counts(model)
-    return {kind: getattr(model, _SCALES[kind]) or counts[kind] for kind in counts}
-
-
-def grown_model_config(old: Any, target: Any, init: str) -> Any:
-    """`target`'s token counts on `old`'s shape, with Θ's scale set for `init`; raises if not a growth."""
-    if type(old).family != "tokenformer" or type(target).family != "tokenformer":
-        raise GrowthError(f"growth needs TokenFormer checkpoints and configs (got model.family={type(old).family} -> "
-                          f"{type(target).family})")
-    for key in _FIXED:
-        if getattr(old, key) != getattr(target, key):
-            raise GrowthError(f"model.{key} differs ({getattr(old, key)!r} in the checkpoint, {getattr(target, key)!r} "
-                              "requested): growth appends parameter tokens; the hidden size, depth, heads and "
-                              "vocabulary stay fixed")
-    old_counts, new_counts = _counts(old), _counts(target)
-    for kind, key in TOKEN_COUNTS.items():
-        if new_counts[kind] < old_counts[kind]:
-            raise GrowthError(f"model.{key}={new_counts[kind]} is smaller than the checkpoint's {old_counts[kind]}: "
-                              "growth can only append tokens")
-    if init == "preserve" and old.normalization == "softmax_n":
-        raise GrowthError("--init preserve needs model.normalization l2_norm_gelu or gelu_l2_norm: with softmax_n a "
-                          "zero key scores exp(0) = 1, which changes the function; use --init random")
-    if init not in ("preserve", "random"):
-        raise GrowthError(f"init={init!r}; valid: preserve, random")
-    grown = dataclasses.replace(old, qkv_tokens=new_counts["qkv"], proj_tokens=new_counts["proj"],
-                                ffn_tokens=new_counts["ffn"])
-    scales = _scales(old) if init == "preserve" else {kind: None for kind in _SCALES}
-    return dataclasses.replace(grown, **{_SCALES[kind]: value for kind, value in scales.items()})
-
+__all__ = ["GrowthAtStart", "GrowthError", "GrownCheckpoint", "grow"]
 
 class GrownCheckpoint:
     """A logical checkpoint that reads `source` and appends the new tokens on the fly."""
@@ -96,15 +51,6 @@ class GrownCheckpoint:
         """Every parameter of the grown model."""
         return set(self.plans)
 
-    def _new_rows(self, name: str, rows: int, width: int) -> torch.Tensor:
-        model = self.cfg.model
-        keys = name.endswith("key_tokens")
-        if keys and self.init == "preserve":
-            return torch.zeros(rows, width)
-        std = model.key_init_std if keys else model.value_std
-        generator = torch.Generator().manual_seed(name_seed(self.seed, f"grow:{name}"))
-        return torch.randn(rows, width, generator=generator) * std
-
     def tensor(self, name: str, key: str | None = None) -> torch.Tensor:
         """The grown tensor: the source's rows, then the new tokens (zero moments for them)."""
         old = self.source.tensor(name, key)
@@ -114,7 +60,7 @@ class GrownCheckpoint:
         if tuple(old.shape) == shape:
             return old
         extra = shape[0] - old.shape[0]
-        new = torch.zeros(extra, shape[1]) if key is not None else self._new_rows(name, extra, shape[1])
+        new = torch.zeros(extra, shape[1]) if key is not None else new_token_rows(self.cfg.model, name, extra, shape[1], self.init, self.seed)
         return torch.cat([old.float(), new])
 
     def model_weight(self, name: str) -> torch.Tensor:
@@ -175,7 +121,7 @@ def grow(ckpt: str | Path, out: str | Path, qkv: int | None, proj: int | None, f
 def _verify_growth(source: LogicalCheckpoint, result: Any, init: str, tolerance: float, log) -> Path:
 
     out, old = result.path, source.cfg.model
-    counts = _counts(old)
+    counts = token_counts(old)
     for name in source.plans:
         rows = source.plans[name].shape[0]
         if not torch.equal(result.tensor(name)[:rows], source.tensor(name).float()):
@@ -192,7 +138,7 @@ def _verify_growth(source: LogicalCheckpoint, result: Any, init: str, tolerance:
         raise VerificationError(f"{out}: the grown model's logits differ from the source's by {diff:.3g} "
                                 f"({relative:.3g} of their size; tolerance {tolerance:g}) although --init "
                                 "preserve should keep the function")
-    new = _counts(result.cfg.model)
+    new = token_counts(result.cfg.model)
     log(f"[grow] {source.path} -> {out}: tokens qkv {counts['qkv']}->{new['qkv']}, proj {counts['proj']}->"
         f"{new['proj']}, ffn {counts['ffn']}->{new['ffn']} ({init}); logits moved by at most {diff:.3g} "
         f"({relative:.3g} of their size) on a fixed batch")

@@ -11,7 +11,7 @@ import torch
 from gigatron.checkpoint.param_plan import ParamPlan, param_plans, tied_aliases
 from gigatron.checkpoint.safe_load import FragmentAddress, UnsafeCheckpointError, safe_torch_load
 from gigatron.checkpoint.safetensors_stream import StreamingSafetensorsWriter
-from gigatron.models.hybrid import HybridConfig
+from gigatron.models.hybrid.config import HybridConfig
 from gigatron.models.layers.init import shard_of
 
 

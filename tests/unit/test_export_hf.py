@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from gigatron.config import config_from_dict, config_to_yaml
-from gigatron.models.gpt import GPTConfig
-from gigatron.models.hybrid import HybridConfig, Mamba2Config, MambaConfig
+from gigatron.models.gpt.config import GPTConfig
+from gigatron.models.hybrid.config import HybridConfig, Mamba2Config, MambaConfig
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.registry import build_model

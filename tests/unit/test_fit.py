@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from gigatron.config.schema import DataConfig, ParallelConfig
-from gigatron.models.fit import FITConfig, FITDiffusion, FITDiffusionConfig, FITEncoder, flops_per_token
+from gigatron.models.fit.config import FITConfig, FITDiffusionConfig
+from gigatron.models.fit.model import FITDiffusion, FITEncoder, flops_per_token
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.fit_blocks import chunk_causal_mask, parse_layers
 from gigatron.models.layers.init import initialize_parameters

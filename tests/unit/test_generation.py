@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from gigatron.inference.generation import generate
-from gigatron.models.gpt import GPTConfig
-from gigatron.models.hybrid import HybridConfig
+from gigatron.models.gpt.config import GPTConfig
+from gigatron.models.hybrid.config import HybridConfig
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.registry import build_model

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gigatron.config import load_config
-from gigatron.models.gpt import GPTConfig
+from gigatron.models.gpt.config import GPTConfig
 from gigatron.models.layers.attention import GroupedQueryAttention
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters, mark_init

@@ -7,8 +7,8 @@ import torch
 
 from gigatron.config import load_config
 from gigatron.inference.cached import forward_cached, new_caches
-from gigatron.models.gpt import GPTConfig
-from gigatron.models.hybrid import HybridConfig, MambaConfig
+from gigatron.models.gpt.config import GPTConfig
+from gigatron.models.hybrid.config import HybridConfig, MambaConfig
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.registry import build_model, get_model_spec

@@ -16,8 +16,8 @@ from gigatron.inference.generation import generate
 from gigatron.inference.matformer_extract import ExtractedCheckpoint, verify_extraction
 from gigatron.inference.mixnmatch import SizeModel, choose, proposals
 from gigatron.inference.speculative import speculative_generate
-from gigatron.models.gpt import GPTConfig
-from gigatron.models.hybrid import HybridConfig
+from gigatron.models.gpt.config import GPTConfig
+from gigatron.models.hybrid.config import HybridConfig
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.layers.nested_ffn import MatFormerConfig, ffn_granularity, submodel_config

@@ -18,7 +18,8 @@ from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.layers.packing import plan_rows
 from gigatron.models.layers.rotary import apply_rotary_2d
-from gigatron.models.t2i import T2IConfig, T2IModel, flops_per_token
+from gigatron.models.t2i.config import T2IConfig
+from gigatron.models.t2i.model import T2IModel, flops_per_token
 
 
 def _model(**overrides) -> T2IModel:

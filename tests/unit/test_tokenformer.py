@@ -15,7 +15,7 @@ from gigatron.inference.cached import forward_cached, new_caches
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.registry import build_model, get_model_spec
-from gigatron.models.tokenformer import TokenFormerConfig
+from gigatron.models.tokenformer.config import TokenFormerConfig
 from gigatron.objectives.growth import GrownCheckpoint, GrowthError, grow
 
 

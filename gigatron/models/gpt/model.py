@@ -7,86 +7,17 @@ embedding, num_layers blocks, head (final norm + output projection).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 from torch import nn
 
-from gigatron.config.validate import cp_head_problems, divisibility_problems
+from gigatron.models.gpt.config import GPTConfig
+from gigatron.models.gpt.hf import ADAPTER
 from gigatron.models.layers.attention import GroupedQueryAttention, KVCache
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import scaled_std
 from gigatron.models.layers.lm_ends import Embedding, Head, tie_output_to_embedding
 from gigatron.models.layers.mlp import SwiGLU
-from gigatron.models.layers.nested_ffn import MatFormerConfig, ffn_width_problems
 from gigatron.models.registry import LayerRecipe, ModelSpec
-
-
-@dataclass
-class GPTConfig:
-    """Shape of a Llama-style model."""
-
-    family: ClassVar[str] = "gpt"
-
-    vocab_size: int = 259
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    # Key/value heads for grouped-query attention; None = num_heads (multi-head attention).
-    num_kv_heads: int | None = None
-    ffn_hidden_size: int | None = None  # None: Llama's rounding of 8/3 * hidden to a multiple of 256
-    rope_base: float = 10000.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
-    tie_embeddings: bool = False
-    # One FFN width per block (a Mix'n'Match model from `gigatron matformer extract`); overrides
-    # ffn_hidden_size.
-    ffn_hidden_sizes: list[int] | None = None
-    # Nested FFNs (MatFormer, docs/matformer.md); None trains an ordinary model.
-    matformer: MatFormerConfig | None = None
-
-    @property
-    def kv_heads(self) -> int:
-        """Key/value heads actually used."""
-        return self.num_kv_heads or self.num_heads
-
-    @property
-    def head_dim(self) -> int:
-        """Per-head width."""
-        return self.hidden_size // self.num_heads
-
-    @property
-    def ffn_size(self) -> int:
-        """SwiGLU inner width."""
-        if self.ffn_hidden_size is not None:
-            return self.ffn_hidden_size
-        return 256 * ((int(8 * self.hidden_size / 3) + 255) // 256)
-
-    @property
-    def ffn_sizes(self) -> list[int]:
-        """The FFN width of every block."""
-        return list(self.ffn_hidden_sizes) if self.ffn_hidden_sizes is not None else [self.ffn_size] * self.num_layers
-
-    def validate(self, parallel, data) -> list[str]:
-        """Problems with this shape on a layout (empty when fine); messages name the keys."""
-        problems = divisibility_problems([
-            ("model.num_heads", self.num_heads, "model.num_kv_heads", self.kv_heads),
-            ("model.num_heads", self.num_heads, "parallel.tp", parallel.tp),
-            ("model.num_kv_heads", self.kv_heads, "parallel.tp", parallel.tp),
-            ("model.vocab_size", self.vocab_size, "parallel.tp", parallel.tp),
-            ("model.num_layers", self.num_layers, "parallel.pp", parallel.pp),
-        ])
-        problems += ffn_width_problems(self.ffn_size, self.num_layers, self.ffn_hidden_sizes, self.matformer, parallel.tp)
-        if self.hidden_size % self.num_heads:
-            problems.append(f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}")
-        elif self.head_dim % 2:
-            problems.append(f"model.hidden_size/model.num_heads={self.head_dim} must be even for RoPE")
-        if parallel.pp > 1 and self.tie_embeddings:
-            problems.append("model.tie_embeddings=true is not supported with parallel.pp>1 (embedding and head "
-                            "live on different stages); untie or use parallel.pp=1")
-        problems += cp_head_problems(parallel, self.num_heads, self.kv_heads)
-        return problems
 
 
 class Block(nn.Module):
@@ -157,4 +88,5 @@ SPEC = ModelSpec(
     flops_per_token=flops_per_token,
     num_params=num_params,
     tie_weights=tie_weights,
+    hf_adapter=ADAPTER,
 )

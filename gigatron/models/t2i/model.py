@@ -11,16 +11,11 @@ latent space of a user's VAE (`channels` = its latent channels).
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gigatron.config.validate import divisibility_problems
-from gigatron.models.fit import timestep_embedding
+from gigatron.models.fit.model import timestep_embedding
 from gigatron.models.layers.dit_blocks import DiTBlock, modulate
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import mark_init, scaled_std
@@ -28,85 +23,7 @@ from gigatron.models.layers.packing import pack_images, unpack_images
 from gigatron.models.layers.text_encoder import FrozenTextEncoder, TextEncoder
 from gigatron.models.rectified_flow import euler_sample, guided
 from gigatron.models.registry import ModelSpec
-
-
-@dataclass
-class T2IConfig:
-    """Shape of a text-to-image diffusion transformer and its text encoder."""
-
-    family: ClassVar[str] = "t2i"
-
-    channels: int = 3  # 3: pixels; a VAE's latent channels for latent-space training
-    patch_size: int = 4
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    ffn_hidden_size: int | None = None  # None: 8/3·hidden rounded up to a multiple of 64 (SwiGLU)
-    adaln_lora_rank: int = 32
-    rope_base: float = 10000.0
-    # Packed rows of at most this many patch tokens (variable resolution); None: one image per row.
-    pack_tokens: int | None = None
-    # Text encoder (trained with the model): vocabulary (>= the caption tokenizer's), caption length.
-    vocab_size: int = 400
-    caption_len: int = 32
-    text_hidden_size: int = 128
-    text_layers: int = 2
-    text_heads: int = 4
-    # A local Hugging Face text encoder directory (frozen; never downloaded) instead of the trained
-    # one; its tokenizer comes with data.tokenizer: "hf:<same dir>" (docs/t2i.md).
-    text_encoder: str | None = None
-    norm_eps: float = 1e-6
-    init_std: float = 0.02
-
-    @property
-    def ffn_size(self) -> int:
-        """SwiGLU inner width."""
-        if self.ffn_hidden_size is not None:
-            return self.ffn_hidden_size
-        return 64 * math.ceil(8 * self.hidden_size / 3 / 64)
-
-    @property
-    def patch_features(self) -> int:
-        """Values per patch token."""
-        return self.patch_size * self.patch_size * self.channels
-
-    def validate(self, parallel, data) -> list[str]:
-        """Problems with this shape on a layout and data (empty when fine); messages name the keys."""
-        problems = divisibility_problems([
-            ("model.hidden_size", self.hidden_size, "model.num_heads", self.num_heads),
-            ("model.num_heads", self.num_heads, "parallel.tp", parallel.tp),
-            ("model.text_hidden_size", self.text_hidden_size, "model.text_heads", self.text_heads),
-            ("model.text_heads", self.text_heads, "parallel.tp", parallel.tp),
-            ("model.ffn_hidden_size", self.ffn_size, "parallel.tp", parallel.tp),
-            ("model.vocab_size", self.vocab_size, "parallel.tp", parallel.tp),
-            ("data.image_size", data.image_size, "model.patch_size", self.patch_size),
-        ])
-        if self.hidden_size % self.num_heads == 0 and (self.hidden_size // self.num_heads) % 4:
-            problems.append(f"model.hidden_size/model.num_heads={self.hidden_size // self.num_heads} must be divisible "
-                            "by 4 for 2-D RoPE (half the head per axis, rotated in pairs)")
-        if data.caption_len > self.caption_len:
-            problems.append(f"data.caption_len={data.caption_len} exceeds model.caption_len={self.caption_len} "
-                            "(the text encoder's positions)")
-        if self.pack_tokens is not None:
-            longest = max(h * w for h, w in image_shapes(data)) // self.patch_size ** 2
-            if self.pack_tokens < longest:
-                problems.append(f"model.pack_tokens={self.pack_tokens} is smaller than the largest image's "
-                                f"{longest} patch tokens (data.image_size={data.image_size}, "
-                                f"data.aspect_buckets={str(data.aspect_buckets).lower()})")
-        for key in ("pp", "cp"):
-            if getattr(parallel, key) > 1:
-                problems.append(f"parallel.{key}={getattr(parallel, key)}: text-to-image models train with tensor "
-                                "and data parallelism (parallel.tp, ZeRO); set parallel.pp and cp to 1")
-        return problems
-
-
-def image_shapes(data) -> list[tuple[int, int]]:
-    """The (height, width) sizes a run's images take: the aspect buckets, or image_size²."""
-    if not data.aspect_buckets:
-        return [(data.image_size, data.image_size)]
-    from gigatron.data.image_pipeline import AspectBuckets
-
-    return AspectBuckets(data.image_size, data.bucket_multiple, data.max_aspect_ratio).buckets
+from gigatron.models.t2i.config import T2IConfig
 
 
 class T2IModel(nn.Module):

@@ -1,0 +1,1 @@
+"""The fit family: `config` (the model section, light to import), `model` (layers, ModelSpec)."""

@@ -1,0 +1,1 @@
+"""The t2i family: `config` (the model section, light to import), `model` (layers, ModelSpec)."""

@@ -1,0 +1,1 @@
+"""The tokenformer family: `config` (the model section, light to import), `model` (layers, ModelSpec)."""
