@@ -47,13 +47,13 @@ def run_worker(args: argparse.Namespace) -> int:
     from gigatron.checkpoint.save import TrainerState, save_checkpoint, set_rng_state
     from gigatron.config import config_to_yaml, load_config, validate_config
     from gigatron.launcher.dist_env import DistEnv, exit_distributed, init_distributed
+    from gigatron.parallel.layout import initialize_layout
     from gigatron.pretrain.engine import build_engine
-    from gigatron.pretrain.parallel import initialize_parallel
 
     env = DistEnv.from_environ()
     cfg = validate_config(load_config(args.config), env.world_size)
     init_distributed(env)
-    ranks = initialize_parallel(cfg.parallel)
+    ranks = initialize_layout(cfg.parallel)
     source = open_checkpoint(args.source)
     engine = build_engine(cfg, ranks, "cpu", init_from=source)
     if source.rng is not None:

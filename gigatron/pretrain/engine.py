@@ -15,8 +15,8 @@ from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.registry import build_model, get_model_spec
 from gigatron.objectives import LanguageModelingTask, Task, build_task
+from gigatron.parallel.layout import DeepSpeedMPU, ParallelLayout
 from gigatron.pretrain.optimizer import ClippedAdamW, param_groups
-from gigatron.pretrain.parallel import MegatronMPU, ParallelRanks, build_context_parallel
 from gigatron.pretrain.schedule import lr_at
 
 
@@ -67,21 +67,17 @@ def total_steps(cfg: Config) -> int:
     return -(-cfg.train.tokens // tokens_per_step)
 
 
-def _build_pipeline(cfg: Config, factory: LayerFactory, task: LanguageModelingTask, ranks: ParallelRanks) -> nn.Module:
+def _build_pipeline(cfg: Config, factory: LayerFactory, task: LanguageModelingTask, layout: ParallelLayout
+                    ) -> nn.Module:
     from deepspeed.pipe import LayerSpec, PipelineModule
-    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
     spec = get_model_spec(type(cfg.model).family)
     layers = [LayerSpec(cls, *args, **kwargs) for cls, args, kwargs in spec.layer_recipes(cfg.model, factory)]
-    # DeepSpeed's axes (pipe, data, model) put TP fastest and PP slowest, the same rank order as
-    # megatron-core's tp-cp-dp-pp, so both libraries agree on who is in which group.
-    topology = PipeModelDataParallelTopology(num_pp=ranks.pp_size, num_mp=ranks.tp_size, num_dp=ranks.dp_size)
-    return PipelineModule(
-        layers=layers, topology=topology, loss_fn=task.loss, partition_method=cfg.parallel.pipeline_partition,
-    )
+    return PipelineModule(layers=layers, topology=layout.deepspeed_topology(), loss_fn=task.loss,
+                          partition_method=cfg.parallel.pipeline_partition)
 
 
-def build_engine(cfg: Config, ranks: ParallelRanks, device: str, init_from: LogicalCheckpoint | None = None
+def build_engine(cfg: Config, layout: ParallelLayout, device: str, init_from: LogicalCheckpoint | None = None
                  ) -> TrainingEngine:
     """Build this rank's share of the model, initialise it layout-independently, wrap it in DeepSpeed.
 
@@ -89,19 +85,17 @@ def build_engine(cfg: Config, ranks: ParallelRanks, device: str, init_from: Logi
     step counters and LR schedule position instead of the seeded initialisation.
     """
     import deepspeed
-    from megatron.core import parallel_state as ps
 
     spec = get_model_spec(type(cfg.model).family)
-    factory = LayerFactory(tp_size=ranks.tp_size, device="cpu" if device == "cpu" else None,
-                           cp=build_context_parallel(cfg.parallel))
+    factory = LayerFactory(layout, device="cpu" if device == "cpu" else None)
     task = build_task(spec.task, factory, cfg)
-    is_pipeline = ranks.pp_size > 1
+    is_pipeline = layout.pp_size > 1
     # PipelineModule talks through deepspeed.comm, which must adopt our existing torch.distributed group.
     deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl", auto_mpi_discovery=False)
-    model = _build_pipeline(cfg, factory, task, ranks) if is_pipeline else build_model(cfg.model, factory)
-    initialize_parameters(model, cfg.train.seed, ranks.tp_rank, ranks.tp_size)
+    model = _build_pipeline(cfg, factory, task, layout) if is_pipeline else build_model(cfg.model, factory)
+    initialize_parameters(model, cfg.train.seed, layout.tp_rank, layout.tp_size)
     if init_from is not None:
-        load_model_weights(model, init_from, ranks.tp_rank, ranks.tp_size)
+        load_model_weights(model, init_from, layout.tp_rank, layout.tp_size)
     model.to(device)
 
     zero0 = cfg.parallel.zero_stage == 0
@@ -109,9 +103,9 @@ def build_engine(cfg: Config, ranks: ParallelRanks, device: str, init_from: Logi
     if zero0:
         optimizer: torch.optim.Optimizer = ClippedAdamW(
             groups, cfg.train,
-            tp_rank=ranks.tp_rank,
-            tp_group=ps.get_tensor_model_parallel_group() if ranks.tp_size > 1 else None,
-            pp_group=ps.get_pipeline_model_parallel_group() if ranks.pp_size > 1 else None,
+            tp_rank=layout.tp_rank,
+            tp_group=layout.tp_group if layout.tp_size > 1 else None,
+            pp_group=layout.pp_group if layout.pp_size > 1 else None,
         )
     else:
         optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=cfg.train.betas, eps=cfg.train.eps,
@@ -119,12 +113,12 @@ def build_engine(cfg: Config, ranks: ParallelRanks, device: str, init_from: Logi
     steps = total_steps(cfg)
     base_lr = cfg.train.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, steps, cfg.train) / base_lr)
-    ds_config = deepspeed_config(cfg, ranks.data_size, clip_in_engine=not zero0)
+    ds_config = deepspeed_config(cfg, layout.data_size, clip_in_engine=not zero0)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
-        mpu=None if is_pipeline else MegatronMPU(),
+        mpu=None if is_pipeline else DeepSpeedMPU(layout),
     )
     if init_from is not None:
-        load_optimizer_state(engine, init_from, ranks.tp_rank, ranks.tp_size)
+        load_optimizer_state(engine, init_from, layout.tp_rank, layout.tp_size)
     return TrainingEngine(engine=engine, task=task, factory=factory, is_pipeline=is_pipeline,
                           num_params=spec.num_params(cfg.model))

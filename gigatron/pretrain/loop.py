@@ -26,9 +26,9 @@ from gigatron.launcher.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from gigatron.launcher.signals import PreemptionHandler, agree_on_preemption
 from gigatron.models.registry import get_model_spec
 from gigatron.objectives import StepContext, batch_to, build_features, build_task_data
+from gigatron.parallel.layout import ParallelLayout, initialize_layout
 from gigatron.pretrain.engine import TrainingEngine, build_engine, total_steps
 from gigatron.pretrain.metrics import MetricsWriter, memory_gib
-from gigatron.pretrain.parallel import ParallelRanks, initialize_parallel
 from gigatron.pretrain.peak_flops import peak_flops
 
 
@@ -44,15 +44,6 @@ class StepResult:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def _dp_mean(value: torch.Tensor) -> torch.Tensor:
-    from megatron.core import parallel_state as ps
-
-    group = ps.get_data_parallel_group(with_context_parallel=True)
-    if dist.get_world_size(group) > 1:
-        dist.all_reduce(value, op=dist.ReduceOp.AVG, group=group)
-    return value
-
-
 def _as_float(value) -> float | None:
     if value is None:
         return None
@@ -65,7 +56,7 @@ class Trainer:
     def __init__(self, cfg: Config, env: DistEnv) -> None:
         self.cfg, self.env = cfg, env
         self.device = env.device
-        self.ranks: ParallelRanks = initialize_parallel(cfg.parallel)
+        self.layout: ParallelLayout = initialize_layout(cfg.parallel)
         spec = get_model_spec(type(cfg.model).family)
         self.data: TrainingData = self._build_data(spec)
         model_vocab = getattr(cfg.model, "vocab_size", None)
@@ -77,8 +68,8 @@ class Trainer:
         self.ckpt_dir = Path(cfg.checkpoint_dir)
         # Chosen before the engine exists: a checkpoint of another layout is loaded while building it.
         where = resume_tag(self.ckpt_dir, cfg.checkpoint.resume, log=self.log)
-        layout = current_layout(cfg.parallel, cfg.train.precision, self.ranks.dp_size)
-        self.resume: ResumePlan | None = plan_resume(where, layout, log=self.log)
+        saved_layout = current_layout(cfg.parallel, cfg.train.precision, self.layout.dp_size)
+        self.resume: ResumePlan | None = plan_resume(where, saved_layout, log=self.log)
         self.features = build_features(cfg)
         for feature in self.features:
             feature.prepare(cfg)
@@ -91,10 +82,10 @@ class Trainer:
         if self.resume is not None:
             self.resume.check_model(cfg.model)
         init_from = None if self.resume is None else self.resume.logical
-        self.engine: TrainingEngine = build_engine(cfg, self.ranks, self.device, init_from=init_from)
+        self.engine: TrainingEngine = build_engine(cfg, self.layout, self.device, init_from=init_from)
         t = cfg.train
         self.loader = GlobalBatchLoader(self.data.train, t.global_batch_size, t.micro_batch_size,
-                                        self.ranks.data_rank, self.ranks.data_size, t.seed, cfg.data.shuffle,
+                                        self.layout.data_rank, self.layout.data_size, t.seed, cfg.data.shuffle,
                                         weights=self.data.train_weights, num_workers=cfg.data.num_workers,
                                         on_error=cfg.data.on_error)
         self.total_steps = total_steps(cfg)
@@ -107,9 +98,16 @@ class Trainer:
             self.flops_per_token = feature.flops_per_token(spec.flops_per_token) or self.flops_per_token
         self.valid_extra: dict[str, float] = {}
         self.context = StepContext(self.engine.engine, self.engine.task, self.device, self.engine.is_pipeline,
-                                   _dp_mean, self._validation_loss)
+                                   self._dp_mean, self._validation_loss)
         peak = peak_flops(self.device, t.precision)
         self.cluster_peak = None if peak is None else peak * env.world_size
+
+    def _dp_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """Mean over the data-parallel (and CP) ranks, in place."""
+        group = self.layout.dp_group
+        if group is not None and dist.get_world_size(group) > 1:
+            dist.all_reduce(value, op=dist.ReduceOp.AVG, group=group)
+        return value
 
     def _build_data(self, spec) -> TrainingData:
         # Local rank 0 downloads and tokenizes; the others then read its cache instead of racing.
@@ -174,7 +172,7 @@ class Trainer:
                 ds.backward(micro_loss)
                 ds.step()
                 total += micro_loss.detach().float()
-            loss = _dp_mean(total / len(micro_batches))
+            loss = self._dp_mean(total / len(micro_batches))
         return StepResult(loss=float(loss), grad_norm=_as_float(ds.get_global_grad_norm()), lr=lr,
                           data_wait_s=data_wait)
 
@@ -187,7 +185,7 @@ class Trainer:
         # The same `eval_batches` global batches every time and on every layout, so validation
         # curves compare across runs and across DP sizes.
         valid = GlobalBatchLoader(self.data.valid, t.global_batch_size, t.micro_batch_size,
-                                  self.ranks.data_rank, self.ranks.data_size, t.seed, shuffle=False,
+                                  self.layout.data_rank, self.layout.data_size, t.seed, shuffle=False,
                                   weights=self.data.valid_weights, on_error=self.cfg.data.on_error)
         batches = [batch_to(mb, self.device) for _ in range(t.eval_batches) for mb in valid.next_batch()]
         self.valid_extra = {}
@@ -208,7 +206,7 @@ class Trainer:
         for mb in batches:
             total += task.forward_loss(ds, mb).float()
         ds.train()
-        return float(_dp_mean(total / len(batches)))
+        return float(self._dp_mean(total / len(batches)))
 
     def save(self) -> None:
         """Checkpoint the current state (all ranks)."""
@@ -226,7 +224,7 @@ class Trainer:
         self.metrics = MetricsWriter(Path(cfg.output_dir), self.env.is_main, self.total_steps, self.state.step,
                                      cfg.logging.tensorboard, cfg.logging.progress_bar)
         self.log(f"[run] {self.engine.num_params / 1e6:.2f}M parameters, {self.env.world_size} ranks "
-                 f"(tp={self.ranks.tp_size} pp={self.ranks.pp_size} cp={self.ranks.cp_size} dp={self.ranks.data_size} "
+                 f"(tp={self.layout.tp_size} pp={self.layout.pp_size} cp={self.layout.cp_size} dp={self.layout.data_size} "
                  f"zero={cfg.parallel.zero_stage}), steps {self.state.step}->{self.total_steps}, "
                  f"{self.tokens_per_step} tokens/step")
         # One "start" record per invocation: `gigatron status` counts restarts and requeues from them.

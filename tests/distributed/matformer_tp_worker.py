@@ -21,18 +21,18 @@ from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.layers.nested_ffn import ffn_granularity
 from gigatron.models.registry import build_model
-from gigatron.pretrain.parallel import initialize_parallel
+from gigatron.parallel.layout import initialize_layout
 
 
 def main() -> int:
     ckpt_path, out, *settings = sys.argv[1:]
     env = DistEnv.from_environ()
     init_distributed(env)
-    ranks = initialize_parallel(ParallelConfig(tp=env.world_size))
+    layout = initialize_layout(ParallelConfig(tp=env.world_size))
     ckpt = open_checkpoint(ckpt_path)
-    model = build_model(ckpt.cfg.model, LayerFactory(tp_size=ranks.tp_size, device="cpu"))
-    initialize_parameters(model, seed=0, tp_rank=ranks.tp_rank, tp_size=ranks.tp_size)
-    load_model_weights(model, ckpt, ranks.tp_rank, ranks.tp_size)
+    model = build_model(ckpt.cfg.model, LayerFactory(layout, device="cpu"))
+    initialize_parameters(model, seed=0, tp_rank=layout.tp_rank, tp_size=layout.tp_size)
+    load_model_weights(model, ckpt, layout.tp_rank, layout.tp_size)
     model.eval()
     ids = fixed_batch(ckpt.cfg.model.vocab_size, ckpt.cfg.data.seq_len)
     results = {}
@@ -40,10 +40,10 @@ def main() -> int:
         values = [float(v) for v in setting.split(",")]
         with torch.no_grad(), ffn_granularity(model, values[0] if len(values) == 1 else values):
             shard = model(ids)
-        pieces = [torch.empty_like(shard) for _ in range(ranks.tp_size)]
+        pieces = [torch.empty_like(shard) for _ in range(layout.tp_size)]
         dist.all_gather(pieces, shard.contiguous())
         results[setting] = torch.cat(pieces, dim=-1)
-    if ranks.tp_rank == 0:
+    if layout.tp_rank == 0:
         torch.save(results, out)
     return 0
 

@@ -18,15 +18,16 @@ ROOT = Path(__file__).resolve().parents[2] / "gigatron"
 ALLOWED: dict[str, set[str]] = {
     "launcher": set(),
     "config": set(),  # the family registry (config/families.py) names model modules by string
+    "parallel": {"config"},
     "data": {"config", "launcher"},
-    "models": {"config", "data"},
+    "models": {"config", "data", "parallel"},
     "checkpoint": {"models", "data", "config", "launcher"},
     "objectives": {"checkpoint", "models", "data", "config"},
     "inference": {"objectives", "checkpoint", "models", "data", "config"},
-    "pretrain": {"objectives", "checkpoint", "models", "data", "config", "launcher"},
+    "pretrain": {"objectives", "checkpoint", "models", "parallel", "data", "config", "launcher"},
     "scaling": {"pretrain", "checkpoint", "models", "data", "config"},
-    "commands": {"pretrain", "scaling", "inference", "objectives", "checkpoint", "models", "data", "config",
-                 "launcher"},
+    "commands": {"pretrain", "scaling", "inference", "objectives", "checkpoint", "models", "parallel", "data",
+                 "config", "launcher"},
 }
 
 
@@ -123,3 +124,10 @@ def test_the_trainer_names_no_family_and_no_feature() -> None:
     text = (ROOT / "pretrain" / "loop.py").read_text().lower()
     named = sorted(w for w in words if re.search(rf"(?<![a-z]){re.escape(w)}", text))
     assert not named, f"gigatron/pretrain/loop.py names {named}"
+
+
+def test_only_the_layout_reads_megatron_global_parallel_state() -> None:
+    # One owner of the layout (gigatron/parallel/): everything else receives a ParallelLayout.
+    readers = sorted(str(path.relative_to(ROOT.parent)) for path in ROOT.rglob("*.py")
+                     if path.parent.name != "parallel" and "parallel_state" in path.read_text())
+    assert not readers, f"read megatron-core's parallel_state outside gigatron/parallel/: {readers}"

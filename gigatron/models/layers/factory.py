@@ -16,6 +16,7 @@ from torch import nn
 
 from gigatron.models.layers.init import mark_init, mark_sharded, mark_tp_plan
 from gigatron.models.layers.norms import RMSNorm
+from gigatron.parallel.layout import ParallelLayout
 
 
 @functools.cache
@@ -40,25 +41,33 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 class LayerFactory:
     """Builds layers for one tensor-parallel rank.
 
-    `tp_size > 1` needs megatron-core's `parallel_state` initialised (see `gigatron.pretrain.parallel`).
+    At TP>1 or CP>1 it needs the process layout (`gigatron.parallel.initialize_layout`): every
+    tensor-parallel layer gets the layout's TP group, and attention its context-parallel scheme.
     `device="meta"` builds shapes only (parameter counting for paper-size configs).
     """
 
-    tp_size: int = 1
+    layout: ParallelLayout = field(default_factory=ParallelLayout)
     device: str | None = None
     params_dtype: torch.dtype = torch.float32
-    # Context parallelism (a `cp.core.ContextParallel`); None: every rank holds whole sequences.
+    # Context parallelism (a `cp.core.ContextParallel`); None: the layout's (whole sequences at cp = 1).
     cp: object | None = None
     _mp_config: object | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.cp is None and self.layout.cp_size > 1:
+            from gigatron.models.layers.cp.core import ContextParallel
+
+            self.cp = ContextParallel.of_layout(self.layout)
+
+    @property
+    def tp_size(self) -> int:
+        """Tensor-parallel ranks."""
+        return self.layout.tp_size
 
     @property
     def tp_rank(self) -> int:
         """This process's tensor-parallel rank (0 at TP=1)."""
-        if self.tp_size == 1:
-            return 0
-        from megatron.core import parallel_state
-
-        return parallel_state.get_tensor_model_parallel_rank()
+        return self.layout.tp_rank
 
     def _megatron_config(self):
         if self._mp_config is None:
@@ -101,7 +110,7 @@ class LayerFactory:
             self._check_divisible(out_features, "output features")
             layer = _output_only(ColumnParallelLinear)(
                 in_features, out_features, config=self._megatron_config(), init_method=nn.init.zeros_,
-                bias=bias, gather_output=False,
+                bias=bias, gather_output=False, tp_group=self.layout.tp_group,
             )
             mark_sharded(layer.weight, 0, segments)
             if bias:
@@ -120,7 +129,7 @@ class LayerFactory:
             self._check_divisible(in_features, "input features")
             layer = _output_only(RowParallelLinear)(
                 in_features, out_features, config=self._megatron_config(), init_method=nn.init.zeros_,
-                bias=bias, input_is_parallel=True, skip_bias_add=False,
+                bias=bias, input_is_parallel=True, skip_bias_add=False, tp_group=self.layout.tp_group,
             )
             mark_sharded(layer.weight, 1)
         self._mark_linear(layer, std)
@@ -150,7 +159,8 @@ class LayerFactory:
 
             self._check_divisible(num_embeddings, "vocab size")
             layer = VocabParallelEmbedding(
-                num_embeddings, dim, init_method=nn.init.zeros_, config=self._megatron_config()
+                num_embeddings, dim, init_method=nn.init.zeros_, config=self._megatron_config(),
+                tp_group=self.layout.tp_group,
             )
             mark_sharded(layer.weight, 0)
         mark_init(layer.weight, "normal", std)
@@ -183,11 +193,7 @@ class LayerFactory:
 
         keys = mark_init(self.parameter((n_tokens, d_in), shard_dim=0), "normal", key_std)
         values = mark_init(self.parameter((n_tokens, d_out), shard_dim=0), "normal", value_std)
-        group = None
-        if self.tp_size > 1:
-            from megatron.core import parallel_state
-
-            group = parallel_state.get_tensor_model_parallel_group()
+        group = self.layout.tp_group if self.tp_size > 1 else None
         return Pattention(keys, values, normalization, scale_tokens or n_tokens, group)
 
     def attention_core(self):
@@ -215,8 +221,9 @@ class LayerFactory:
             reduce_from_tensor_model_parallel_region,
         )
 
-        return Nesting(ffn_size, cfg, self.tp_size, copy_to_tensor_model_parallel_region,
-                       reduce_from_tensor_model_parallel_region)
+        group = self.layout.tp_group
+        return Nesting(ffn_size, cfg, self.tp_size, functools.partial(copy_to_tensor_model_parallel_region, group=group),
+                       functools.partial(reduce_from_tensor_model_parallel_region, group=group))
 
     def norm(self, dim: int, eps: float = 1e-5) -> nn.Module:
         """RMSNorm; replicated on every TP rank."""

@@ -22,6 +22,7 @@ from gigatron.models.layers.cp.comm import all_to_all
 from gigatron.models.layers.cp.layout import SequenceLayout
 from gigatron.models.layers.cp.ring import ring_attention
 from gigatron.models.layers.cp.ulysses import check_heads, ulysses_attention
+from gigatron.parallel.layout import ParallelLayout
 
 CPAttention = Literal["ring", "ulysses", "hybrid"]
 
@@ -41,6 +42,12 @@ class ContextParallel:
     def size(self) -> int:
         """Ranks in the CP group."""
         return self.layout.size
+
+    @classmethod
+    def of_layout(cls, layout: ParallelLayout) -> ContextParallel:
+        """The CP group and attention scheme of a process layout (cp > 1)."""
+        return cls(SequenceLayout(layout.cp_rank, layout.cp_size, layout.cp_zigzag), layout.cp_group,
+                   layout.cp_attention, layout.cp_ulysses_group, layout.cp_ring_group)
 
 
 class AttentionCore:
