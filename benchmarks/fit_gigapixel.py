@@ -67,9 +67,9 @@ def worker(mode: str, size: int, result: Path) -> None:
 
     import torch
     import torch.nn.functional as F
+    from gigatron.images.default_images import ensure_default_images
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from gigatron.data.default_images import ensure_default_images
     from gigatron.data.image_shards import load_image_dataset
     from gigatron.data.image_source import ImageShardSource
     from gigatron.models.fit.model import FITEncoder
@@ -110,7 +110,7 @@ def worker(mode: str, size: int, result: Path) -> None:
 def load_config_classes() -> list[str]:
     from gigatron.config import load_config
 
-    return load_config(CONFIG).data.classes
+    return load_config(CONFIG).images.classes
 
 
 def growth_exponent(rows: list[dict]) -> float:

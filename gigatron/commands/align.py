@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=64, help="validation captions to draw (default 64)")
     parser.add_argument("--steps", type=int, default=30, help="Euler steps (default 30)")
     parser.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
-    parser.add_argument("--size", default=None, help="HxW (default: data.image_size square)")
+    parser.add_argument("--size", default=None, help="HxW (default: images.image_size square)")
     parser.add_argument("--batch", type=int, default=16, help="images sampled at once (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
 

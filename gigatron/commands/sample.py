@@ -1,7 +1,7 @@
 """`gigatron sample CKPT --out DIR`: draw images from a trained diffusion checkpoint.
 
 Text-to-image models take `--prompt TEXT` (repeatable); class-conditional models `--label NAME`
-(repeatable; default: every class of the run's data.classes). `--count K` images of each, from
+(repeatable; default: every class of the run's images.classes). `--count K` images of each, from
 noise seeded by `--seed`, integrated with `--steps` Euler steps of the rectified flow and
 classifier-free guidance `--cfg`. Writes one PNG per image (`<label>-<k>.png`, or `prompt<j>-<k>.png`
 with the prompts in prompts.txt) and `grid.png` (one row per label or prompt).
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="class-conditional models: class name to draw (repeatable); default: every class")
     parser.add_argument("--count", type=int, default=4, help="images per prompt or label (default 4)")
     parser.add_argument("--size", default=None,
-                        help="HxW in pixels (default: the run's data.image_size, square)")
+                        help="HxW in pixels (default: the run's images.image_size, square)")
     parser.add_argument("--steps", type=int, default=50, help="Euler steps (default 50)")
     parser.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale; 1 = none (default 2)")
     parser.add_argument("--shift", type=float, default=None, help="time shift (default: the run's diffusion.shift)")
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _labels(names: list[str] | None, classes: list[str]) -> list[tuple[str, int]]:
     if not classes:
         if names:
-            raise ValueError(f"--label {names}: the checkpoint's model is unconditional (no data.classes)")
+            raise ValueError(f"--label {names}: the checkpoint's model is unconditional (no images.classes)")
         return [("unconditional", -1)]
     if not names:
         return [(name, i) for i, name in enumerate(classes)]
@@ -61,7 +61,7 @@ def _conditions(args: argparse.Namespace, ckpt: Any) -> tuple[list[str], Any]:
         return [f"prompt{j}" for j in range(len(args.prompt))], prompt_tokens(ckpt, args.prompt)
     if args.prompt:
         raise ValueError(f"model.family={type(cfg.model).family} is class-conditional: pass --label, not --prompt")
-    labels = _labels(args.label, cfg.data.classes or [])
+    labels = _labels(args.label, cfg.images.classes or [])
     return [name for name, _ in labels], torch.tensor([i for _, i in labels])
 
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                              "`gigatron sample` draws from diffusion checkpoints (fit_diffusion, t2i)")
         if args.count < 1 or args.steps < 1:
             raise ValueError(f"--count ({args.count}) and --steps ({args.steps}) must be >= 1")
-        height, width = parse_size(args.size, cfg.data.image_size)
+        height, width = parse_size(args.size, cfg.images.image_size)
         names, conditions = _conditions(args, ckpt)
     except (FileNotFoundError, ValueError) as exc:
         print(f"gigatron sample: {exc}", file=sys.stderr)

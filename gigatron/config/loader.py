@@ -61,6 +61,17 @@ MOVED_KEYS = {
     "train.matformer_weights": "matformer.weights",
     "train.matformer_probabilities": "matformer.probabilities",
     "train.flow": "diffusion",
+    "data.image_size": "images.image_size",
+    "data.default_images": "images.default_images",
+    "data.default_max_shapes": "images.default_max_shapes",
+    "data.classes": "images.classes",
+    "data.valid_images": "images.valid_images",
+    "data.caption_len": "images.caption_len",
+    "data.caption_vocab_size": "images.caption_vocab_size",
+    "data.aspect_buckets": "images.aspect_buckets",
+    "data.bucket_multiple": "images.bucket_multiple",
+    "data.max_aspect_ratio": "images.max_aspect_ratio",
+    "data.latents": "images.latents",
 }
 
 

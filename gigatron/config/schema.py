@@ -106,7 +106,8 @@ class DatasetSpec:
 @dataclass
 class DataConfig:
     """Where samples come from. `source: default` builds (once) and reads the bundled data: Shakespeare
-    token shards for language models, the captioned-shapes image shards for image models."""
+    token shards for language models, the captioned-shapes image shards for image models (whose
+    own settings are the `images:` section)."""
 
     source: Literal["default", "shards"] = "default"
     datasets: list[DatasetSpec] = field(default_factory=list)
@@ -121,8 +122,16 @@ class DataConfig:
     # Shard check at start: size only, sha256 too, or auto (sha256 below 1 GiB of shards).
     verify: Literal["auto", "size", "sha256"] = "auto"
     cache_dir: str | None = None
-    # Image models (docs/fit.md): each image is scaled to cover image_size² and centre-cropped.
-    # source=default reads the bundled synthetic shapes set of default_images images.
+
+
+@dataclass
+class ImagesConfig:
+    """Section `images:` — what image models (FIT, text-to-image; docs/images.md) read from their
+    dataset: image size, labels, captions, aspect buckets, latents, the validation hold-out, and
+    the bundled synthetic shapes set (`data.source: default`)."""
+
+    # Each image is scaled to cover image_size² and centre-cropped. data.source=default reads the
+    # bundled synthetic shapes set of default_images images.
     image_size: int = 32
     default_images: int = 2000
     default_max_shapes: int = 3  # shapes per image of the bundled set (1-3)
@@ -179,6 +188,7 @@ class Config:
     grow: GrowConfig = field(default_factory=GrowConfig)
     matformer: MatFormerTrainingConfig = field(default_factory=MatFormerTrainingConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
     output_dir: str = "runs/default"
 
     @property

@@ -139,12 +139,13 @@ def validate_config(cfg: Config, world_size: int) -> Config:
         problems.append(f"train.min_lr={t.min_lr} is larger than train.lr={t.lr}")
     if cfg.data.seq_len < 1:
         problems.append(f"data.seq_len={cfg.data.seq_len} must be >= 1")
-    for key, value, least in (("image_size", cfg.data.image_size, 1), ("default_images", cfg.data.default_images, 1),
-                              ("valid_images", cfg.data.valid_images, 0)):
+    images = cfg.images
+    for key, value, least in (("image_size", images.image_size, 1), ("default_images", images.default_images, 1),
+                              ("valid_images", images.valid_images, 0)):
         if value < least:
-            problems.append(f"data.{key}={value} must be >= {least}")
-    if cfg.data.default_max_shapes not in (1, 2, 3):
-        problems.append(f"data.default_max_shapes={cfg.data.default_max_shapes} must be 1, 2 or 3")
+            problems.append(f"images.{key}={value} must be >= {least}")
+    if images.default_max_shapes not in (1, 2, 3):
+        problems.append(f"images.default_max_shapes={images.default_max_shapes} must be 1, 2 or 3")
     if cfg.data.source == "shards" and not cfg.data.datasets:
         problems.append("data.source=shards needs data.datasets (a list of {path: <dir from `gigatron data shard`>, "
                         "weight: w})")
@@ -157,7 +158,7 @@ def validate_config(cfg: Config, world_size: int) -> Config:
         problems.append(f"checkpoint.keep_last={cfg.checkpoint.keep_last} must be >= 1")
     if cfg.checkpoint.interval < 0:
         problems.append(f"checkpoint.interval={cfg.checkpoint.interval} must be >= 0")
-    problems.extend(cfg.model.validate(cfg.parallel, cfg.data))
+    problems.extend(cfg.model.validate(cfg))
     problems.extend(matformer_problems(cfg))
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gigatron.config.errors import ConfigError
-from gigatron.config.schema import DataConfig
+from gigatron.config.schema import DataConfig, ImagesConfig
 from gigatron.data.loader import SampleSource
 from gigatron.data.manifest import TextDataset, load_text_dataset
 from gigatron.data.token_source import TokenShardSource
@@ -26,12 +26,13 @@ class TrainingData:
     roots: list[Path]
 
 
-def dataset_roots(cfg: DataConfig, modality: str = "text") -> tuple[list[Path], list[float]]:
-    """Dataset directories and weights; builds the default dataset of the modality on first use."""
-    if cfg.source == "default" and modality == "image":
+def dataset_roots(cfg: DataConfig, images: ImagesConfig | None = None) -> tuple[list[Path], list[float]]:
+    """Dataset directories and weights; builds the default dataset on first use (the shapes image set
+    of `images` for image models, Shakespeare tokens otherwise)."""
+    if cfg.source == "default" and images is not None:
         from gigatron.data.default_images import ensure_default_images
 
-        return [ensure_default_images(cfg.cache_dir, cfg.default_images, cfg.default_max_shapes)], [1.0]
+        return [ensure_default_images(cfg.cache_dir, images.default_images, images.default_max_shapes)], [1.0]
     if cfg.source == "default":
         from gigatron.data.default_dataset import ensure_default_dataset
 
@@ -71,8 +72,8 @@ def build_lm_data(cfg: DataConfig) -> TrainingData:
     )
 
 
-def build_image_data(cfg: DataConfig, captions: bool = False) -> TrainingData:
-    """Open image-shard datasets: the first samples of each train, its last `valid_images` validation.
+def build_image_data(cfg: DataConfig, images: ImagesConfig, captions: bool = False) -> TrainingData:
+    """Open image-shard datasets: the first samples of each train, its last `images.valid_images` validation.
 
     With `captions`, samples carry caption token ids (the tokenizer of `caption_tokenizer`) and the
     data's vocabulary and tokenizer fingerprint are the tokenizer's.
@@ -81,25 +82,27 @@ def build_image_data(cfg: DataConfig, captions: bool = False) -> TrainingData:
     from gigatron.data.image_shards import load_image_dataset
     from gigatron.data.image_source import ImageShardSource
 
-    roots, weights = dataset_roots(cfg, modality="image")
+    roots, weights = dataset_roots(cfg, images)
     tokenizer = None
     if captions:
         from gigatron.data.caption_tokenizer import caption_tokenizer
 
-        tokenizer = caption_tokenizer(cfg, roots[0])
-    buckets = AspectBuckets(cfg.image_size, cfg.bucket_multiple, cfg.max_aspect_ratio) if cfg.aspect_buckets else None
-    options = {"tokenizer": tokenizer, "caption_len": cfg.caption_len, "buckets": buckets, "latents": cfg.latents}
+        tokenizer = caption_tokenizer(cfg, images, roots[0])
+    buckets = (AspectBuckets(images.image_size, images.bucket_multiple, images.max_aspect_ratio)
+               if images.aspect_buckets else None)
+    options = {"tokenizer": tokenizer, "caption_len": images.caption_len, "buckets": buckets, "latents": images.latents}
     train, valid = [], []
     for root in roots:
         dataset = load_image_dataset(root)
         total = dataset.num_samples()
-        if cfg.valid_images >= total:
-            raise ConfigError(f"data.valid_images={cfg.valid_images} leaves no training images of the {total} in "
-                              f"{root}; use fewer than {total}")
-        cut = total - cfg.valid_images
-        train.append(ImageShardSource(dataset, cfg.image_size, cfg.classes, 0, cut, cfg.verify, **options))
-        if cfg.valid_images:
-            valid.append(ImageShardSource(dataset, cfg.image_size, cfg.classes, cut, total, cfg.verify, **options))
+        if images.valid_images >= total:
+            raise ConfigError(f"images.valid_images={images.valid_images} leaves no training images of the {total} "
+                              f"in {root}; use fewer than {total}")
+        cut = total - images.valid_images
+        train.append(ImageShardSource(dataset, images.image_size, images.classes, 0, cut, cfg.verify, **options))
+        if images.valid_images:
+            valid.append(ImageShardSource(dataset, images.image_size, images.classes, cut, total, cfg.verify,
+                                          **options))
     return TrainingData(train=train, train_weights=weights, valid=valid, valid_weights=weights if valid else [],
                         vocab_size=None if tokenizer is None else tokenizer.vocab_size,
                         tokenizer_fingerprint="" if tokenizer is None else tokenizer.fingerprint, roots=roots)

@@ -2,7 +2,7 @@
 
 `data.tokenizer` names one (a sentencepiece .model, "bytes", or "hf:<dir>" for the tokenizer of a
 local Hugging Face text encoder, read from disk only); otherwise a byte-fallback BPE of
-`data.caption_vocab_size` pieces is trained once on the training set's captions and cached under
+`images.caption_vocab_size` pieces is trained once on the training set's captions and cached under
 `<cache>/tokenizers/captions-<dataset>-bpe<V>.model`, keyed by the dataset manifest's sha256, so
 every rank (and `gigatron sample` later) finds the same model.
 """
@@ -13,7 +13,7 @@ import hashlib
 import tempfile
 from pathlib import Path
 
-from gigatron.config.schema import DataConfig
+from gigatron.config.schema import DataConfig, ImagesConfig
 from gigatron.data.corpus import resolve_cache_dir
 from gigatron.data.default_dataset import build_lock
 from gigatron.data.image_shards import SPLIT, load_image_dataset
@@ -22,10 +22,10 @@ from gigatron.data.sp_tokenizer import load_tokenizer, train_sentencepiece
 from gigatron.data.tar_index import TarIndex
 
 
-def caption_tokenizer_path(cfg: DataConfig, root: Path) -> Path:
+def caption_tokenizer_path(cfg: DataConfig, images: ImagesConfig, root: Path) -> Path:
     """Where the captions BPE of the dataset at `root` is (or will be) cached."""
     digest = hashlib.sha256((Path(root) / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
-    return resolve_cache_dir(cfg.cache_dir) / "tokenizers" / f"captions-{digest}-bpe{cfg.caption_vocab_size}.model"
+    return resolve_cache_dir(cfg.cache_dir) / "tokenizers" / f"captions-{digest}-bpe{images.caption_vocab_size}.model"
 
 
 def dataset_captions(root: Path) -> list[str]:
@@ -68,13 +68,13 @@ class HFCaptionTokenizer:
         return list(self._tokenizer(text)["input_ids"])
 
 
-def caption_tokenizer(cfg: DataConfig, root: Path, train: bool = True):
+def caption_tokenizer(cfg: DataConfig, images: ImagesConfig, root: Path, train: bool = True):
     """`data.tokenizer`, or the cached captions BPE of the dataset at `root` (trained when missing and `train`)."""
     if cfg.tokenizer is not None and cfg.tokenizer.startswith("hf:"):
         return HFCaptionTokenizer(cfg.tokenizer[3:])
     if cfg.tokenizer is not None:
         return load_tokenizer(cfg.tokenizer)
-    path = caption_tokenizer_path(cfg, root)
+    path = caption_tokenizer_path(cfg, images, root)
     if not path.is_file():
         if not train:
             raise FileNotFoundError(f"the captions tokenizer {path} of {root} is missing; it is written when the "
@@ -85,5 +85,5 @@ def caption_tokenizer(cfg: DataConfig, root: Path, train: bool = True):
                 with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
                     captions = Path(tmp) / "captions.txt"
                     _write_captions(Path(root), captions)
-                    train_sentencepiece([captions], cfg.caption_vocab_size, "bpe", path)
+                    train_sentencepiece([captions], images.caption_vocab_size, "bpe", path)
     return load_tokenizer(path)

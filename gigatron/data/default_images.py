@@ -37,9 +37,9 @@ def ensure_default_images(cache_dir: str | None = None, count: int = 2000, max_s
     return build_dataset_once(default_images_dir(cache_dir, count, max_shapes), build)
 
 
-def run_image_root(data) -> Path:
-    """The first image dataset of a run's `data` config, found without building anything (tools that
-    read a finished run's captions or tokenizer must not start a build)."""
+def run_image_root(data, images) -> Path:
+    """The first image dataset of a run's `data` and `images` config, found without building anything
+    (tools that read a finished run's captions or tokenizer must not start a build)."""
     if data.source == "default":
-        return default_images_dir(data.cache_dir, data.default_images, data.default_max_shapes)
+        return default_images_dir(data.cache_dir, images.default_images, images.default_max_shapes)
     return Path(data.datasets[0].path)

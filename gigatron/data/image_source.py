@@ -31,7 +31,7 @@ class CaptionLabels:
 
     def __init__(self, classes: list[str]) -> None:
         if not classes or len(set(classes)) != len(classes) or not all(c.strip() for c in classes):
-            raise ValueError(f"data.classes={classes!r} must be distinct, non-empty names")
+            raise ValueError(f"images.classes={classes!r} must be distinct, non-empty names")
         self.classes = list(classes)
         self._patterns = [re.compile(rf"\b{re.escape(c.strip().lower())}\b") for c in classes]
 
@@ -39,7 +39,7 @@ class CaptionLabels:
         text = caption.lower()
         found = [(m.start(), i) for i, p in enumerate(self._patterns) if (m := p.search(text))]
         if not found:
-            raise DataError(f"{where}: caption {caption!r} names none of data.classes {self.classes}")
+            raise DataError(f"{where}: caption {caption!r} names none of images.classes {self.classes}")
         return min(found)[1]
 
 
@@ -68,7 +68,7 @@ class ImageShardSource:
         self.latents = latents
         if latents:
             if "latents" not in dataset.raw:
-                raise DataError(f"{dataset.root}/manifest.json has no 'latents' entry: data.latents=true needs a "
+                raise DataError(f"{dataset.root}/manifest.json has no 'latents' entry: images.latents=true needs a "
                                 "dataset written by gigatron.data.latent_shards.write_latent_shards")
             self.channels = int(dataset.raw["latents"]["channels"])
         self.side = max(max(b) for b in buckets.buckets) if buckets is not None else image_size
@@ -106,8 +106,8 @@ class ImageShardSource:
         allowed = self.buckets.buckets if self.buckets is not None else [(self.image_size, self.image_size)]
         if latent.shape[0] != self.channels or shape not in allowed:
             raise DataError(f"{where}: latent of {latent.shape[0]} channels and {shape[0]}x{shape[1]} does not "
-                            f"match the run ({self.channels} channels, sizes {allowed}: data.image_size, "
-                            "data.aspect_buckets)")
+                            f"match the run ({self.channels} channels, sizes {allowed}: images.image_size, "
+                            "images.aspect_buckets)")
         return latent, members["txt"].decode("utf-8-sig").strip()
 
     def _sample(self, values: np.ndarray, caption: str | None, label: int, present: bool) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ VAE. The dataset has the image-shard layout and manifest (`image_shards.py`), wi
     from gigatron.data.latent_shards import write_latent_shards
     write_latent_shards(((vae.encode(img), caption) for img, caption in my_pairs), "data/latents")
 
-and the run sets `data.latents: true`, `model.channels: C`, `data.image_size` to the latent side.
+and the run sets `images.latents: true`, `model.channels: C`, `images.image_size` to the latent side.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Text-image alignment of a text-to-image checkpoint on shapes captions (`gigatron align`).
 
-Draws one image per validation caption of the run's data (the last `data.valid_images` samples;
+Draws one image per validation caption of the run's data (the last `images.valid_images` samples;
 captions never seen in training), scores each with the deterministic detector of
 `data/shapes_alignment.py` (colour, shape and position of every shape the caption names), and
 writes `alignment.json`, `grid.png` and `captions.txt`. Chance level is measured, not assumed: the
@@ -23,12 +23,12 @@ def validation_captions(cfg, count: int) -> list[str]:
     from gigatron.data.caption_tokenizer import dataset_captions
     from gigatron.data.default_images import run_image_root
 
-    data = cfg.data
-    root = run_image_root(data)
-    if data.valid_images < 1:
-        raise ValueError(f"the run has no validation images (data.valid_images={data.valid_images}); alignment is "
-                         "measured on captions the model never trained on")
-    captions = dataset_captions(root)[-data.valid_images:]
+    images = cfg.images
+    root = run_image_root(cfg.data, images)
+    if images.valid_images < 1:
+        raise ValueError(f"the run has no validation images (images.valid_images={images.valid_images}); alignment "
+                         "is measured on captions the model never trained on")
+    captions = dataset_captions(root)[-images.valid_images:]
     return captions[:count]
 
 
@@ -50,7 +50,7 @@ def evaluate(ckpt_path: str, out: Path, images: int, steps: int, guidance: float
                          f"model.channels=3), got {type(cfg.model).family}")
     if images < 2 or steps < 1 or batch < 1:
         raise ValueError(f"--images ({images}) must be >= 2, --steps ({steps}) and --batch ({batch}) >= 1")
-    height, width = parse_size(size, cfg.data.image_size)
+    height, width = parse_size(size, cfg.images.image_size)
     model = model_from_checkpoint(ckpt)
     captions = validation_captions(cfg, images)
     tokens = prompt_tokens(ckpt, captions)

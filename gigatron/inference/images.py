@@ -24,19 +24,19 @@ def parse_size(text: str | None, default: int) -> tuple[int, int]:
 
 
 def prompt_tokens(ckpt, prompts: list[str]) -> torch.Tensor:
-    """Token ids [len(prompts), data.caption_len] (−1 padded) with the run's caption tokenizer."""
+    """Token ids [len(prompts), images.caption_len] (−1 padded) with the run's caption tokenizer."""
     from gigatron.data.caption_tokenizer import caption_tokenizer
     from gigatron.data.default_images import run_image_root
     from gigatron.data.image_source import caption_ids
 
-    data = ckpt.cfg.data
-    root = run_image_root(data)
-    tokenizer = caption_tokenizer(data, root, train=False)
+    data, images = ckpt.cfg.data, ckpt.cfg.images
+    root = run_image_root(data, images)
+    tokenizer = caption_tokenizer(data, images, root, train=False)
     recorded = ckpt.trainer_state.get("tokenizer_fingerprint")
     if recorded and recorded != tokenizer.fingerprint:
         raise ValueError(f"{ckpt.path} was trained with tokenizer {recorded}, but {root}'s captions tokenizer is "
                          f"{tokenizer.fingerprint}; pass the run's data")
-    return torch.from_numpy(np.stack([caption_ids(tokenizer, prompt, data.caption_len) for prompt in prompts]))
+    return torch.from_numpy(np.stack([caption_ids(tokenizer, prompt, images.caption_len) for prompt in prompts]))
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -40,7 +40,7 @@ class ModelSpec:
     task: str = "lm"
     # Models without a layer list: (config, factory) -> the whole model (no pipeline parallelism).
     build: Callable[[Any, LayerFactory], nn.Module] | None = None
-    # Tokens one sample contributes (for tokens/s, MFU and train.tokens): (model cfg, data cfg) -> int.
+    # Tokens one sample contributes (for tokens/s, MFU and train.tokens): (model cfg, run cfg) -> int.
     # None: data.seq_len.
     tokens_per_sample: Callable[[Any, Any], int] | None = None
     # Image models conditioned on text: samples carry caption token ids.
@@ -48,11 +48,11 @@ class ModelSpec:
     # The mapping to a transformers model class (export-hf, import-hf); None: not exportable.
     hf_adapter: HFAdapter | None = None
 
-    def sample_tokens(self, model_cfg: Any, data_cfg: Any) -> int:
-        """Tokens per training sample under these configs."""
+    def sample_tokens(self, run: Any) -> int:
+        """Tokens per training sample of the run config `run`."""
         if self.tokens_per_sample is None:
-            return data_cfg.seq_len
-        return self.tokens_per_sample(model_cfg, data_cfg)
+            return run.data.seq_len
+        return self.tokens_per_sample(run.model, run)
 
 
 def model_families() -> list[str]:

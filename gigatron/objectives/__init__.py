@@ -64,12 +64,12 @@ def build_features(cfg: Config) -> list[TrainingFeature]:
     return features
 
 
-def build_task_data(spec: Any, data_cfg: Any) -> TrainingData:
-    """The training data the objective of model spec `spec` reads: token shards, or image shards
-    (with caption token ids for models conditioned on text)."""
+def build_task_data(spec: Any, cfg: Config) -> TrainingData:
+    """The training data the objective of model spec `spec` reads in run `cfg`: token shards, or
+    image shards (with caption token ids for models conditioned on text)."""
     if task_modality(spec.task) == "image":
-        return build_image_data(data_cfg, captions=spec.reads_captions)
-    return build_lm_data(data_cfg)
+        return build_image_data(cfg.data, cfg.images, captions=spec.reads_captions)
+    return build_lm_data(cfg.data)
 
 
 def batch_to(batch: Any, device: torch.device | str) -> Any:

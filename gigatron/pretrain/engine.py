@@ -63,7 +63,7 @@ def total_steps(cfg: Config) -> int:
     if cfg.train.steps is not None:
         return cfg.train.steps
     spec = get_model_spec(type(cfg.model).family)
-    tokens_per_step = cfg.train.global_batch_size * spec.sample_tokens(cfg.model, cfg.data)
+    tokens_per_step = cfg.train.global_batch_size * spec.sample_tokens(cfg)
     return -(-cfg.train.tokens // tokens_per_step)
 
 

@@ -91,7 +91,7 @@ class Trainer:
         self.total_steps = total_steps(cfg)
         self.state = TrainerState(tokenizer_fingerprint=self.data.tokenizer_fingerprint)
         self.config_yaml = config_to_yaml(cfg)
-        sample_tokens = spec.sample_tokens(cfg.model, cfg.data)
+        sample_tokens = spec.sample_tokens(cfg)
         self.tokens_per_step = t.global_batch_size * sample_tokens
         self.flops_per_token = spec.flops_per_token(cfg.model, sample_tokens)
         for feature in self.features:
@@ -112,10 +112,10 @@ class Trainer:
     def _build_data(self, spec) -> TrainingData:
         # Local rank 0 downloads and tokenizes; the others then read its cache instead of racing.
         if self.env.local_rank == 0:
-            data = build_task_data(spec, self.cfg.data)
+            data = build_task_data(spec, self.cfg)
         dist.barrier()
         if self.env.local_rank != 0:
-            data = build_task_data(spec, self.cfg.data)
+            data = build_task_data(spec, self.cfg)
         return data
 
     def log(self, text: str) -> None:

@@ -18,8 +18,8 @@ ENCODER = REPO / "configs" / "fit" / "smoke.yaml"
 DECODER = REPO / "configs" / "fit" / "decoder-smoke.yaml"
 # Small and short: 5 steps of 8 images, 2 micro-batches of 4 on one process, 1 per rank on two.
 STEPS = ["train.steps=5", "train.warmup_steps=2", "train.eval_interval=5", "train.eval_batches=1",
-         "train.global_batch_size=8", "train.micro_batch_size=4", "data.num_workers=0", "data.valid_images=16",
-         "data.default_images=64"]
+         "train.global_batch_size=8", "train.micro_batch_size=4", "data.num_workers=0", "images.valid_images=16",
+         "images.default_images=64"]
 ZERO2 = ["parallel.zero_stage=2"]
 
 

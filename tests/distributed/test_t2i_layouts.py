@@ -17,8 +17,8 @@ pytestmark = pytest.mark.distributed
 CONFIG = REPO / "configs" / "t2i" / "smoke.yaml"
 # 64 captions support a BPE of 300 pieces (400 needs more text).
 STEPS = ["train.steps=5", "train.warmup_steps=2", "train.eval_interval=5", "train.eval_batches=1",
-         "train.global_batch_size=8", "train.micro_batch_size=4", "data.num_workers=0", "data.valid_images=16",
-         "data.default_images=64", "data.caption_vocab_size=300", "model.vocab_size=300", "model.num_layers=2"]
+         "train.global_batch_size=8", "train.micro_batch_size=4", "data.num_workers=0", "images.valid_images=16",
+         "images.default_images=64", "images.caption_vocab_size=300", "model.vocab_size=300", "model.num_layers=2"]
 
 
 @pytest.fixture(scope="module")

@@ -173,9 +173,9 @@ def test_long_context_script_trains_with_context_parallelism(slurm, tmp_path):
 IMAGE_SCRIPTS = {
     # script: (its default config, overrides, what the run line must show)
     "pretrain_fit.sh": ("configs/fit/smoke.yaml",
-                        ("data.default_images=64", "data.valid_images=0", "parallel.zero_stage=2"), "dp=2 zero=2"),
-    "pretrain_t2i.sh": ("configs/t2i/smoke.yaml", ("data.default_images=64", "data.valid_images=0", "parallel.tp=2",
-                                                   "data.caption_vocab_size=300", "model.vocab_size=300"), "tp=2"),
+                        ("images.default_images=64", "images.valid_images=0", "parallel.zero_stage=2"), "dp=2 zero=2"),
+    "pretrain_t2i.sh": ("configs/t2i/smoke.yaml", ("images.default_images=64", "images.valid_images=0", "parallel.tp=2",
+                                                   "images.caption_vocab_size=300", "model.vocab_size=300"), "tp=2"),
 }
 
 

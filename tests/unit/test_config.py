@@ -155,6 +155,9 @@ def test_shipped_sizes_state_only_what_differs_from_their_base() -> None:
     ("train.matformer_weights=[1,2]", "train.matformer_weights", "matformer.weights"),
     ("train.matformer_probabilities=[1]", "train.matformer_probabilities", "matformer.probabilities"),
     ("train.flow.shift=3", "train.flow", "diffusion"),
+    ("data.image_size=64", "data.image_size", "images.image_size"),
+    ("data.classes=[a,b]", "data.classes", "images.classes"),
+    ("data.latents=true", "data.latents", "images.latents"),
 ])
 def test_a_moved_key_names_its_new_section(override: str, old: str, new: str) -> None:
     with pytest.raises(ConfigError, match=f"{old} has moved to {new}"):
@@ -164,10 +167,12 @@ def test_a_moved_key_names_its_new_section(override: str, old: str, new: str) ->
 def test_checkpoints_written_before_the_move_still_load(tmp_path) -> None:
     old = config_to_dict(smoke("train.steps=3"))
     old["train"].update(grow_from="runs/small", grow_init="random", flow={"shift": 3.0})
-    old.pop("grow"), old.pop("diffusion")
+    old["data"].update(image_size=64, valid_images=8)
+    old.pop("grow"), old.pop("diffusion"), old.pop("images")
     path = _write(tmp_path / "config.yaml", yaml.safe_dump(old))
     with pytest.raises(ConfigError, match="train.grow_from has moved to grow.checkpoint"):
         load_config(path)
     cfg = load_config(path, migrate=True)
     assert (cfg.grow.checkpoint, cfg.grow.init, cfg.diffusion.shift) == ("runs/small", "random", 3.0)
+    assert (cfg.images.image_size, cfg.images.valid_images, cfg.images.caption_len) == (64, 8, 32)
     assert cfg.diffusion.condition_dropout == 0.1  # defaults fill what the old section did not say

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gigatron.config.schema import DataConfig, ParallelConfig
+from gigatron.config.schema import Config, ImagesConfig, ParallelConfig
 from gigatron.models.fit.config import FITConfig, FITDiffusionConfig
 from gigatron.models.fit.model import FITDiffusion, FITEncoder, flops_per_token
 from gigatron.models.layers.factory import LayerFactory
@@ -217,11 +217,12 @@ def test_encoder_runs_at_any_divisible_size_and_checkpointing_changes_nothing():
 
 def test_validation_names_the_keys():
     cfg = FITConfig(patch_size=4, group_size=4, hidden_size=30, num_classes=2, layers="(2)x")
-    problems = " | ".join(cfg.validate(ParallelConfig(tp=2), DataConfig(image_size=40, classes=["a", "b", "c"])))
-    for text in ("model.layers", "model.hidden_size=30", "data.image_size=40", "parallel.tp=2", "model.num_classes=2"):
+    run = Config(model=cfg, parallel=ParallelConfig(tp=2), images=ImagesConfig(image_size=40, classes=["a", "b", "c"]))
+    problems = " | ".join(cfg.validate(run))
+    for text in ("model.layers", "model.hidden_size=30", "images.image_size=40", "parallel.tp=2", "model.num_classes=2"):
         assert text in problems
     decoder = FITDiffusionConfig(layers="(1)2", num_classes=0)
-    assert "last block must be local" in " ".join(decoder.validate(ParallelConfig(), DataConfig()))
+    assert "last block must be local" in " ".join(decoder.validate(Config(model=decoder)))
 
 
 def _decoder(**overrides) -> FITDiffusion:

@@ -75,9 +75,10 @@ def test_prefill_then_decode_matches_full_forward(cfg) -> None:
 
 
 def test_bad_patterns_and_layouts_are_named() -> None:
-    from gigatron.config.schema import DataConfig, ParallelConfig
+    from gigatron.config.schema import Config, ParallelConfig
 
-    problems = small(pattern="M-X").validate(ParallelConfig(tp=4), DataConfig())
+    model = small(pattern="M-X")
+    problems = model.validate(Config(model=model, parallel=ParallelConfig(tp=4)))
     text = "\n".join(problems)
     assert "model.pattern has ['X']" in text
     assert "model.pattern has 3 layers but model.num_layers=6" in text

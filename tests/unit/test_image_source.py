@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gigatron.config.errors import ConfigError
-from gigatron.config.schema import DataConfig, DatasetSpec
+from gigatron.config.schema import DataConfig, DatasetSpec, ImagesConfig
 from gigatron.data.build import build_image_data
 from gigatron.data.errors import DataError
 from gigatron.data.image_shards import load_image_dataset, write_image_shards
@@ -29,7 +29,7 @@ def test_caption_labels_take_the_first_named_class():
     assert labels("a red circle and a blue square", "x") == 1
     assert labels("a dark blue square", "x") == 2  # "dark blue" starts first
     assert labels("a squared red", "x") == 1  # whole words only
-    with pytest.raises(DataError, match="shard.tar:0007: caption 'a green circle' names none of data.classes"):
+    with pytest.raises(DataError, match="shard.tar:0007: caption 'a green circle' names none of images.classes"):
         labels("a green circle", "shard.tar:0007")
     with pytest.raises(ValueError, match="distinct"):
         CaptionLabels(["a", "a"])
@@ -64,11 +64,11 @@ def test_first_shape_colour_is_at_its_cell_centre(shapes):
 
 
 def test_loader_batches_dicts_with_global_numbers(shapes):
-    data = build_image_data(DataConfig(source="shards", datasets=[DatasetSpec(str(shapes))], image_size=16,
-                                       classes=list(COLOURS), valid_images=4))
+    data = build_image_data(DataConfig(source="shards", datasets=[DatasetSpec(str(shapes))]),
+                            ImagesConfig(image_size=16, classes=list(COLOURS), valid_images=4))
     assert [len(s) for s in data.train] == [8] and [len(s) for s in data.valid] == [4]
     loader = GlobalBatchLoader(data.train, 4, 2, dp_rank=1, dp_size=2, seed=0, shuffle=False)
     (batch,) = loader.next_batch()
     assert batch["image"].shape == (2, 3, 16, 16) and batch["number"].tolist() == [2, 3]
-    with pytest.raises(ConfigError, match="data.valid_images=12 leaves no training images of the 12"):
-        build_image_data(DataConfig(source="shards", datasets=[DatasetSpec(str(shapes))], valid_images=12))
+    with pytest.raises(ConfigError, match="images.valid_images=12 leaves no training images of the 12"):
+        build_image_data(DataConfig(source="shards", datasets=[DatasetSpec(str(shapes))]), ImagesConfig(valid_images=12))

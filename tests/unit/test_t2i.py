@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from gigatron.config.schema import DataConfig, ParallelConfig
+from gigatron.config.schema import Config, DataConfig, ImagesConfig, ParallelConfig
 from gigatron.data.errors import DataError
 from gigatron.data.image_shards import load_image_dataset
 from gigatron.data.image_source import ImageShardSource
@@ -104,10 +104,11 @@ def test_flops_match_pytorchs_counter():
 
 
 def test_validation_names_keys():
-    problems = " | ".join(T2IConfig(num_heads=3, pack_tokens=10).validate(
-        ParallelConfig(pp=2), DataConfig(image_size=30, caption_len=64)))
-    for text in ("model.hidden_size=128 is not divisible by model.num_heads=3", "data.image_size=30",
-                 "data.caption_len=64 exceeds", "model.pack_tokens=10", "parallel.pp=2"):
+    model = T2IConfig(num_heads=3, pack_tokens=10)
+    problems = " | ".join(model.validate(Config(model=model, parallel=ParallelConfig(pp=2),
+                                                images=ImagesConfig(image_size=30, caption_len=64))))
+    for text in ("model.hidden_size=128 is not divisible by model.num_heads=3", "images.image_size=30",
+                 "images.caption_len=64 exceeds", "model.pack_tokens=10", "parallel.pp=2"):
         assert text in problems
 
 
@@ -173,11 +174,11 @@ def _tiny_bert(directory):
 
 
 def test_frozen_local_hugging_face_text_encoder(tmp_path):
-    from gigatron.config.schema import DataConfig
+    from gigatron.config.schema import ImagesConfig
     from gigatron.data.caption_tokenizer import caption_tokenizer
 
     vocab = _tiny_bert(tmp_path / "bert")
-    tokenizer = caption_tokenizer(DataConfig(tokenizer=f"hf:{tmp_path / 'bert'}"), tmp_path)
+    tokenizer = caption_tokenizer(DataConfig(tokenizer=f"hf:{tmp_path / 'bert'}"), ImagesConfig(), tmp_path)
     ids = tokenizer.encode("a red circle in the centre on a grey background")
     assert tokenizer.vocab_size == vocab and ids[0] == 2 and ids[-1] == 3 and 1 not in ids  # [CLS] ... [SEP], no [UNK]
     model = _model(text_encoder=str(tmp_path / "bert"), text_hidden_size=32)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from gigatron.models.layers.fit_blocks import parse_layers
 
@@ -40,8 +40,9 @@ class FITConfig:
         """Data tokens per group."""
         return self.group_size * self.group_size
 
-    def validate(self, parallel, data) -> list[str]:
-        """Problems with this shape on a layout and data (empty when fine); messages name the keys."""
+    def validate(self, run: Any) -> list[str]:
+        """Problems with this shape in the run `run` (layout, images; empty when fine); messages name the keys."""
+        parallel, images = run.parallel, run.images
         problems = []
         try:
             parse_layers(self.layers)
@@ -54,8 +55,8 @@ class FITConfig:
             problems.append(f"model.latent_hidden_size={self.latent_dim} must be divisible by 4 (2-D sine-cosine "
                             "group positions)")
         side = self.patch_size * self.group_size
-        if data.image_size % side:
-            problems.append(f"data.image_size={data.image_size} is not divisible by model.patch_size*model.group_size "
+        if images.image_size % side:
+            problems.append(f"images.image_size={images.image_size} is not divisible by model.patch_size*model.group_size "
                             f"= {self.patch_size}*{self.group_size} = {side}; use a multiple of {side}")
         for key in ("tp", "pp", "cp"):
             if getattr(parallel, key) > 1:
@@ -63,14 +64,14 @@ class FITConfig:
                                 "ZeRO (parallel.zero_stage), as in the paper; set parallel.tp, pp and cp to 1")
         if self.channels != 3:
             problems.append(f"model.channels={self.channels}: the image shards hold RGB images; use 3")
-        problems += self._class_problems(data)
+        problems += self._class_problems(images)
         return problems
 
-    def _class_problems(self, data) -> list[str]:
-        classes = data.classes or []
+    def _class_problems(self, images) -> list[str]:
+        classes = images.classes or []
         if self.num_classes != len(classes) or not classes:
-            return [f"model.num_classes={self.num_classes} but data.classes has {len(classes)} names "
-                    f"({classes}); a classifier needs data.classes with one name per class"]
+            return [f"model.num_classes={self.num_classes} but images.classes has {len(classes)} names "
+                    f"({classes}); a classifier needs images.classes with one name per class"]
         return []
 
 
@@ -84,9 +85,9 @@ class FITDiffusionConfig(FITConfig):
     self_condition: bool = True  # RIN's latent self-conditioning
     layers: str = "(2)2(2)2(2)"
 
-    def validate(self, parallel, data) -> list[str]:
+    def validate(self, run: Any) -> list[str]:
         """As the encoder's, and the layer string must end with local layers (they produce the output)."""
-        problems = super().validate(parallel, data)
+        problems = super().validate(run)
         try:
             if parse_layers(self.layers)[-1][1]:
                 problems.append(f"model.layers={self.layers!r}: a diffusion decoder's last block must be local "
@@ -95,9 +96,9 @@ class FITDiffusionConfig(FITConfig):
             pass
         return problems
 
-    def _class_problems(self, data) -> list[str]:
-        classes = data.classes or []
+    def _class_problems(self, images) -> list[str]:
+        classes = images.classes or []
         if self.num_classes != len(classes):
-            return [f"model.num_classes={self.num_classes} but data.classes has {len(classes)} names; set "
-                    "model.num_classes to their number (0 with no data.classes: unconditional)"]
+            return [f"model.num_classes={self.num_classes} but images.classes has {len(classes)} names; set "
+                    "model.num_classes to their number (0 with no images.classes: unconditional)"]
         return []

@@ -191,8 +191,8 @@ def flops_per_token(cfg: FITConfig, tokens: int) -> float:
     return 3.0 * forward / tokens
 
 
-def _tokens_per_sample(model_cfg: FITConfig, data_cfg) -> int:
-    return tokens_per_image(model_cfg, data_cfg.image_size)
+def _tokens_per_sample(model_cfg: FITConfig, run) -> int:
+    return tokens_per_image(model_cfg, run.images.image_size)
 
 
 SPEC = ModelSpec(

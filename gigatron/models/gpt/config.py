@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from gigatron.config.validate import cp_head_problems, divisibility_problems
 from gigatron.models.layers.nested_ffn import MatFormerConfig, ffn_width_problems
@@ -54,8 +54,9 @@ class GPTConfig:
         """The FFN width of every block."""
         return list(self.ffn_hidden_sizes) if self.ffn_hidden_sizes is not None else [self.ffn_size] * self.num_layers
 
-    def validate(self, parallel, data) -> list[str]:
-        """Problems with this shape on a layout (empty when fine); messages name the keys."""
+    def validate(self, run: Any) -> list[str]:
+        """Problems with this shape in the run `run` (its layout; empty when fine); messages name the keys."""
+        parallel = run.parallel
         problems = divisibility_problems([
             ("model.num_heads", self.num_heads, "model.num_kv_heads", self.kv_heads),
             ("model.num_heads", self.num_heads, "parallel.tp", parallel.tp),

@@ -83,8 +83,9 @@ class HybridConfig:
         """Sizes of the Mamba-1 mixers."""
         return Mamba1Shape(self.hidden_size, self.d_state, self.d_conv, self.expand, self.dt_rank)
 
-    def validate(self, parallel: Any, data: Any) -> list[str]:
-        """Problems with this shape on a layout; messages name the keys."""
+    def validate(self, run: Any) -> list[str]:
+        """Problems with this shape in the run `run` (its layout); messages name the keys."""
+        parallel = run.parallel
         problems: list[str] = []
         if self.pattern is not None:
             bad = sorted(set(self.pattern) - set(SYMBOLS))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from gigatron.config.validate import divisibility_problems
 
@@ -49,8 +49,9 @@ class T2IConfig:
         """Values per patch token."""
         return self.patch_size * self.patch_size * self.channels
 
-    def validate(self, parallel, data) -> list[str]:
-        """Problems with this shape on a layout and data (empty when fine); messages name the keys."""
+    def validate(self, run: Any) -> list[str]:
+        """Problems with this shape in the run `run` (layout, images; empty when fine); messages name the keys."""
+        parallel, images = run.parallel, run.images
         problems = divisibility_problems([
             ("model.hidden_size", self.hidden_size, "model.num_heads", self.num_heads),
             ("model.num_heads", self.num_heads, "parallel.tp", parallel.tp),
@@ -58,20 +59,20 @@ class T2IConfig:
             ("model.text_heads", self.text_heads, "parallel.tp", parallel.tp),
             ("model.ffn_hidden_size", self.ffn_size, "parallel.tp", parallel.tp),
             ("model.vocab_size", self.vocab_size, "parallel.tp", parallel.tp),
-            ("data.image_size", data.image_size, "model.patch_size", self.patch_size),
+            ("images.image_size", images.image_size, "model.patch_size", self.patch_size),
         ])
         if self.hidden_size % self.num_heads == 0 and (self.hidden_size // self.num_heads) % 4:
             problems.append(f"model.hidden_size/model.num_heads={self.hidden_size // self.num_heads} must be divisible "
                             "by 4 for 2-D RoPE (half the head per axis, rotated in pairs)")
-        if data.caption_len > self.caption_len:
-            problems.append(f"data.caption_len={data.caption_len} exceeds model.caption_len={self.caption_len} "
+        if images.caption_len > self.caption_len:
+            problems.append(f"images.caption_len={images.caption_len} exceeds model.caption_len={self.caption_len} "
                             "(the text encoder's positions)")
         if self.pack_tokens is not None:
-            longest = max(h * w for h, w in image_shapes(data)) // self.patch_size ** 2
+            longest = max(h * w for h, w in image_shapes(images)) // self.patch_size ** 2
             if self.pack_tokens < longest:
                 problems.append(f"model.pack_tokens={self.pack_tokens} is smaller than the largest image's "
-                                f"{longest} patch tokens (data.image_size={data.image_size}, "
-                                f"data.aspect_buckets={str(data.aspect_buckets).lower()})")
+                                f"{longest} patch tokens (images.image_size={images.image_size}, "
+                                f"images.aspect_buckets={str(images.aspect_buckets).lower()})")
         for key in ("pp", "cp"):
             if getattr(parallel, key) > 1:
                 problems.append(f"parallel.{key}={getattr(parallel, key)}: text-to-image models train with tensor "
@@ -79,10 +80,10 @@ class T2IConfig:
         return problems
 
 
-def image_shapes(data) -> list[tuple[int, int]]:
+def image_shapes(images) -> list[tuple[int, int]]:
     """The (height, width) sizes a run's images take: the aspect buckets, or image_size²."""
-    if not data.aspect_buckets:
-        return [(data.image_size, data.image_size)]
+    if not images.aspect_buckets:
+        return [(images.image_size, images.image_size)]
     from gigatron.data.image_pipeline import AspectBuckets
 
-    return AspectBuckets(data.image_size, data.bucket_multiple, data.max_aspect_ratio).buckets
+    return AspectBuckets(images.image_size, images.bucket_multiple, images.max_aspect_ratio).buckets

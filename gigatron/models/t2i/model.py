@@ -142,6 +142,6 @@ SPEC = ModelSpec(
     flops_per_token=flops_per_token,
     num_params=_count,
     task="rectified_flow",
-    tokens_per_sample=lambda model, data: (data.image_size // model.patch_size) ** 2,
+    tokens_per_sample=lambda model, run: (run.images.image_size // model.patch_size) ** 2,
     reads_captions=True,
 )

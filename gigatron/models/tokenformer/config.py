@@ -58,8 +58,9 @@ class TokenFormerConfig:
         """Rotated dimensions per head (even)."""
         return int(self.head_dim * self.rotary_pct) // 2 * 2
 
-    def validate(self, parallel: Any, data: Any) -> list[str]:
+    def validate(self, run: Any) -> list[str]:
         """Problems with this shape for the layout, each naming its key."""
+        parallel = run.parallel
         problems = divisibility_problems([
             ("model.hidden_size", self.hidden_size, "model.num_heads", self.num_heads),
             ("model.qkv_tokens", self.qkv_tokens, "parallel.tp", parallel.tp),

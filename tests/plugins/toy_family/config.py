@@ -20,8 +20,10 @@ class ToyConfig:
     ffn_hidden_size: int = 256
     init_std: float = 0.02
 
-    def validate(self, parallel: Any, data: Any) -> list[str]:
-        """Problems with this shape on a layout (empty when fine); called before any process starts."""
+    def validate(self, run: Any) -> list[str]:
+        """Problems with this shape in the run (its layout: run.parallel; empty when fine); called before
+        any process starts."""
+        parallel = run.parallel
         return divisibility_problems([
             ("model.num_layers", self.num_layers, "parallel.pp", parallel.pp),
             ("model.vocab_size", self.vocab_size, "parallel.tp", parallel.tp),
