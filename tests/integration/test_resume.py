@@ -16,7 +16,8 @@ from tests.conftest import REPO, assert_ok, final_weights, pretrain_command, rea
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread_per_run")]
 
 STEPS = 30
-BASE = [f"train.steps={STEPS}", "train.eval_interval=0"]
+# Two loader workers: resume must be exact with batches prefetched by worker processes too.
+BASE = [f"train.steps={STEPS}", "train.eval_interval=0", "data.num_workers=2"]
 
 
 
