@@ -99,7 +99,9 @@ class Trainer:
         self.valid_extra: dict[str, float] = {}
         self.context = StepContext(self.engine.engine, self.engine.task, self.device, self.engine.is_pipeline,
                                    self._dp_mean, self._validation_loss)
-        peak = peak_flops(self.device, t.precision)
+        # MFU is logged by rank 0 alone, so only it measures the CPU's matmul peak (0.3 s, which every
+        # rank of a node measuring at once would also distort).
+        peak = peak_flops(self.device, t.precision) if env.is_main else None
         self.cluster_peak = None if peak is None else peak * env.world_size
 
     def _dp_mean(self, value: torch.Tensor) -> torch.Tensor:
