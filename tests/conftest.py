@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -41,8 +42,11 @@ def zygote(tmp_path_factory):
         time.sleep(0.01)
     if path.exists():
         os.environ["GIGATRON_ZYGOTE"] = str(path)
+        # Helper processes gigatron starts itself (convert reshard's ranks) are forked by the zygote too.
+        os.environ["GIGATRON_COMMAND"] = shlex.join(GIGATRON)
     yield server
     os.environ.pop("GIGATRON_ZYGOTE", None)
+    os.environ.pop("GIGATRON_COMMAND", None)
     server.kill()
     server.wait()
 

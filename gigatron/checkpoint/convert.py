@@ -15,7 +15,6 @@ import copy
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from gigatron.checkpoint.native import NativeCheckpoint
 from gigatron.checkpoint.reader import open_checkpoint, resolve_checkpoint
 from gigatron.checkpoint.verify import verify_conversion
 from gigatron.config import config_to_yaml, validate_config
+from gigatron.launcher.command import gigatron_command
 
 
 def _fresh_out(out: Path) -> None:
@@ -60,10 +60,10 @@ def reshard(ckpt: str | Path, out: str | Path, tp: int, pp: int, dp: int, zero: 
         config.write_text(config_to_yaml(cfg))
         partial = out.with_name(f".{out.name}.partial.{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
-        worker = [sys.executable, "-m", "gigatron", "convert", "reshard-worker", "--source",
+        gigatron = gigatron_command()
+        worker = [*gigatron, "convert", "reshard-worker", "--source",
                   str(resolve_checkpoint(ckpt)), "--config", str(config), "--out", str(partial)]
-        command = worker if world == 1 else [sys.executable, "-m", "gigatron", "launch", "--nproc", str(world),
-                                             "--", *worker]
+        command = worker if world == 1 else [*gigatron, "launch", "--nproc", str(world), "--", *worker]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         proc = subprocess.run(command, env=env, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -145,3 +145,14 @@ def test_missing_torchrun_variable_is_named() -> None:
 def test_bad_slurm_values_name_the_variable(overrides: dict[str, str], name: str) -> None:
     with pytest.raises(ValueError, match=name):
         DistEnv.from_environ({**SLURM, **overrides}, cuda_available=False)
+
+
+def test_gigatron_command_is_this_interpreter_unless_overridden(monkeypatch):
+    import sys
+
+    from gigatron.launcher.command import gigatron_command
+
+    monkeypatch.delenv("GIGATRON_COMMAND", raising=False)
+    assert gigatron_command() == [sys.executable, "-m", "gigatron"]
+    monkeypatch.setenv("GIGATRON_COMMAND", "apptainer exec 'my image.sif' gigatron")
+    assert gigatron_command() == ["apptainer", "exec", "my image.sif", "gigatron"]
