@@ -149,7 +149,8 @@ def consumed_samples(run_dir: Path) -> int:
     return state["loader"]["consumed_samples"]
 
 
-def test_sbatch_trains_and_checkpoints(slurm, tmp_path):
+def test_sbatch_trains_checkpoints_and_equals_a_local_run(slurm, uninterrupted, tmp_path):
+    # One job for both claims (each SLURM job costs ~12 s of scheduling and interpreter start).
     job, run_dir, log = slurm.submit(tmp_path, steps=6)
     info = slurm.wait_final(job, timeout=240, log=log)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
@@ -158,6 +159,7 @@ def test_sbatch_trains_and_checkpoints(slurm, tmp_path):
     assert "2 ranks" in text, tail(log)
     assert latest(run_dir) == "step_00000006"
     assert train_steps(run_dir) == list(range(1, 7))
+    assert read_metrics(run_dir)[-1]["loss"] == read_metrics(uninterrupted[6])[-1]["loss"]
 
 
 def test_long_context_script_trains_with_context_parallelism(slurm, tmp_path):
@@ -190,12 +192,6 @@ def test_image_model_scripts_train_their_default_config(slurm, tmp_path, script)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
     assert layout in log.read_text(), tail(log)
     assert train_steps(run_dir) == [1, 2, 3]
-
-
-def test_sbatch_final_loss_equals_a_local_run(slurm, uninterrupted, tmp_path):
-    job, run_dir, log = slurm.submit(tmp_path, steps=6)
-    assert slurm.wait_final(job, timeout=240, log=log)["JobState"] == "COMPLETED", tail(log)
-    assert read_metrics(run_dir)[-1]["loss"] == read_metrics(uninterrupted[6])[-1]["loss"]
 
 
 def test_usr1_saves_requeues_and_resumes(slurm, uninterrupted, tmp_path):
