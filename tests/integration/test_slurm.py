@@ -122,6 +122,9 @@ def slurm(corpus_ready):
     match = re.search(r"^export SLURM_CONF=(\S+)$", start.stdout, re.MULTILINE)
     assert match, f"no SLURM_CONF line in:\n{start.stdout}"
     cluster = Cluster(match.group(1))
+    # Jobs left by an interrupted earlier session (its teardown never ran) would hold the node and
+    # keep this session's jobs pending until their timeouts; this cluster exists only for the tests.
+    cluster.run("scancel", "--user", "root")
     yield cluster
     for job in cluster.jobs:  # leftovers of failed or timed-out tests
         if cluster.job_info(job).get("JobState") not in FINAL_STATES | {None}:
