@@ -18,7 +18,7 @@ from torch import nn
 
 from gigatron.checkpoint.reader import load_checkpoint_model, training_manifest
 from gigatron.checkpoint.verify import VerificationError, fixed_batch, max_logit_difference
-from gigatron.models.hf_adapter import ExportError, NamePairs
+from gigatron.models.hf_adapter import ExportError, HFAdapter, NamePairs
 from gigatron.models.registry import get_model_spec, model_families
 
 __all__ = ["ExportError", "export", "hf_config_and_names", "hf_config_and_tensors", "to_hf_model", "verify_export"]
@@ -33,9 +33,10 @@ def from_hf_layout(hf_name: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor[:, 0, :] if hf_name.endswith("conv1d.weight") else tensor
 
 
-def exportable_families() -> list[str]:
-    """Families whose ModelSpec has a transformers adapter."""
-    return [name for name in model_families() if get_model_spec(name).hf_adapter is not None]
+def hf_adapters() -> dict[str, HFAdapter]:
+    """family -> its transformers adapter, for every family whose ModelSpec has one."""
+    specs = {name: get_model_spec(name) for name in model_families()}
+    return {name: spec.hf_adapter for name, spec in specs.items() if spec.hf_adapter is not None}
 
 
 def hf_config_and_names(model_cfg: Any, token_ids: dict[str, int | None] | None = None) -> tuple[Any, NamePairs]:
@@ -45,7 +46,7 @@ def hf_config_and_names(model_cfg: Any, token_ids: dict[str, int | None] | None 
     adapter = get_model_spec(family).hf_adapter
     if adapter is None:
         raise ExportError(f"model.family={family} cannot be exported to transformers; supported: "
-                          f"{', '.join(exportable_families())}. `gigatron convert consolidate` writes any family as "
+                          f"{', '.join(hf_adapters())}. `gigatron convert consolidate` writes any family as "
                           "safetensors + config.json (see docs/convert.md)")
     return adapter.to_hf(model_cfg, token_ids)
 

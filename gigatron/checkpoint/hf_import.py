@@ -15,24 +15,13 @@ from pathlib import Path
 import torch
 
 from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint, InMemoryCheckpoint, write_consolidated
-from gigatron.checkpoint.hf_export import from_hf_layout, hf_config_and_names
+from gigatron.checkpoint.hf_export import from_hf_layout, hf_adapters, hf_config_and_names
 from gigatron.checkpoint.reader import model_from_checkpoint
 from gigatron.checkpoint.verify import VerificationError, fixed_batch, max_logit_difference
 from gigatron.config import config_from_dict
-from gigatron.models.hf_adapter import HFAdapter, UnsupportedModelError
-from gigatron.models.registry import get_model_spec, model_families
+from gigatron.models.hf_adapter import UnsupportedModelError
 
 __all__ = ["UnsupportedModelError", "import_hf"]
-
-
-def importable_model_types() -> dict[str, HFAdapter]:
-    """transformers model_type -> the adapter of the family that imports it."""
-    found = {}
-    for name in model_families():
-        adapter = get_model_spec(name).hf_adapter
-        if adapter is not None:
-            found[adapter.model_type] = adapter
-    return found
 
 
 def _safetensors_files(src: Path) -> list[Path]:
@@ -54,7 +43,7 @@ def import_hf(src: str | Path, out: str | Path, tolerance: float = 1e-4, log=pri
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"{src}: no config.json; pass a local transformers model directory")
     hf = AutoConfig.from_pretrained(src, local_files_only=True)
-    adapters = importable_model_types()
+    adapters = {adapter.model_type: adapter for adapter in hf_adapters().values()}
     if hf.model_type not in adapters:
         raise UnsupportedModelError(f"{src}/config.json: model_type={hf.model_type!r} has no gigatron family; "
                                     f"supported: {', '.join(sorted(adapters))}")

@@ -50,16 +50,6 @@ class ParallelLayout:
     cp_ulysses_group: Any = None  # cp_attention=hybrid: this rank's Ulysses group inside its CP group
     cp_ring_group: Any = None  # cp_attention=hybrid: this rank's ring group across the Ulysses groups
 
-    @property
-    def is_last_stage(self) -> bool:
-        """Whether this rank computes the loss."""
-        return self.pp_rank == self.pp_size - 1
-
-    @property
-    def world_size(self) -> int:
-        """Ranks in the layout: tp * pp * cp * (dp / cp)."""
-        return self.tp_size * self.pp_size * self.dp_size
-
     def describe(self) -> str:
         """One line for logs: tp=2 pp=2 cp=1 dp=1."""
         return f"tp={self.tp_size} pp={self.pp_size} cp={self.cp_size} dp={self.data_size}"
@@ -132,14 +122,6 @@ def _hybrid_cp_groups(mine: list[int], ulysses: int) -> tuple[Any, Any]:
             if me in members:
                 ring_group = created
     return ulysses_group, ring_group
-
-
-def destroy_layout() -> None:
-    """Tear down megatron-core's groups (tests build several layouts in one process)."""
-    from megatron.core import parallel_state as ps
-
-    if ps.model_parallel_is_initialized():
-        ps.destroy_model_parallel()
 
 
 class DeepSpeedMPU:

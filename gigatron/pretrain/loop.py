@@ -226,8 +226,7 @@ class Trainer:
         self.metrics = MetricsWriter(Path(cfg.output_dir), self.env.is_main, self.total_steps, self.state.step,
                                      cfg.logging.tensorboard, cfg.logging.progress_bar)
         self.log(f"[run] {self.engine.num_params / 1e6:.2f}M parameters, {self.env.world_size} ranks "
-                 f"(tp={self.layout.tp_size} pp={self.layout.pp_size} cp={self.layout.cp_size} dp={self.layout.data_size} "
-                 f"zero={cfg.parallel.zero_stage}), steps {self.state.step}->{self.total_steps}, "
+                 f"({self.layout.describe()} zero={cfg.parallel.zero_stage}), steps {self.state.step}->{self.total_steps}, "
                  f"{self.tokens_per_step} tokens/step")
         # One "start" record per invocation: `gigatron status` counts restarts and requeues from them.
         self.metrics.log(self.state.step, {"world_size": self.env.world_size, "resumed": self.state.step > 0},
