@@ -94,6 +94,12 @@ def read_metrics(output_dir: Path, kind: str = "train") -> list[dict]:
     return [rec for rec in map(json.loads, lines) if rec["kind"] == kind]
 
 
+def train_losses(output_dir: Path) -> dict[int, float]:
+    """Step -> training loss from metrics.jsonl; a step logged twice (before a kill and after the
+    resume) keeps the later value."""
+    return {r["step"]: r["loss"] for r in read_metrics(output_dir)}
+
+
 def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
     """Model weights in the checkpoint named by `latest` (single-process runs)."""
     ckpt = output_dir / "checkpoints"

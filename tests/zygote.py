@@ -31,8 +31,8 @@ PRELOAD = (
     "gigatron.commands", "gigatron.commands.pretrain", "gigatron.pretrain.loop", "gigatron.pretrain.engine",
     "gigatron.checkpoint.reader", "gigatron.checkpoint.convert", "gigatron.inference.generation",
     "gigatron.models.gpt.model", "gigatron.models.hybrid.model", "gigatron.models.tokenformer.model",
-    "gigatron.models.fit.model",
-    "gigatron.models.t2i.model", "gigatron.objectives.rectified_flow", "gigatron.objectives.image_classification",
+    "gigatron.models.fit.model", "gigatron.models.t2i.model", "gigatron.objectives.rectified_flow",
+    "gigatron.objectives.image_classification",
     "megatron.core.optimizer", "megatron.core.distributed", "transformers",
 )
 # Signals a client forwards to its command (what `gigatron launch` and the tests send).

@@ -15,7 +15,15 @@ from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint
 from gigatron.checkpoint.convert import consolidate, reshard
 from gigatron.checkpoint.native import MOMENTS
 from gigatron.checkpoint.reader import open_checkpoint
-from tests.conftest import GIGATRON, REPO, assert_ok, pretrain_command, read_metrics, run_pretrain
+from tests.conftest import (
+    GIGATRON,
+    REPO,
+    assert_ok,
+    pretrain_command,
+    read_metrics,
+    run_pretrain,
+    train_losses,
+)
 
 pytestmark = pytest.mark.distributed
 
@@ -40,10 +48,6 @@ def runs(tmp_path_factory, corpus_ready) -> dict[str, Path]:
 
 def step5(run: Path) -> Path:
     return run / "checkpoints" / "step_00000005"
-
-
-def losses(run: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_metrics(run)}
 
 
 def assert_bitwise(a, b) -> None:
@@ -102,7 +106,7 @@ def test_training_resumed_on_another_layout_continues_the_loss_curve(runs, sourc
     proc = run_pretrain(tmp_path / "resumed", [*STEPS, *overrides, f"checkpoint.resume={start}"], nproc=nproc)
     assert_ok(proc)
     assert "loading its logical state" in proc.stdout + proc.stderr
-    resumed, original = losses(tmp_path / "resumed"), losses(runs[source])
+    resumed, original = train_losses(tmp_path / "resumed"), train_losses(runs[source])
     assert sorted(resumed) == [6, 7, 8, 9, 10]
     for step, loss in resumed.items():
         assert loss == pytest.approx(original[step], rel=1e-5), (step, loss, original[step])
@@ -116,8 +120,8 @@ def test_same_layout_resume_keeps_deepspeed_files_and_a_restart_prefers_the_runs
     assert_ok(proc)
     assert "holds this run's own checkpoint step_00000007" in proc.stdout
     assert [r["step"] for r in read_metrics(out)] == [6, 7, 8, 9, 10]
-    for step, loss in losses(out).items():
-        assert loss == pytest.approx(losses(runs["single"])[step], rel=1e-6)
+    for step, loss in train_losses(out).items():
+        assert loss == pytest.approx(train_losses(runs["single"])[step], rel=1e-6)
 
 
 class _Payload:
@@ -178,6 +182,6 @@ def test_bf16_checkpoints_keep_their_fp32_masters_through_conversion_and_resume(
                                log=lambda _: None)
     proc = run_pretrain(tmp_path / "resumed", [*bf16, f"checkpoint.resume={consolidated}"])
     assert_ok(proc)
-    resumed = losses(tmp_path / "resumed")
+    resumed = train_losses(tmp_path / "resumed")
     assert sorted(resumed) == [4, 5]
-    assert all(resumed[step] == losses(tmp_path / "zero0")[step] for step in resumed)
+    assert all(resumed[step] == train_losses(tmp_path / "zero0")[step] for step in resumed)

@@ -15,7 +15,7 @@ from gigatron.checkpoint.native import MOMENTS
 from gigatron.config.families import family_names
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.registry import build_model, get_model_spec
-from tests.conftest import REPO, assert_ok, read_metrics, run_pretrain
+from tests.conftest import REPO, assert_ok, read_metrics, run_pretrain, train_losses
 
 pytestmark = pytest.mark.distributed
 
@@ -68,10 +68,6 @@ def runs(installed, tmp_path_factory, corpus_ready) -> dict[str, Path]:
     return out
 
 
-def losses(run: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_metrics(run)}
-
-
 def test_the_entry_point_makes_toy_a_family(installed):
     assert "toy" in family_names()
     spec = get_model_spec("toy")
@@ -81,7 +77,7 @@ def test_the_entry_point_makes_toy_a_family(installed):
 
 
 def test_tp2_pp2_trains_to_the_single_process_losses(runs):
-    single, sharded = losses(runs["single"]), losses(runs["tp2-pp2"])
+    single, sharded = train_losses(runs["single"]), train_losses(runs["tp2-pp2"])
     assert sorted(sharded) == list(range(1, 11))
     for step, loss in sharded.items():
         assert loss == pytest.approx(single[step], rel=1e-5), (step, loss, single[step])
@@ -108,7 +104,7 @@ def test_resuming_the_tp2_pp2_checkpoint_continues_its_loss_curve(runs, layout, 
     proc = run_pretrain(tmp_path / "resumed", [*STEPS, *layout, f"checkpoint.resume={start}"], nproc=nproc,
                         config=runs["config"])
     assert_ok(proc)
-    resumed, original = losses(tmp_path / "resumed"), losses(runs["tp2-pp2"])
+    resumed, original = train_losses(tmp_path / "resumed"), train_losses(runs["tp2-pp2"])
     assert sorted(resumed) == [6, 7, 8, 9, 10]
     for step, loss in resumed.items():
         assert loss == pytest.approx(original[step], rel=1e-5), (step, loss, original[step])

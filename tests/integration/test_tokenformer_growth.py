@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GIGATRON, REPO, assert_ok, pretrain_command, read_metrics, run_pretrain
+from tests.conftest import (
+    GIGATRON,
+    REPO,
+    assert_ok,
+    pretrain_command,
+    run_pretrain,
+    train_losses,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_run")
 TOKENFORMER = REPO / "configs" / "tokenformer" / "smoke.yaml"
@@ -19,11 +26,6 @@ BASE = ["train.steps=20", "train.warmup_steps=2", "train.eval_interval=0", "chec
         "checkpoint.keep_last=5", "data.num_workers=0", "logging.interval=1"]
 GROWN = ["model.qkv_tokens=128", "model.ffn_tokens=512"]
 
-
-
-def losses(run: Path) -> dict[int, float]:
-    """Loss per step; a step logged twice (before a kill and after the resume) keeps the later value."""
-    return {r["step"]: r["loss"] for r in read_metrics(run)}
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +54,8 @@ def test_grow_command_and_grow_from_give_the_same_run(base, grown_run, tmp_path)
                           + ["--resume-from", str(tmp_path / "grown")], capture_output=True, text=True,
                           timeout=300, cwd=REPO)
     assert_ok(proc)
-    assert losses(tmp_path / "run") == losses(grown_run)
-    assert sorted(losses(grown_run)) == list(range(11, 21))
+    assert train_losses(tmp_path / "run") == train_losses(grown_run)
+    assert sorted(train_losses(grown_run)) == list(range(11, 21))
     # The grown model's config must be the one resumed: without the kept Θ scales it is refused.
     wrong = run_pretrain(tmp_path / "wrong", [*BASE, *GROWN, f"checkpoint.resume={tmp_path / 'grown'}"],
                          config=TOKENFORMER)
@@ -78,4 +80,4 @@ def test_a_grown_run_killed_after_a_checkpoint_resumes_bitwise(base, grown_run, 
     assert_ok(resumed)
     assert "holds this run's own checkpoint" not in resumed.stdout  # auto-resume of its own dir
     assert "[grow] starting from" not in resumed.stdout
-    assert losses(out) == losses(grown_run)
+    assert train_losses(out) == train_losses(grown_run)
