@@ -10,15 +10,15 @@
 # $GIGATRON_SLURM_DIR (default /tmp/gigatron-slurm): slurm.conf, state, spool, logs, pid files.
 # The last line of `start` is `export SLURM_CONF=...`, so `eval "$(slurm/local-cluster/cluster.sh | tail -n1)"` works.
 #
-# Test-cluster settings, not for production: AuthInfo=cred_expire (default here 10 s instead of SLURM's
-# 120 s) also sets how long a requeued job waits before it may run again, which keeps the preemption
-# test short. Override with GIGATRON_SLURM_CRED_EXPIRE; ports with GIGATRON_SLURM_PORT (slurmctld,
+# Test-cluster settings, not for production: AuthInfo=cred_expire (default here 5 s, SLURM's minimum,
+# instead of its 120 s) also sets how long a requeued job waits before it may run again, which keeps the
+# preemption test short; the partition lets jobs share the cores (OverSubscribe=FORCE). Override with GIGATRON_SLURM_CRED_EXPIRE; ports with GIGATRON_SLURM_PORT (slurmctld,
 # slurmd gets +1).
 set -euo pipefail
 
 DIR="${GIGATRON_SLURM_DIR:-/tmp/gigatron-slurm}"
 CONF="$DIR/slurm.conf"
-CRED_EXPIRE="${GIGATRON_SLURM_CRED_EXPIRE:-10}"
+CRED_EXPIRE="${GIGATRON_SLURM_CRED_EXPIRE:-5}"
 PORT="${GIGATRON_SLURM_PORT:-6817}"
 PACKAGES=(slurmctld slurmd slurm-client munge)
 
@@ -115,7 +115,9 @@ SlurmdLogFile=$DIR/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP
+# OverSubscribe: jobs share the cores, so a test session's jobs overlap their scheduling and requeue
+# waits instead of queueing behind each other on a 2-core machine.
+PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:8
 EOF
 }
 

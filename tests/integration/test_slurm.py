@@ -1,8 +1,11 @@
 """slurm/pretrain_hybrid.sh on a real single-node SLURM cluster: a run, and preemption -> requeue -> resume.
 
 The module fixture starts the cluster with slurm/local-cluster/cluster.sh (root only; it installs Slurm
-22.05 with apt-get when missing). The local cluster sets AuthInfo=cred_expire=10, so a requeued
-job waits ~15 s instead of SLURM's default ~2 minutes before it runs again.
+22.05 with apt-get when missing). The local cluster sets AuthInfo=cred_expire=5, so a requeued
+job waits ~10 s instead of SLURM's default ~2 minutes before it runs again, and lets jobs share the
+cores (OverSubscribe=FORCE): the jobs that need no interaction are all submitted when the module starts
+(`batch`) and run while the preemption test drives its own job, so their scheduling and start-up
+waits overlap instead of adding up.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Cluster:
     def submit(self, tmp: Path, steps: int, minutes: int = 5, script: Path = SCRIPT, config: Path | None = None,
                overrides: tuple[str, ...] = ()) -> tuple[str, Path, Path]:
         """sbatch `script` with 2 tasks; returns (job id, run dir, log file)."""
+        tmp.mkdir(parents=True, exist_ok=True)
         run_dir, log = tmp / "run", tmp / "job.out"
         extra = (f"--set train.steps={steps} --set train.eval_interval=0 "
                  "--set logging.progress_bar=false --set logging.tensorboard=false --set logging.interval=1"
@@ -134,6 +138,55 @@ def slurm(corpus_ready):
 
 
 LOCAL_OVERRIDES = ["train.eval_interval=0", "logging.interval=1"]
+LONGCTX_CONFIG = REPO / "configs" / "longctx" / "smoke.yaml"
+IMAGE_SCRIPTS = {
+    # script: (its default config, overrides, what the run line must show)
+    "pretrain_fit.sh": ("configs/fit/smoke.yaml",
+                        ("images.default_images=64", "images.valid_images=0", "parallel.zero_stage=2"), "dp=2 zero=2"),
+    "pretrain_t2i.sh": ("configs/t2i/smoke.yaml", ("images.default_images=64", "images.valid_images=0", "parallel.tp=2",
+                                                   "images.caption_vocab_size=300", "model.vocab_size=300"), "tp=2"),
+}
+SWEEP_TASKS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def batch(slurm, tmp_path_factory) -> dict[str, tuple[str, Path, Path]]:
+    """Every job that needs no interaction, submitted at once: name -> (job id, run dir, log)."""
+    root = tmp_path_factory.mktemp("batch")
+    jobs = {
+        "hybrid": slurm.submit(root / "hybrid", steps=6),
+        "longctx": slurm.submit(root / "longctx", steps=3, script=REPO / "slurm" / "pretrain_longctx.sh",
+                                config=LONGCTX_CONFIG),
+    }
+    for script, (config, overrides, _) in IMAGE_SCRIPTS.items():
+        jobs[script] = slurm.submit(root / script, steps=3, script=REPO / "slurm" / script, config=REPO / config,
+                                    overrides=overrides)
+    jobs["sweep"] = submit_sweep(slurm, root / "sweep")
+    return jobs
+
+
+def submit_sweep(slurm, tmp: Path) -> tuple[str, Path, Path]:
+    """`gigatron sweep plan` of four runs, submitted as slurm/sweep.sh's job array; (job, sweep dir, log dir)."""
+    tmp.mkdir(parents=True)
+    sweep = tmp / "sweep"
+    plan = subprocess.run(
+        [str(GIGATRON), "sweep", "plan", "--config", str(CONFIG), "--grid", "model.hidden_size=64,128",
+         "--grid", "train.steps=2,3", "--set", "train.eval_interval=0", "--set", "logging.progress_bar=false",
+         "--set", "logging.tensorboard=false", "--set", "data.num_workers=0", "--out", str(sweep)],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert plan.returncode == 0, plan.stderr
+    env = {**slurm.env, "GIGATRON_VENV": str(Path(sys.executable).parent.parent)}
+    proc = subprocess.run(
+        ["sbatch", "--parsable", f"--array=0-{SWEEP_TASKS - 1}", "--ntasks-per-node=1", "--cpus-per-task=1",
+         "--time=5", f"--output={tmp}/task-%a.out", str(REPO / "slurm" / "sweep.sh"), str(sweep)],
+        capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    slurm.jobs.append(job)
+    return job, sweep, tmp
+
+
+GIGATRON = Path(sys.executable).parent / "gigatron"
 
 
 @pytest.fixture(scope="module")
@@ -152,78 +205,52 @@ def consumed_samples(run_dir: Path) -> int:
     return state["loader"]["consumed_samples"]
 
 
-def test_sbatch_trains_checkpoints_and_equals_a_local_run(slurm, uninterrupted, tmp_path):
-    # One job for both claims (each SLURM job costs ~12 s of scheduling and interpreter start).
-    job, run_dir, log = slurm.submit(tmp_path, steps=6)
-    info = slurm.wait_final(job, timeout=240, log=log)
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
-    text = log.read_text()
-    assert "SLURM_RESTART_COUNT=0" in text
-    assert "2 ranks" in text, tail(log)
-    assert latest(run_dir) == "step_00000006"
-    assert train_steps(run_dir) == list(range(1, 7))
-    assert read_metrics(run_dir)[-1]["loss"] == read_metrics(uninterrupted[6])[-1]["loss"]
+def wait_for_steps(slurm, job: str, run_dir: Path, log: Path, new_steps: int, restarts: int) -> None:
+    """Poll until the job's `restarts`-th start has logged `new_steps` train steps of its own (240 s)."""
+    deadline = time.monotonic() + 240
+    before = None  # steps logged by earlier starts, read once this start is under way
+    while True:
+        info = slurm.job_info(job)
+        assert info.get("JobState") not in FINAL_STATES, f"job ended before it could be signalled:\n{tail(log)}"
+        if int(info.get("Restarts", 0)) == restarts:
+            if before is None:  # earlier starts have exited once SLURM counts the restart
+                before = len(train_steps(run_dir)) if restarts else 0
+            if len(train_steps(run_dir)) >= before + new_steps:
+                return
+        assert time.monotonic() < deadline, f"{new_steps} steps not logged after 240 s:\n{tail(log)}"
+        time.sleep(0.2)
 
 
-def test_long_context_script_trains_with_context_parallelism(slurm, tmp_path):
-    """slurm/pretrain_longctx.sh with its default config: 2048-token sequences split over the 2 tasks."""
-    config = REPO / "configs" / "longctx" / "smoke.yaml"
-    job, run_dir, log = slurm.submit(tmp_path, steps=3, script=REPO / "slurm" / "pretrain_longctx.sh", config=config)
-    info = slurm.wait_final(job, timeout=300, log=log)
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
-    assert "cp=2" in log.read_text(), tail(log)
-    assert train_steps(run_dir) == [1, 2, 3]
-
-
-IMAGE_SCRIPTS = {
-    # script: (its default config, overrides, what the run line must show)
-    "pretrain_fit.sh": ("configs/fit/smoke.yaml",
-                        ("images.default_images=64", "images.valid_images=0", "parallel.zero_stage=2"), "dp=2 zero=2"),
-    "pretrain_t2i.sh": ("configs/t2i/smoke.yaml", ("images.default_images=64", "images.valid_images=0", "parallel.tp=2",
-                                                   "images.caption_vocab_size=300", "model.vocab_size=300"), "tp=2"),
-}
-
-
-@pytest.mark.parametrize("script", sorted(IMAGE_SCRIPTS))
-def test_image_model_scripts_train_their_default_config(slurm, tmp_path, script):
-    """slurm/pretrain_fit.sh (the FIT encoder, DP=2 with ZeRO-2) and slurm/pretrain_t2i.sh (the smoke
-    text-to-image model, TP=2) on 64 shapes images."""
-    config, overrides, layout = IMAGE_SCRIPTS[script]
-    job, run_dir, log = slurm.submit(tmp_path, steps=3, script=REPO / "slurm" / script, config=REPO / config,
-                                     overrides=overrides)
-    info = slurm.wait_final(job, timeout=300, log=log)
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
-    assert layout in log.read_text(), tail(log)
-    assert train_steps(run_dir) == [1, 2, 3]
-
-
-def test_usr1_saves_requeues_and_resumes(slurm, uninterrupted, tmp_path):
+# First in the module: it drives its job while the batch jobs run beside it.
+def test_usr1_and_scontrol_requeue_each_save_requeue_and_resume_bitwise(slurm, uninterrupted, tmp_path):
+    # One 30-step job is preempted twice: first as `#SBATCH --signal=B:USR1@120` does before the time
+    # limit (SIGUSR1 to the batch shell only), then by `scontrol requeue` (an admin, or preemption with
+    # PreemptMode=REQUEUE), which sends SIGTERM. Each time the ranks agree, save, exit 75, and the
+    # requeued job resumes; the end result is bitwise the uninterrupted run.
     steps = 30
     job, run_dir, log = slurm.submit(tmp_path, steps=steps, minutes=8)
-    deadline = time.monotonic() + 240
-    while len(train_steps(run_dir)) < 3:
-        info = slurm.job_info(job)
-        assert info.get("JobState") not in FINAL_STATES, f"job ended before training:\n{tail(log)}"
-        assert time.monotonic() < deadline, f"no training steps after 240 s:\n{tail(log)}"
-        time.sleep(0.2)
-    # What `#SBATCH --signal=B:USR1@120` does before the time limit: SIGUSR1 to the batch shell only.
+    wait_for_steps(slurm, job, run_dir, log, new_steps=3, restarts=0)
     signal = slurm.run("scancel", "--signal=USR1", "--batch", job)
     assert signal.returncode == 0, signal.stderr
+    # The requeued job resumes from the USR1 checkpoint; let it train 3 steps of its own, then requeue it.
+    wait_for_steps(slurm, job, run_dir, log, new_steps=3, restarts=1)
+    requeue = slurm.run("scontrol", "requeue", job)
+    assert requeue.returncode == 0, requeue.stderr
 
-    info = slurm.wait_final(job, timeout=360, log=log, min_restarts=1)
+    info = slurm.wait_final(job, timeout=360, log=log, min_restarts=2)
     text = log.read_text()
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
-    assert info["Restarts"] == "1", tail(log)
-    assert "SLURM_RESTART_COUNT=0" in text and "SLURM_RESTART_COUNT=1" in text, tail(log)
-    assert "[preempted] SIGUSR1" in text, tail(log)
+    assert info["Restarts"] == "2", tail(log)
+    for restart in range(3):
+        assert f"SLURM_RESTART_COUNT={restart}" in text, tail(log)
+    assert "[preempted] SIGUSR1" in text and "[preempted] SIGTERM" in text, tail(log)
     assert f"requeueing job {job}" in text, tail(log)
-    resumed = re.search(r"\[resume\] \S+: step (\d+)", text)
-    assert resumed, tail(log)
-    saved_at = int(resumed.group(1))
-    assert 3 <= saved_at < steps, f"preempted at step {saved_at}: the signal should stop the run early"
+    resumed = sorted({int(step) for step in re.findall(r"\[resume\] \S+: step (\d+)", text)})
+    assert len(resumed) == 2, tail(log)
+    assert 3 <= resumed[0] < resumed[1] < steps, f"preempted at steps {resumed}: each signal should stop the run early"
     assert f"[done] step {steps}" in text, tail(log)
     assert latest(run_dir) == f"step_{steps:08d}"
-    assert train_steps(run_dir) == list(range(1, steps + 1)), "every step logged exactly once across the requeue"
+    assert train_steps(run_dir) == list(range(1, steps + 1)), "every step logged exactly once across the requeues"
     # No sample repeated or skipped: the loader consumed exactly steps x global batch.
     assert consumed_samples(run_dir) == steps * 8
     reference = final_weights(uninterrupted[steps])
@@ -233,59 +260,51 @@ def test_usr1_saves_requeues_and_resumes(slurm, uninterrupted, tmp_path):
         assert torch.equal(weights[name], reference[name]), f"{name} differs from the uninterrupted run"
 
 
-def test_sweep_runs_as_a_job_array_and_summarises(slurm, tmp_path):
-    sweep = tmp_path / "sweep"
-    gigatron = Path(sys.executable).parent / "gigatron"
-    plan = subprocess.run(
-        [str(gigatron), "sweep", "plan", "--config", str(CONFIG), "--grid", "model.hidden_size=64,128",
-         "--grid", "train.steps=2,3", "--set", "train.eval_interval=0", "--set", "logging.progress_bar=false",
-         "--set", "logging.tensorboard=false", "--set", "data.num_workers=0", "--out", str(sweep)],
-        capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert plan.returncode == 0, plan.stderr
-    env = {**slurm.env, "GIGATRON_VENV": str(Path(sys.executable).parent.parent)}
-    proc = subprocess.run(
-        ["sbatch", "--parsable", "--array=0-3", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=5",
-         f"--output={tmp_path}/task-%a.out", str(REPO / "slurm" / "sweep.sh"), str(sweep)],
-        capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    job = proc.stdout.strip().split(";")[0]
-    slurm.jobs.append(job)
+def test_sbatch_trains_checkpoints_and_equals_a_local_run(slurm, batch, uninterrupted):
+    job, run_dir, log = batch["hybrid"]
+    info = slurm.wait_final(job, timeout=300, log=log)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
+    text = log.read_text()
+    assert "SLURM_RESTART_COUNT=0" in text
+    assert "2 ranks" in text, tail(log)
+    assert latest(run_dir) == "step_00000006"
+    assert train_steps(run_dir) == list(range(1, 7))
+    assert read_metrics(run_dir)[-1]["loss"] == read_metrics(uninterrupted[6])[-1]["loss"]
+
+
+def test_long_context_script_trains_with_context_parallelism(slurm, batch):
+    """slurm/pretrain_longctx.sh with its default config: 2048-token sequences split over the 2 tasks."""
+    job, run_dir, log = batch["longctx"]
+    info = slurm.wait_final(job, timeout=300, log=log)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
+    assert "cp=2" in log.read_text(), tail(log)
+    assert train_steps(run_dir) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("script", sorted(IMAGE_SCRIPTS))
+def test_image_model_scripts_train_their_default_config(slurm, batch, script):
+    """slurm/pretrain_fit.sh (the FIT encoder, DP=2 with ZeRO-2) and slurm/pretrain_t2i.sh (the smoke
+    text-to-image model, TP=2) on 64 shapes images."""
+    job, run_dir, log = batch[script]
+    info = slurm.wait_final(job, timeout=300, log=log)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
+    assert IMAGE_SCRIPTS[script][2] in log.read_text(), tail(log)
+    assert train_steps(run_dir) == [1, 2, 3]
+
+
+def test_sweep_runs_as_a_job_array_and_summarises(slurm, batch):
+    job, sweep, logs = batch["sweep"]
     deadline = time.monotonic() + 300
-    while not all((sweep / f"task-{i:03d}" / "checkpoints" / "latest").is_file() for i in range(4)):
-        assert time.monotonic() < deadline, "\n".join(tail(p, 2000) for p in tmp_path.glob("task-*.out"))
+    while any(slurm.job_info(f"{job}_{i}").get("JobState") not in FINAL_STATES for i in range(SWEEP_TASKS)):
+        assert time.monotonic() < deadline, "\n".join(tail(p, 2000) for p in logs.glob("task-*.out"))
         time.sleep(1)
-    time.sleep(2)  # let the last task's srun step exit
-    summary = subprocess.run([str(gigatron), "sweep", "summary", str(sweep)], capture_output=True, text=True,
+    summary = subprocess.run([str(GIGATRON), "sweep", "summary", str(sweep)], capture_output=True, text=True,
                              timeout=120, cwd=REPO)
     assert summary.returncode == 0, summary.stderr
     rows = json.loads((sweep / "summary.json").read_text())
-    assert [r["status"] for r in rows] == ["done"] * 4
+    assert [r["status"] for r in rows] == ["done"] * 4, "\n".join(tail(p, 2000) for p in logs.glob("task-*.out"))
     assert [(r["model.hidden_size"], r["train.steps"]) for r in rows] == [("64", "2"), ("64", "3"), ("128", "2"),
                                                                        ("128", "3")]
     assert all(r["final_loss"] > 0 and r["flops"] > 0 for r in rows)
     assert rows[2]["params"] > rows[0]["params"] and rows[1]["tokens"] > rows[0]["tokens"]
     assert (sweep / "summary.csv").read_text().startswith("task,")
-
-
-def test_scontrol_requeue_saves_and_resumes_bitwise(slurm, uninterrupted, tmp_path):
-    # `scontrol requeue` (an admin, or preemption with PreemptMode=REQUEUE) sends SIGTERM to the job;
-    # the trainer must treat it like USR1: agree, save, exit 75, and the requeued job resumes.
-    steps = 30
-    job, run_dir, log = slurm.submit(tmp_path, steps=steps, minutes=8)
-    deadline = time.monotonic() + 240
-    while len(train_steps(run_dir)) < 3:
-        assert slurm.job_info(job).get("JobState") not in FINAL_STATES, f"job ended before training:\n{tail(log)}"
-        assert time.monotonic() < deadline, f"no training steps after 240 s:\n{tail(log)}"
-        time.sleep(0.2)
-    requeue = slurm.run("scontrol", "requeue", job)
-    assert requeue.returncode == 0, requeue.stderr
-    info = slurm.wait_final(job, timeout=360, log=log, min_restarts=1)
-    text = log.read_text()
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), tail(log)
-    assert "[preempted] SIGTERM" in text, tail(log)
-    assert train_steps(run_dir) == list(range(1, steps + 1)), "every step logged exactly once across the requeue"
-    assert consumed_samples(run_dir) == steps * 8
-    reference = final_weights(uninterrupted[steps])
-    weights = final_weights(run_dir)
-    for name in reference:
-        assert torch.equal(weights[name], reference[name]), f"{name} differs from the uninterrupted run"
