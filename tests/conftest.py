@@ -88,6 +88,33 @@ def run_pretrain(output_dir: Path, overrides: list[str], nproc: int = 1, timeout
                           timeout=timeout, env=env, cwd=REPO)
 
 
+class BackgroundRun:
+    """A smoke run started now and awaited later, so that a fixture's reference runs overlap each other
+    or the test that compares with them (one-thread runs leave the second core idle otherwise)."""
+
+    def __init__(self, output_dir: Path, overrides: list[str], nproc: int = 1, config: Path = SMOKE,
+                 threads: int | None = None) -> None:
+        self.output_dir = output_dir
+        threads = threads or int(os.environ.get("OMP_NUM_THREADS", max(1, 2 // nproc)))
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        self._proc = subprocess.Popen(pretrain_command(output_dir, overrides, nproc, config), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+        self._output: str | None = None
+
+    def wait(self, timeout: float = 300) -> Path:
+        """The run's output_dir once it has exited 0 (fails the test with its output otherwise)."""
+        if self._output is None:
+            self._output, _ = self._proc.communicate(timeout=timeout)
+        assert self._proc.returncode == 0, f"{self.output_dir}: exit {self._proc.returncode}\n{self._output[-4000:]}"
+        return self.output_dir
+
+    def kill(self) -> None:
+        """Stop the run if it is still going (fixture teardown after a failed test)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.communicate()
+
+
 def read_metrics(output_dir: Path, kind: str = "train") -> list[dict]:
     """Records of metrics.jsonl of one kind, in file order."""
     lines = (output_dir / "metrics.jsonl").read_text().splitlines()

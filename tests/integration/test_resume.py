@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from gigatron.launcher.exit_codes import EXIT_PREEMPTED
-from tests.conftest import REPO, assert_ok, final_weights, pretrain_command, read_metrics, run_pretrain
+from tests.conftest import (
+    REPO,
+    BackgroundRun,
+    assert_ok,
+    final_weights,
+    pretrain_command,
+    read_metrics,
+    run_pretrain,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread_per_run")]
 
@@ -22,10 +30,17 @@ BASE = [f"train.steps={STEPS}", "train.eval_interval=0", "data.num_workers=2"]
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, corpus_ready):
-    out = tmp_path_factory.mktemp("uninterrupted")
-    assert_ok(run_pretrain(out, BASE + ["checkpoint.interval=0"]))
-    return out
+def reference_run(tmp_path_factory, corpus_ready):
+    """The uninterrupted run, started when the module starts; it trains beside the first test's runs."""
+    # One thread like every run it is compared with (module fixtures start before one_thread_per_run).
+    run = BackgroundRun(tmp_path_factory.mktemp("uninterrupted"), BASE + ["checkpoint.interval=0"], threads=1)
+    yield run
+    run.kill()
+
+
+@pytest.fixture
+def uninterrupted(reference_run):
+    return reference_run.wait()
 
 
 def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -34,9 +49,10 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
         assert torch.equal(a[name], b[name]), f"{name} differs"
 
 
-def test_resume_after_checkpoint_is_bitwise_identical(uninterrupted, tmp_path):
+def test_resume_after_checkpoint_is_bitwise_identical(reference_run, tmp_path):
     # exit_interval stops the first invocation after step 12 with a checkpoint; the same command
-    # then resumes from it (checkpoint.resume=auto) and runs to the end.
+    # then resumes from it (checkpoint.resume=auto) and runs to the end. The uninterrupted reference
+    # trains meanwhile.
     command = BASE + ["checkpoint.interval=0", "train.exit_interval=12"]
     first = run_pretrain(tmp_path, command)
     assert_ok(first)
@@ -45,6 +61,7 @@ def test_resume_after_checkpoint_is_bitwise_identical(uninterrupted, tmp_path):
         proc = run_pretrain(tmp_path, command)
         assert_ok(proc)
     assert "[resume]" in proc.stdout
+    uninterrupted = reference_run.wait()
     assert_bitwise_equal(final_weights(tmp_path), final_weights(uninterrupted))
     losses = [r["loss"] for r in read_metrics(tmp_path)]
     assert losses == [r["loss"] for r in read_metrics(uninterrupted)]
