@@ -115,6 +115,15 @@ class BackgroundRun:
             self._proc.communicate()
 
 
+def finish_all(runs: dict[str, BackgroundRun]) -> dict[str, Path]:
+    """Wait for runs started together; name -> output_dir. A failure stops the others."""
+    try:
+        return {name: run.wait() for name, run in runs.items()}
+    finally:
+        for run in runs.values():
+            run.kill()
+
+
 def read_metrics(output_dir: Path, kind: str = "train") -> list[dict]:
     """Records of metrics.jsonl of one kind, in file order."""
     lines = (output_dir / "metrics.jsonl").read_text().splitlines()

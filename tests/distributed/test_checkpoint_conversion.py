@@ -20,6 +20,7 @@ from tests.conftest import (
     REPO,
     BackgroundRun,
     assert_ok,
+    finish_all,
     pretrain_command,
     read_metrics,
     run_pretrain,
@@ -43,13 +44,8 @@ def runs(tmp_path_factory, corpus_ready) -> dict[str, Path]:
     """10-step smoke runs of every layout, with checkpoints after steps 5 and 10."""
     root = tmp_path_factory.mktemp("layouts")
     # All at once, one thread per rank: 9 ranks of tiny models overlap their start-up and gloo waits.
-    started = {name: BackgroundRun(root / name, STEPS + layout, nproc=nproc, threads=1)
-               for name, (layout, nproc) in LAYOUTS.items()}
-    try:
-        return {name: run.wait() for name, run in started.items()}
-    finally:
-        for run in started.values():
-            run.kill()
+    return finish_all({name: BackgroundRun(root / name, STEPS + layout, nproc=nproc, threads=1)
+                       for name, (layout, nproc) in LAYOUTS.items()})
 
 
 def step5(run: Path) -> Path:

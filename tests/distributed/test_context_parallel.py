@@ -9,7 +9,16 @@ import subprocess
 
 import pytest
 
-from tests.conftest import GIGATRON, REPO, assert_ok, assert_same_curves, read_metrics, run_pretrain
+from tests.conftest import (
+    GIGATRON,
+    REPO,
+    BackgroundRun,
+    assert_ok,
+    assert_same_curves,
+    finish_all,
+    read_metrics,
+    run_pretrain,
+)
 
 pytestmark = pytest.mark.distributed
 
@@ -32,12 +41,10 @@ def test_attention_over_split_sequences_equals_full_attention(ranks):
 
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory, corpus_ready):
-    runs = {}
-    for family, config in CONFIGS.items():
-        out = tmp_path_factory.mktemp(f"cp1-{family}")
-        assert_ok(run_pretrain(out, [*STEPS, *FAMILY_OVERRIDES[family]], config=config))
-        runs[family] = out
-    return runs
+    # All three at once, one thread each (the comparisons allow fp32 rounding, rel 1e-5).
+    return finish_all({family: BackgroundRun(tmp_path_factory.mktemp(f"cp1-{family}"),
+                                             [*STEPS, *FAMILY_OVERRIDES[family]], config=config, threads=1)
+                       for family, config in CONFIGS.items()})
 
 
 @pytest.mark.parametrize(("family", "layout", "nproc"), [

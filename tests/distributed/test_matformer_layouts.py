@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import GIGATRON, REPO, assert_ok, read_metrics, run_pretrain
+from tests.conftest import GIGATRON, REPO, BackgroundRun, assert_ok, finish_all, read_metrics, run_pretrain
 
 pytestmark = pytest.mark.distributed
 
@@ -31,12 +31,9 @@ def gigatron(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory, corpus_ready) -> dict[str, Path]:
-    runs = {}
-    for mode, overrides in MODES.items():
-        out = tmp_path_factory.mktemp(f"matformer-{mode}")
-        assert_ok(run_pretrain(out, [*STEPS, *overrides], config=CONFIG))
-        runs[mode] = out
-    return runs
+    return finish_all({mode: BackgroundRun(tmp_path_factory.mktemp(f"matformer-{mode}"), [*STEPS, *overrides],
+                                           config=CONFIG, threads=1)
+                       for mode, overrides in MODES.items()})
 
 
 @pytest.fixture(scope="module")

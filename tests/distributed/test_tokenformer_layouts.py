@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import GIGATRON, REPO, assert_ok, read_metrics, run_pretrain
+from tests.conftest import GIGATRON, REPO, BackgroundRun, assert_ok, finish_all, read_metrics, run_pretrain
 
 pytestmark = pytest.mark.distributed
 
@@ -25,12 +25,11 @@ def test_pattention_with_tokens_split_over_two_ranks_equals_one_rank():
 
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory, corpus_ready):
-    curves = {}
-    for tied in (True, False):
-        out = tmp_path_factory.mktemp(f"tokenformer-tied-{tied}")
-        assert_ok(run_pretrain(out, [*STEPS, f"model.tie_embeddings={str(tied).lower()}"], config=TOKENFORMER))
-        curves[tied] = read_metrics(out)
-    return curves
+    runs = finish_all({tied: BackgroundRun(tmp_path_factory.mktemp(f"tokenformer-tied-{tied}"),
+                                           [*STEPS, f"model.tie_embeddings={str(tied).lower()}"],
+                                           config=TOKENFORMER, threads=1)
+                       for tied in (True, False)})
+    return {tied: read_metrics(out) for tied, out in runs.items()}
 
 
 @pytest.mark.parametrize(("layout", "tied"), [

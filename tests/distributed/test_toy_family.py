@@ -15,7 +15,15 @@ from gigatron.checkpoint.native import MOMENTS
 from gigatron.config.families import family_names
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.registry import build_model, get_model_spec
-from tests.conftest import REPO, assert_ok, read_metrics, run_pretrain, train_losses
+from tests.conftest import (
+    REPO,
+    BackgroundRun,
+    assert_ok,
+    finish_all,
+    read_metrics,
+    run_pretrain,
+    train_losses,
+)
 
 pytestmark = pytest.mark.distributed
 
@@ -61,11 +69,9 @@ def runs(installed, tmp_path_factory, corpus_ready) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("toy")
     config = root / "toy.yaml"
     config.write_text(TOY_CONFIG)
-    out = {"config": config}
-    for name, layout, nproc in [("single", [], 1), ("tp2-pp2", TP2_PP2, 4)]:
-        out[name] = root / name
-        assert_ok(run_pretrain(out[name], STEPS + layout, nproc=nproc, config=config))
-    return out
+    runs = finish_all({name: BackgroundRun(root / name, STEPS + layout, nproc=nproc, config=config, threads=1)
+                       for name, layout, nproc in [("single", [], 1), ("tp2-pp2", TP2_PP2, 4)]})
+    return {"config": config, **runs}
 
 
 def test_the_entry_point_makes_toy_a_family(installed):

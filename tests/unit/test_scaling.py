@@ -26,11 +26,13 @@ def law(n, d):
 @pytest.fixture(scope="module")
 def chinchilla():
     points = read_csv(CHINCHILLA).drop_highest_losses(5)
-    fitted = parametric.fit(points)
+    # The 256 best-scoring of Hoffmann's 4,500 starts: the same optimum as all of them to 7 digits
+    # (E 1.8172181, alpha 0.3473105, beta 0.3671724; measured 2026-12-04), in 2 s instead of 15.
+    fitted = parametric.fit(points, starts=256)
     return points, fitted, parametric.bootstrap(points, fitted, 1000, seed=1)
 
 
-@pytest.mark.slow  # a 1,000-resample bootstrap of the replication's fit (~15 s)
+@pytest.mark.slow  # a 1,000-resample bootstrap of the replication's fit (~8 s)
 def test_chinchilla_parametric_fit_reproduces_the_replication(chinchilla):
     points, fitted, _ = chinchilla
     assert len(points) == 240
