@@ -147,6 +147,7 @@ IMAGE_SCRIPTS = {
                                                    "images.caption_vocab_size=300", "model.vocab_size=300"), "tp=2"),
 }
 SWEEP_TASKS = 4
+GIGATRON = Path(sys.executable).parent / "gigatron"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -184,9 +185,6 @@ def submit_sweep(slurm, tmp: Path) -> tuple[str, Path, Path]:
     job = proc.stdout.strip().split(";")[0]
     slurm.jobs.append(job)
     return job, sweep, tmp
-
-
-GIGATRON = Path(sys.executable).parent / "gigatron"
 
 
 @pytest.fixture(scope="module")
