@@ -227,7 +227,9 @@ class LayerFactory:
 
     def norm(self, dim: int, eps: float = 1e-5) -> nn.Module:
         """RMSNorm; replicated on every TP rank."""
-        return RMSNorm(dim, eps=eps, device=self.device).to(self.params_dtype)
+        # Created in its dtype rather than converted: a module's .to() cannot swap the parameters of a
+        # model built under FakeTensorMode (the memory planner's shapes-only build).
+        return RMSNorm(dim, eps=eps, device=self.device, dtype=self.params_dtype)
 
     def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-token loss from this rank's vocab shard of the logits (full logits at TP=1)."""

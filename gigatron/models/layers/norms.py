@@ -11,10 +11,11 @@ from gigatron.models.layers.init import mark_init
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Zhang & Sennrich 2019), computed in fp32 for bf16 stability."""
 
-    def __init__(self, dim: int, eps: float = 1e-5, device: torch.device | str | None = None) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = mark_init(nn.Parameter(torch.empty(dim, device=device)), "ones")
+        self.weight = mark_init(nn.Parameter(torch.empty(dim, device=device, dtype=dtype)), "ones")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
