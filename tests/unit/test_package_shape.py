@@ -26,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "inference": {"objectives", "checkpoint", "models", "data", "config"},
     "pretrain": {"objectives", "checkpoint", "models", "parallel", "data", "config", "launcher"},
     "scaling": {"pretrain", "checkpoint", "models", "data", "config"},
+    "planning": {"models", "parallel", "data", "config"},
     "commands": {"pretrain", "scaling", "inference", "objectives", "checkpoint", "models", "parallel", "data",
                  "config", "launcher"},
 }

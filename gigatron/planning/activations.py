@@ -1,0 +1,39 @@
+"""Activation memory counted, not estimated: the bytes autograd keeps for backward during a forward.
+
+Run under `FakeTensorMode` (a model built there holds no memory), the count costs nothing and
+follows the code that will run: every family, every layout-dependent shape, recomputed regions
+(which save only their inputs). docs/benchmarks.md ("Activation bytes from shapes") compares it with
+what one H200 measured (`benchmarks/activation_count.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+
+
+def saved_for_backward_bytes(forward: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> int:
+    """Bytes of the distinct storages autograd saves for backward while `forward()` runs.
+
+    A storage counts once however many ops save it or views of it; storages of `exclude` (pass the
+    parameters: they are weights, not activations) are not counted. Works on real tensors and under
+    FakeTensorMode.
+    """
+    excluded = {StorageWeakRef(t.untyped_storage()) for t in exclude}
+    seen: set[StorageWeakRef] = set()
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        storage = tensor.untyped_storage()
+        key = StorageWeakRef(storage)
+        if key not in excluded and key not in seen:
+            seen.add(key)
+            total += storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        forward()
+    return total
