@@ -1,8 +1,8 @@
 """Activation bytes of one training sequence, counted from shapes under FakeTensorMode.
 
 For the two ~1.3B models of the one-GPU smoke (benchmarks/gpu_smoke.sh, stage 4): what the forward
-saves for backward (forward and loss) per sequence of `--seq` tokens in bf16, by `gigatron.planning.saved_for_backward_bytes`
-on a model that holds no memory. docs/benchmarks.md compares the figures with the H200's
+and the loss save for backward per sequence of `--seq` tokens in bf16, counted by
+`gigatron.planning.saved_for_backward_bytes` on a model that holds no memory. docs/benchmarks.md compares the figures with the H200's
 `torch.cuda.max_memory_allocated`.
 """
 
@@ -44,7 +44,7 @@ def main() -> None:
                 return factory.cross_entropy(model(tokens[:, :-1]), tokens[:, 1:]).mean()
 
             saved = saved_for_backward_bytes(step, exclude=params)
-        count = sum(p.numel() for p in {id(p): p for p in params}.values())
+        count = sum(p.numel() for p in params)
         print(f"{name:>12} {count / 1e6:>9.1f}M {saved / 2**30:>28.2f} GiB {time.perf_counter() - start:>8.1f}")
 
 

@@ -80,12 +80,17 @@ def pretrain_command(output_dir: Path, overrides: list[str], nproc: int = 1, con
     return [*gigatron, "launch", "--nproc", str(nproc), "--grace", "10", "--", *train]
 
 
+def _run_env(nproc: int, threads: int | None = None) -> dict[str, str]:
+    """The environment of a smoke run: `threads` per rank, else OMP_NUM_THREADS, else the 2 cores shared."""
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS", max(1, 2 // nproc)))
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
+
+
 def run_pretrain(output_dir: Path, overrides: list[str], nproc: int = 1, timeout: float = 300,
                  config: Path = SMOKE) -> subprocess.CompletedProcess:
     """Run to completion; the caller checks the return code."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, 2 // nproc)))}
     return subprocess.run(pretrain_command(output_dir, overrides, nproc, config), capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
+                          timeout=timeout, env=_run_env(nproc), cwd=REPO)
 
 
 class BackgroundRun:
@@ -95,10 +100,8 @@ class BackgroundRun:
     def __init__(self, output_dir: Path, overrides: list[str], nproc: int = 1, config: Path = SMOKE,
                  threads: int | None = None) -> None:
         self.output_dir = output_dir
-        threads = threads or int(os.environ.get("OMP_NUM_THREADS", max(1, 2 // nproc)))
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         self._proc = subprocess.Popen(pretrain_command(output_dir, overrides, nproc, config), stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+                                      stderr=subprocess.STDOUT, text=True, env=_run_env(nproc, threads), cwd=REPO)
         self._output: str | None = None
 
     def wait(self, timeout: float = 300) -> Path:

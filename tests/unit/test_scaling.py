@@ -32,7 +32,7 @@ def chinchilla():
     return points, fitted, parametric.bootstrap(points, fitted, 1000, seed=1)
 
 
-@pytest.mark.slow  # a 1,000-resample bootstrap of the replication's fit (~8 s)
+@pytest.mark.slow  # a 1,000-resample bootstrap of the replication's fit (~5 s)
 def test_chinchilla_parametric_fit_reproduces_the_replication(chinchilla):
     points, fitted, _ = chinchilla
     assert len(points) == 240
