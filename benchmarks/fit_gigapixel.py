@@ -48,17 +48,18 @@ def measure(mode: str, size: int) -> dict:
         return json.loads(result.read_text())
 
 
-def _model_config(mode: str, size: int):
+def _run_config(mode: str, size: int):
     from gigatron.config import load_config
     from gigatron.models.layers.fit_blocks import parse_layers
 
-    model = load_config(CONFIG).model
+    cfg = load_config(CONFIG)
     if mode == "vit":
+        model = cfg.model
         depth = sum(local + global_ for local, global_ in parse_layers(model.layers))
         model.layers = f"({depth})"
         model.group_size = size // model.patch_size  # one group: every layer attends over all tokens
-        model.checkpoint_blocks = False
-    return model
+        cfg.train.recompute = "none"
+    return cfg
 
 
 def worker(mode: str, size: int, result: Path) -> None:
@@ -75,11 +76,14 @@ def worker(mode: str, size: int, result: Path) -> None:
     from gigatron.models.fit.model import FITEncoder
     from gigatron.models.layers.factory import LayerFactory
     from gigatron.models.layers.init import initialize_parameters
+    from gigatron.models.layers.recompute import apply_recompute_config
 
     torch.manual_seed(0)
-    cfg = _model_config(mode, size)
+    run = _run_config(mode, size)
+    cfg = run.model
     model = FITEncoder(cfg, LayerFactory())
     initialize_parameters(model, seed=0)
+    apply_recompute_config(model, run.train)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     params = sum(p.numel() for p in model.parameters())
     classes = load_config_classes()

@@ -75,10 +75,31 @@ MOVED_KEYS = {
 }
 
 
+# Keys replaced by a more general one with other values: old dotted key -> (new key, old -> new value).
+REPLACED_KEYS = {
+    "model.checkpoint_blocks": ("train.recompute", {True: "full", False: "none"}),
+}
+
+
+def _new_place(old: str, value: Any) -> tuple[str, Any]:
+    """Where a moved or replaced key's value goes, and the value it becomes there."""
+    if old in REPLACED_KEYS:
+        new, values = REPLACED_KEYS[old]
+        return new, values.get(value, value)
+    return MOVED_KEYS[old], value
+
+
+def _moved_message(old: str, value: Any) -> str:
+    new, converted = _new_place(old, value)
+    if old in REPLACED_KEYS:
+        return f"{old} has been replaced by {new} ({old}: {value!r} is {new}: {converted!r}; see docs/memory.md)"
+    return f"{old} has moved to {new} (its feature's own section; see docs/config.md)"
+
+
 def _pop_moved(raw: dict[str, Any]) -> dict[str, Any]:
-    """Remove every moved key from `raw`; returns {old key: value}."""
+    """Remove every moved or replaced key from `raw`; returns {old key: value}."""
     found = {}
-    for old in MOVED_KEYS:
+    for old in [*MOVED_KEYS, *REPLACED_KEYS]:
         section, key = old.split(".")
         if isinstance(raw.get(section), dict) and key in raw[section]:
             found[old] = raw[section].pop(key)
@@ -88,8 +109,9 @@ def _pop_moved(raw: dict[str, Any]) -> dict[str, Any]:
 def migrate_moved_keys(raw: dict[str, Any]) -> dict[str, Any]:
     """`raw` with keys written before they moved (checkpoints of earlier versions) at their new places."""
     raw = _deep_copy(raw)
-    for old, value in _pop_moved(raw).items():
-        parts = MOVED_KEYS[old].split(".")
+    for old, original in _pop_moved(raw).items():
+        new, value = _new_place(old, original)
+        parts = new.split(".")
         if len(parts) == 1:
             raw[parts[0]] = merge_configs(value, raw.get(parts[0]) or {})
         else:
@@ -108,8 +130,7 @@ def config_from_dict(raw: dict[str, Any], migrate: bool = False) -> Config:
     raw = migrate_moved_keys(raw) if migrate else _deep_copy(raw)
     moved = _pop_moved(raw)  # raw is our copy; the keys it removes are reported, not used
     if moved:
-        raise ConfigError("; ".join(f"{old} has moved to {MOVED_KEYS[old]} (its feature's own section; see "
-                                    "docs/config.md)" for old in moved))
+        raise ConfigError("; ".join(_moved_message(old, value) for old, value in moved.items()))
     model_raw = raw.pop("model", None)
     if not isinstance(model_raw, dict) or "family" not in model_raw:
         raise ConfigError(f"model.family is required (registered families: {', '.join(family_names())})")

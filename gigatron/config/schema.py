@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# What selective recomputation can name (each family's modules declare theirs): the attention
+# scores and softmax, the MLP / FFN, the norms, the Mamba mixer.
+RECOMPUTE_MODULES = ("core_attn", "mlp", "layernorm", "mamba")
+
 
 @dataclass
 class ParallelConfig:
@@ -73,6 +77,15 @@ class TrainConfig:
     # --exit-interval: splits a run into fixed-length jobs. None runs to the budget.
     exit_interval: int | None = None
     eval_batches: int = 4  # global batches of the validation split per evaluation
+    # Activation recomputation (docs/memory.md), as Megatron-LM's --recompute-*: none; selective
+    # (the modules named in recompute_modules); full (whole layers, by recompute_method).
+    recompute: Literal["none", "selective", "full"] = "none"
+    # full: uniform cuts each pipeline stage's layers into chunks of recompute_num_layers (default 1),
+    # each keeping only its input; block recomputes the first recompute_num_layers of each stage.
+    recompute_method: Literal["uniform", "block"] = "uniform"
+    recompute_num_layers: int | None = None
+    # selective: any of RECOMPUTE_MODULES.
+    recompute_modules: list[str] = field(default_factory=lambda: ["core_attn"])
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gigatron.config.errors import ConfigError
-from gigatron.config.schema import Config
+from gigatron.config.schema import RECOMPUTE_MODULES, Config
 
 
 def divisibility_problems(checks: list[tuple[str, int, str, int]]) -> list[str]:
@@ -73,6 +73,44 @@ def _context_parallel_problems(cfg: Config) -> list[str]:
         out.append(f"parallel.cp={p.cp} with parallel.pp={p.pp}: context parallelism is not combined with the "
                    "pipeline engine; use tp, cp and dp")
     return out
+
+
+def recompute_problems(cfg: Config) -> list[str]:
+    """What is wrong with the train.recompute* keys for this model and pipeline size."""
+    t, out = cfg.train, []
+    unknown = [m for m in t.recompute_modules if m not in RECOMPUTE_MODULES]
+    if unknown:
+        out.append(f"train.recompute_modules has {unknown}; valid: {list(RECOMPUTE_MODULES)}")
+    if t.recompute == "selective" and not t.recompute_modules:
+        out.append("train.recompute=selective needs train.recompute_modules (some of "
+                   f"{list(RECOMPUTE_MODULES)})")
+    n = t.recompute_num_layers
+    if n is None:
+        return out
+    if t.recompute != "full":
+        out.append(f"train.recompute_num_layers={n} applies to train.recompute=full only (now {t.recompute})")
+        return out
+    layers = getattr(cfg.model, "recompute_layers", getattr(cfg.model, "num_layers", None))
+    per_stage = None if layers is None else -(-layers // cfg.parallel.pp)
+    if n < 1:
+        out.append(f"train.recompute_num_layers={n} must be >= 1")
+    elif t.recompute_method == "uniform" and layers is not None and n > layers:
+        out.append(f"train.recompute_num_layers={n} is larger than the model's {layers} layers")
+    elif t.recompute_method == "block" and per_stage is not None and n > per_stage:
+        out.append(f"train.recompute_num_layers={n} with train.recompute_method=block is larger than the "
+                   f"{per_stage} layers of a pipeline stage ({layers} layers over parallel.pp={cfg.parallel.pp})")
+    return out
+
+
+def layer_chunk_problems(run: Config) -> list[str]:
+    """For a family whose own forward drives its layers (no flat layer list): chunks of several layers
+    (train.recompute_method=uniform, recompute_num_layers > 1) cannot be recomputed as one region."""
+    t = run.train
+    if t.recompute != "full" or t.recompute_method != "uniform" or (t.recompute_num_layers or 1) == 1:
+        return []
+    return [f"train.recompute_num_layers={t.recompute_num_layers} with train.recompute_method=uniform recomputes "
+            f"chunks of consecutive layers, which model.family={type(run.model).family} does not support (its "
+            "forward drives its blocks); use train.recompute_num_layers=1, or train.recompute_method=block"]
 
 
 def validate_config(cfg: Config, world_size: int) -> Config:
@@ -158,6 +196,7 @@ def validate_config(cfg: Config, world_size: int) -> Config:
         problems.append(f"checkpoint.keep_last={cfg.checkpoint.keep_last} must be >= 1")
     if cfg.checkpoint.interval < 0:
         problems.append(f"checkpoint.interval={cfg.checkpoint.interval} must be >= 0")
+    problems.extend(recompute_problems(cfg))
     problems.extend(cfg.model.validate(cfg))
     problems.extend(matformer_problems(cfg))
     if problems:

@@ -82,9 +82,10 @@ class MatFormerTraining(TrainingFeature):
                     # Several backward passes per micro-batch: DeepSpeed must reduce and step only
                     # after the last one of the last micro-batch (its documented manual boundary).
                     ds.set_gradient_accumulation_boundary(i == len(micro_batches) - 1 and j == len(plan) - 1)
+                # Backward inside the granularity too: recomputed layers run their forward again there.
                 with ffn_granularity(ds.module, granularity):
                     micro_loss = task.forward_loss(ds, mb)
-                ds.backward(micro_loss * weight)
+                    ds.backward(micro_loss * weight)
                 sums[j] += micro_loss.detach().float()
             ds.step()
         means = ctx.dp_mean(sums / len(micro_batches))

@@ -13,6 +13,7 @@ from gigatron.checkpoint.engine_load import load_model_weights, load_optimizer_s
 from gigatron.config.schema import Config
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
+from gigatron.models.layers.recompute import RecomputePlan, apply_recompute_config
 from gigatron.models.registry import build_model, get_model_spec
 from gigatron.objectives import LanguageModelingTask, Task, build_task
 from gigatron.parallel.layout import DeepSpeedMPU, ParallelLayout
@@ -29,6 +30,7 @@ class TrainingEngine:
     factory: LayerFactory
     is_pipeline: bool
     num_params: int  # logical (unsharded) parameter count, from the model spec
+    recompute: RecomputePlan  # what this rank recomputes in the backward pass
 
     @property
     def module(self) -> nn.Module:
@@ -93,6 +95,7 @@ def build_engine(cfg: Config, layout: ParallelLayout, device: str, init_from: Lo
     # PipelineModule talks through deepspeed.comm, which must adopt our existing torch.distributed group.
     deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl", auto_mpi_discovery=False)
     model = _build_pipeline(cfg, factory, task, layout) if is_pipeline else build_model(cfg.model, factory)
+    recompute = apply_recompute_config(model, cfg.train)
     initialize_parameters(model, cfg.train.seed, layout.tp_rank, layout.tp_size)
     if init_from is not None:
         load_model_weights(model, init_from, layout.tp_rank, layout.tp_size)
@@ -121,4 +124,4 @@ def build_engine(cfg: Config, layout: ParallelLayout, device: str, init_from: Lo
     if init_from is not None:
         load_optimizer_state(engine, init_from, layout.tp_rank, layout.tp_size)
     return TrainingEngine(engine=engine, task=task, factory=factory, is_pipeline=is_pipeline,
-                          num_params=spec.num_params(cfg.model))
+                          num_params=spec.num_params(cfg.model), recompute=recompute)

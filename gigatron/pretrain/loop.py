@@ -228,6 +228,8 @@ class Trainer:
         self.log(f"[run] {self.engine.num_params / 1e6:.2f}M parameters, {self.env.world_size} ranks "
                  f"({self.layout.describe()} zero={cfg.parallel.zero_stage}), steps {self.state.step}->{self.total_steps}, "
                  f"{self.tokens_per_step} tokens/step")
+        if cfg.train.recompute != "none":
+            self.log(f"[run] {self.engine.recompute.describe()} (rank 0's pipeline stage)")
         # One "start" record per invocation: `gigatron status` counts restarts and requeues from them.
         self.metrics.log(self.state.step, {"world_size": self.env.world_size, "resumed": self.state.step > 0},
                          kind="start")

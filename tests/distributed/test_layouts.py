@@ -1,4 +1,5 @@
-"""TP=2, PP=2, ZeRO-2, ZeRO-3 and 4-rank combinations train the smoke GPT to the same losses as one process."""
+"""TP=2, PP=2, ZeRO-2, ZeRO-3 and 4-rank combinations train the smoke GPT to the same losses as one process,
+with activation recomputation in some (it changes no arithmetic, so the same tolerance holds)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,16 @@ def single_process(tmp_path_factory, corpus_ready):
 
 @pytest.mark.parametrize(("layout", "nproc"), [
     (["parallel.tp=2"], 2),
-    (["parallel.pp=2"], 2),
+    # chunks of two layers recomputed inside DeepSpeed's pipeline module
+    (["parallel.pp=2", "train.recompute=full", "train.recompute_num_layers=2"], 2),
     (["parallel.zero_stage=2"], 2),
-    (["parallel.zero_stage=3"], 2),
-    (["parallel.tp=2", "parallel.pp=2"], 4),
+    # recomputed layers gather their ZeRO-3 partitions again in the backward pass
+    (["parallel.zero_stage=3", "train.recompute=full"], 2),
+    (["parallel.tp=2", "parallel.pp=2", "train.recompute=selective", "train.recompute_modules=[core_attn,mlp,layernorm]"],
+     4),
     (["parallel.tp=2", "parallel.zero_stage=1"], 4),
-], ids=["tp2", "pp2", "zero2", "zero3", "tp2-pp2", "tp2-dp2-zero1"])
+], ids=["tp2", "pp2-recompute-chunks", "zero2", "zero3-recompute-full", "tp2-pp2-recompute-selective",
+        "tp2-dp2-zero1"])
 def test_loss_curve_matches_single_process(layout, nproc, single_process, tmp_path):
     assert_ok(run_pretrain(tmp_path, STEPS + layout, nproc=nproc))
     reference, reference_valid = single_process

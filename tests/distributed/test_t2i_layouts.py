@@ -28,7 +28,10 @@ def single(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.zero_stage=2"]], ids=["tp2", "dp2-zero2"])
+@pytest.mark.parametrize("layout", [
+    ["parallel.tp=2", "train.recompute=selective", "train.recompute_modules=[core_attn,mlp,layernorm]"],
+    ["parallel.zero_stage=2", "train.recompute=full"],
+], ids=["tp2-recompute-selective", "dp2-zero2-recompute-full"])
 def test_layout_matches_single_process(single, tmp_path, layout):
     assert_ok(run_pretrain(tmp_path / "run", [*STEPS, *layout], nproc=2, config=CONFIG))
     assert_same_curves(tmp_path / "run", single)

@@ -17,6 +17,7 @@ from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.fit_blocks import chunk_causal_mask, parse_layers
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.layers.patches import GroupedPatchEmbedding, patchify_groups, unpatchify_groups
+from gigatron.models.layers.recompute import apply_recompute
 
 
 def _encoder(**overrides) -> FITEncoder:
@@ -200,8 +201,9 @@ def test_local_layers_are_a_transformer_per_group():
 # ---------------------------------------------------------------- encoder and decoder
 
 
-def test_encoder_runs_at_any_divisible_size_and_checkpointing_changes_nothing():
-    plain, checkpointed = _encoder(), _encoder(checkpoint_blocks=True)
+def test_encoder_runs_at_any_divisible_size_and_recomputing_blocks_changes_nothing():
+    plain, checkpointed = _encoder(), _encoder()
+    apply_recompute(checkpointed, "full")
     checkpointed.load_state_dict(plain.state_dict())
     for size in (8, 16):
         images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from gigatron.config.validate import layer_chunk_problems
 from gigatron.models.layers.fit_blocks import parse_layers
 
 
@@ -27,8 +28,11 @@ class FITConfig:
     num_classes: int = 3
     norm_eps: float = 1e-5
     init_std: float = 0.02
-    # Recompute each block in the backward pass: activation memory of one block plus block inputs.
-    checkpoint_blocks: bool = False
+
+    @property
+    def recompute_layers(self) -> int:
+        """The units `train.recompute: full` recomputes: FIT blocks (docs/memory.md)."""
+        return len(parse_layers(self.layers))
 
     @property
     def latent_dim(self) -> int:
@@ -65,7 +69,7 @@ class FITConfig:
         if self.channels != 3:
             problems.append(f"model.channels={self.channels}: the image shards hold RGB images; use 3")
         problems += self._class_problems(images)
-        return problems
+        return problems + layer_chunk_problems(run)
 
     def _class_problems(self, images) -> list[str]:
         classes = images.classes or []

@@ -54,7 +54,7 @@ class FITBackbone(nn.Module):
 
     def forward(self, tokens: torch.Tensor, latents: torch.Tensor,
                 prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.core(tokens, latents, prefix, checkpoint_blocks=self.cfg.checkpoint_blocks)
+        return self.core(tokens, latents, prefix)
 
 
 class FITEncoder(nn.Module):

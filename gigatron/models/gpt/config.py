@@ -26,6 +26,10 @@ class GPTConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     tie_embeddings: bool = False
+    # Dropout on the attention and MLP outputs before each residual add (Megatron-LM's hidden_dropout).
+    # The mask is drawn from torch's generator for the whole [batch, seq, hidden] output on every TP
+    # rank, so tensor-parallel replicas agree; recomputation redraws the same mask.
+    hidden_dropout: float = 0.0
     # One FFN width per block (a Mix'n'Match model from `gigatron matformer extract`); overrides
     # ffn_hidden_size.
     ffn_hidden_sizes: list[int] | None = None
@@ -73,4 +77,6 @@ class GPTConfig:
             problems.append("model.tie_embeddings=true is not supported with parallel.pp>1 (embedding and head "
                             "live on different stages); untie or use parallel.pp=1")
         problems += cp_head_problems(parallel, self.num_heads, self.kv_heads)
+        if not 0.0 <= self.hidden_dropout < 1.0:
+            problems.append(f"model.hidden_dropout={self.hidden_dropout} must be in [0, 1)")
         return problems

@@ -30,6 +30,8 @@ from gigatron.models.registry import LayerRecipe, ModelSpec
 class _PreNormResidual(nn.Module):
     """x + mixer(norm(x)); `forward_cached` threads a generation cache through the mixer."""
 
+    recompute_as = "layer"
+
     def __init__(self, factory: LayerFactory, cfg: HybridConfig, mixer: nn.Module) -> None:
         super().__init__()
         self.norm = factory.norm(cfg.hidden_size, cfg.norm_eps)

@@ -21,6 +21,18 @@ class KVCache:
     length: int = 0
 
 
+class MaskedAttention(nn.Module):
+    """softmax(q·kᵀ/√d, masked)·v for q [b, h, Lq, d] and k, v [b, h, Lk, d]; `mask` broadcasts to
+    [b, h, Lq, Lk] (True: may attend) or is None. The core attention of layers that attend with a
+    mask (FIT, DiT), a module so that activation recomputation can name it (`core_attn`)."""
+
+    recompute_as = "core_attn"
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 class GroupedQueryAttention(nn.Module):
     """q/k/v projections are column-parallel (each rank owns whole heads), the output row-parallel.
 

@@ -10,9 +10,9 @@ rank-r update per block, instead of a full 6·h × h projection in every block.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from gigatron.models.layers.attention import MaskedAttention
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import mark_init
 from gigatron.models.layers.mlp import SwiGLU
@@ -43,6 +43,7 @@ class QKNormAttention(nn.Module):
         self.o = factory.row_linear(dim, dim, std=out_std)
         self.q_norm = factory.norm(self.head_dim, eps)
         self.k_norm = factory.norm(self.head_dim, eps)
+        self.core = MaskedAttention()
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
@@ -56,7 +57,7 @@ class QKNormAttention(nn.Module):
         if positions is not None:
             q = apply_rotary_2d(q, positions, self.rope_base)
             k = apply_rotary_2d(k, positions, self.rope_base)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+        out = self.core(q, k, v, mask[:, None])
         return self.o(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.heads * self.head_dim))
 
 
@@ -75,6 +76,8 @@ class AdaLNLoRA(nn.Module):
 
 class DiTBlock(nn.Module):
     """x + gate·attn(mod(norm(x))); x + cross(norm(x), text); x + gate·mlp(mod(norm(x)))."""
+
+    recompute_as = "layer"
 
     def __init__(self, factory: LayerFactory, dim: int, heads: int, ffn: int, text_dim: int, lora_rank: int,
                  rope_base: float, std: float, out_std: float, eps: float) -> None:

@@ -17,8 +17,8 @@ import re
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from gigatron.models.layers.attention import MaskedAttention
 from gigatron.models.layers.factory import LayerFactory
 
 _BLOCK = re.compile(r"\((\d+)\)(\d*)")
@@ -46,7 +46,7 @@ def parse_layers(spec: str) -> list[tuple[int, int]]:
     return blocks
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+def _attend(core: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
             mask: torch.Tensor | None = None) -> torch.Tensor:
     b, lq, width = q.shape
     lk = k.shape[1]
@@ -54,8 +54,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
     q = q.view(b, lq, heads, head_dim).transpose(1, 2)
     k = k.view(b, lk, heads, head_dim).transpose(1, 2)
     v = v.view(b, lk, heads, head_dim).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return out.transpose(1, 2).reshape(b, lq, width)
+    return core(q, k, v, mask).transpose(1, 2).reshape(b, lq, width)
 
 
 class Attention(nn.Module):
@@ -70,15 +69,18 @@ class Attention(nn.Module):
         self.k = factory.column_linear(context_dim, dim, std=std)
         self.v = factory.column_linear(context_dim, dim, std=std)
         self.o = factory.row_linear(dim, dim, std=out_std)
+        self.core = MaskedAttention()
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
-        return self.o(_attend(self.q(x), self.k(context), self.v(context), self.heads, mask))
+        return self.o(_attend(self.core, self.q(x), self.k(context), self.v(context), self.heads, mask))
 
 
 class MLP(nn.Module):
     """down(gelu(up(x)))."""
+
+    recompute_as = "mlp"
 
     def __init__(self, factory: LayerFactory, dim: int, hidden: int, std: float, out_std: float) -> None:
         super().__init__()
@@ -140,6 +142,8 @@ def chunk_causal_mask(groups: int, latents_per_group: int, prefix: int, device: 
 class FITBlock(nn.Module):
     """local layers; then read, global layers, write (each present when the block's spec asks)."""
 
+    recompute_as = "layer"
+
     def __init__(self, factory: LayerFactory, local: int, global_: int, write: bool, dim: int, latent_dim: int,
                  heads: int, mlp_ratio: float, std: float, out_std: float, eps: float) -> None:
         super().__init__()
@@ -178,7 +182,7 @@ class FITBlock(nn.Module):
 
 
 class FITCore(nn.Module):
-    """The stack of FIT blocks of a layer string; optional activation checkpointing per block."""
+    """The stack of FIT blocks of a layer string."""
 
     def __init__(self, factory: LayerFactory, layers: str, dim: int, latent_dim: int, heads: int,
                  mlp_ratio: float, std: float, out_std: float, eps: float, global_causal: bool = False) -> None:
@@ -190,17 +194,13 @@ class FITCore(nn.Module):
             for i, (local, global_) in enumerate(spec)
         )
 
-    def forward(self, tokens: torch.Tensor, latents: torch.Tensor, prefix: torch.Tensor | None = None,
-                checkpoint_blocks: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, latents: torch.Tensor, prefix: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens, latents) after every block; `prefix` [b, k, c_latent] joins the global layers."""
         mask = None
         if self.global_causal:
             k = 0 if prefix is None else prefix.shape[1]
             mask = chunk_causal_mask(latents.shape[1], latents.shape[2], k, latents.device)
-        recompute = checkpoint_blocks and torch.is_grad_enabled()
         for block in self.blocks:
-            if recompute:
-                tokens, latents, prefix = checkpoint(block, tokens, latents, prefix, mask, use_reentrant=False)
-            else:
-                tokens, latents, prefix = block(tokens, latents, prefix, mask)
+            tokens, latents, prefix = block(tokens, latents, prefix, mask)
         return tokens, latents

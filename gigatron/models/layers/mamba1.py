@@ -56,6 +56,8 @@ class Mamba1Cache:
 class Mamba1Mixer(nn.Module):
     """One Mamba-1 mixer; `forward` for training, `forward_cached` for generation."""
 
+    recompute_as = "mamba"
+
     def __init__(self, factory: LayerFactory, shape: Mamba1Shape, std: float, out_std: float) -> None:
         super().__init__()
         s, tp = shape, factory.tp_size

@@ -61,6 +61,8 @@ class Mamba2Cache:
 class Mamba2Mixer(nn.Module):
     """One Mamba-2 mixer; `forward` for training, `forward_cached` for generation."""
 
+    recompute_as = "mamba"
+
     def __init__(self, factory: LayerFactory, shape: Mamba2Shape, std: float, out_std: float) -> None:
         super().__init__()
         s, tp = shape, factory.tp_size

@@ -16,6 +16,8 @@ class SwiGLU(nn.Module):
     With `matformer` set, the active granularity uses only the kept rows of gate/up and columns of down.
     """
 
+    recompute_as = "mlp"
+
     def __init__(self, factory: LayerFactory, hidden: int, ffn_hidden: int, std: float, out_std: float,
                  matformer: MatFormerConfig | None = None) -> None:
         super().__init__()
@@ -35,6 +37,8 @@ class SwiGLU(nn.Module):
 
 class SquaredReLUMLP(nn.Module):
     """down(relu(up(x))^2) (So et al. 2021, Primer): the MLP of NVIDIA's Mamba-2-Hybrid and Nemotron-H."""
+
+    recompute_as = "mlp"
 
     def __init__(self, factory: LayerFactory, hidden: int, ffn_hidden: int, std: float, out_std: float,
                  matformer: MatFormerConfig | None = None) -> None:

@@ -11,6 +11,8 @@ from gigatron.models.layers.init import mark_init
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Zhang & Sennrich 2019), computed in fp32 for bf16 stability."""
 
+    recompute_as = "layernorm"
+
     def __init__(self, dim: int, eps: float = 1e-5, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()

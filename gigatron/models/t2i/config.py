@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from gigatron.config.validate import divisibility_problems
+from gigatron.config.validate import divisibility_problems, layer_chunk_problems
 
 
 @dataclass
@@ -77,7 +77,7 @@ class T2IConfig:
             if getattr(parallel, key) > 1:
                 problems.append(f"parallel.{key}={getattr(parallel, key)}: text-to-image models train with tensor "
                                 "and data parallelism (parallel.tp, ZeRO); set parallel.pp and cp to 1")
-        return problems
+        return problems + layer_chunk_problems(run)
 
 
 def image_shapes(images) -> list[tuple[int, int]]:

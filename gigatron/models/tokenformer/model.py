@@ -24,9 +24,17 @@ from gigatron.models.registry import LayerRecipe, ModelSpec
 from gigatron.models.tokenformer.config import TokenFormerConfig
 
 
-def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """LayerNorm without a learned scale or bias (TokenFormer's blocks)."""
-    return F.layer_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+class LayerNorm(nn.Module):
+    """LayerNorm without a learned scale or bias (TokenFormer's blocks), computed in fp32."""
+
+    recompute_as = "layernorm"
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
 class TokenFormerAttention(nn.Module):
@@ -94,17 +102,21 @@ class TokenFormerAttention(nn.Module):
 class TokenFormerBlock(nn.Module):
     """x + attention(LN(x)), then + FFN-Pattention(LN(x))."""
 
+    recompute_as = "layer"
+
     def __init__(self, cfg: TokenFormerConfig, factory: LayerFactory) -> None:
         super().__init__()
-        self.eps = cfg.norm_eps
+        self.attn_norm = LayerNorm(cfg.norm_eps)
         self.attn = TokenFormerAttention(cfg, factory)
+        self.ffn_norm = LayerNorm(cfg.norm_eps)
         self.ffn = factory.pattention(cfg.hidden_size, cfg.hidden_size, cfg.ffn_tokens,
                                       normalization=cfg.normalization, scale_tokens=cfg.ffn_scale_tokens,
                                       key_std=cfg.key_init_std, value_std=cfg.value_std)
+        self.ffn.recompute_as = "mlp"  # this Pattention is the block's FFN (the others project Q, K, V, O)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(layer_norm(x, self.eps))
-        return x + self.ffn(layer_norm(x, self.eps))
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.ffn(self.ffn_norm(x))
 
     def new_cache(self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype) -> KVCache:
         """Generation state: the attention's KV cache."""
@@ -112,8 +124,8 @@ class TokenFormerBlock(nn.Module):
 
     def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """`forward` for new tokens after the cached ones."""
-        x = x + self.attn.forward_cached(layer_norm(x, self.eps), cache)
-        return x + self.ffn(layer_norm(x, self.eps))
+        x = x + self.attn.forward_cached(self.attn_norm(x), cache)
+        return x + self.ffn(self.ffn_norm(x))
 
 
 class TokenFormerHead(nn.Module):
@@ -121,11 +133,11 @@ class TokenFormerHead(nn.Module):
 
     def __init__(self, cfg: TokenFormerConfig, factory: LayerFactory) -> None:
         super().__init__()
-        self.eps = cfg.norm_eps
+        self.norm = LayerNorm(cfg.norm_eps)
         self.output = factory.column_linear(cfg.hidden_size, cfg.vocab_size, std=cfg.key_init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(layer_norm(x, self.eps))
+        return self.output(self.norm(x))
 
 
 def layer_recipes(cfg: TokenFormerConfig, factory: LayerFactory) -> list[LayerRecipe]:

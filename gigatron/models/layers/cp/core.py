@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 from gigatron.models.layers.blockwise_attention import memory_efficient_attention
 from gigatron.models.layers.cp.comm import all_to_all
@@ -50,10 +51,16 @@ class ContextParallel:
                    layout.cp_attention, layout.cp_ulysses_group, layout.cp_ring_group)
 
 
-class AttentionCore:
-    """Causal (or full) self-attention of this rank's tokens over the sequence; q [b, h, L, d], k/v [b, kv, L, d]."""
+class AttentionCore(nn.Module):
+    """Causal (or full) self-attention of this rank's tokens over the sequence; q [b, h, L, d], k/v [b, kv, L, d].
+
+    A module without parameters, so that activation recomputation can name it (`core_attn`).
+    """
+
+    recompute_as = "core_attn"
 
     def __init__(self, cp: ContextParallel | None = None) -> None:
+        super().__init__()
         self.cp = cp
 
     def positions(self, local_length: int, device: torch.device | str) -> torch.Tensor:
@@ -68,7 +75,7 @@ class AttentionCore:
             degree = self.cp.size if self.cp.attention == "ulysses" else dist.get_world_size(self.cp.ulysses_group)
             check_heads(heads, kv_heads, degree)
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
         if self.cp is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
         positions = self.positions(q.shape[2], q.device)
