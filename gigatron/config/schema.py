@@ -34,6 +34,9 @@ class ParallelConfig:
     cp_ulysses: int = 1
     # Zigzag: rank r holds chunks r and 2·cp−1−r of 2·cp, balancing causal attention's work.
     cp_zigzag: bool = True
+    # Sequence parallelism (tp > 1, docs/memory.md): norms, residuals and dropout hold 1/tp of the
+    # sequence; all-gather / reduce-scatter around the tensor-parallel layers (Megatron-LM's).
+    sequence_parallel: bool = False
 
 
 @dataclass

@@ -113,6 +113,26 @@ def layer_chunk_problems(run: Config) -> list[str]:
             "forward drives its blocks); use train.recompute_num_layers=1, or train.recompute_method=block"]
 
 
+def sequence_parallel_problems(cfg: Config) -> list[str]:
+    """What stops parallel.sequence_parallel in this run (empty when off or fine)."""
+    p = cfg.parallel
+    if not p.sequence_parallel:
+        return []
+    if p.tp == 1:
+        return ["parallel.sequence_parallel=true needs parallel.tp > 1 (it splits the sequence over the "
+                "tensor-parallel ranks); set parallel.tp or turn it off"]
+    out = []
+    if not getattr(type(cfg.model), "supports_sequence_parallel", False):
+        out.append(f"parallel.sequence_parallel=true: model.family={type(cfg.model).family} does not support "
+                   "sequence parallelism (the language-model families gpt, hybrid, mamba2, mamba and tokenformer do)")
+    local = cfg.data.seq_len // p.cp
+    if local % p.tp:
+        out.append(f"parallel.sequence_parallel=true: each TP rank holds 1/{p.tp} of the {local} tokens per "
+                   f"sequence{' per CP rank' if p.cp > 1 else ''}; make data.seq_len"
+                   f"{'/parallel.cp' if p.cp > 1 else ''} divisible by parallel.tp={p.tp}")
+    return out
+
+
 def validate_config(cfg: Config, world_size: int) -> Config:
     """Check `cfg` for a run of `world_size` processes and fill in `parallel.dp`.
 
@@ -197,6 +217,7 @@ def validate_config(cfg: Config, world_size: int) -> Config:
     if cfg.checkpoint.interval < 0:
         problems.append(f"checkpoint.interval={cfg.checkpoint.interval} must be >= 0")
     problems.extend(recompute_problems(cfg))
+    problems.extend(sequence_parallel_problems(cfg))
     problems.extend(cfg.model.validate(cfg))
     problems.extend(matformer_problems(cfg))
     if problems:

@@ -43,6 +43,8 @@ class ParallelLayout:
     # How attention spans a CP-split sequence (parallel.cp_attention), and zigzag chunking.
     cp_attention: str = "ring"
     cp_zigzag: bool = True
+    # parallel.sequence_parallel (at tp > 1): the TP ranks split the sequence between TP regions.
+    sequence_parallel: bool = False
     tp_group: Any = None
     pp_group: Any = None
     cp_group: Any = None
@@ -51,8 +53,9 @@ class ParallelLayout:
     cp_ring_group: Any = None  # cp_attention=hybrid: this rank's ring group across the Ulysses groups
 
     def describe(self) -> str:
-        """One line for logs: tp=2 pp=2 cp=1 dp=1."""
-        return f"tp={self.tp_size} pp={self.pp_size} cp={self.cp_size} dp={self.data_size}"
+        """One line for logs: tp=2 pp=2 cp=1 dp=1 (sp when sequence parallel)."""
+        sp = " sp" if self.sequence_parallel else ""
+        return f"tp={self.tp_size}{sp} pp={self.pp_size} cp={self.cp_size} dp={self.data_size}"
 
     def deepspeed_topology(self) -> Any:
         """DeepSpeed's pipeline topology for this layout (axes pipe, data, model: TP fastest, PP slowest,
@@ -93,6 +96,7 @@ def initialize_layout(parallel: ParallelConfig) -> ParallelLayout:
         data_rank=ps.get_data_parallel_rank(),
         cp_attention=parallel.cp_attention,
         cp_zigzag=parallel.cp_zigzag,
+        sequence_parallel=parallel.sequence_parallel and parallel.tp > 1,
         tp_group=ps.get_tensor_model_parallel_group(),
         pp_group=ps.get_pipeline_model_parallel_group(),
         cp_group=ps.get_context_parallel_group(),

@@ -57,6 +57,9 @@ def deepspeed_config(cfg: Config, data_size: int, clip_in_engine: bool) -> dict:
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,
         "dump_state": False,
+        # DeepSpeed's pipeline splits the activations it sends between stages over the TP ranks,
+        # assuming they are equal there; with sequence parallelism each rank holds its own part.
+        "pipeline": {"pipe_partitioned": not p.sequence_parallel, "grad_partitioned": not p.sequence_parallel},
     }
 
 

@@ -103,6 +103,10 @@ class Trainer:
         # rank of a node measuring at once would also distort).
         peak = peak_flops(self.device, t.precision) if env.is_main else None
         self.cluster_peak = None if peak is None else peak * env.world_size
+        # Building drew from torch's generator differently per layout (nn.Linear's default init at
+        # TP=1, none at TP>1) and per rank (the peak measurement): start training from one state, so
+        # that dropout masks agree across TP ranks and layouts. A resumed run then restores its own.
+        torch.manual_seed(t.seed)
 
     def _dp_mean(self, value: torch.Tensor) -> torch.Tensor:
         """Mean over the data-parallel (and CP) ranks, in place."""

@@ -1,5 +1,6 @@
 """TP=2, PP=2, ZeRO-2, ZeRO-3 and 4-rank combinations train the smoke GPT to the same losses as one process,
-with activation recomputation in some (it changes no arithmetic, so the same tolerance holds)."""
+with activation recomputation (no change to the arithmetic) and sequence parallelism (only the order of
+the norm weights' gradient sums changes) in some, so the same tolerance holds."""
 
 from __future__ import annotations
 
@@ -27,11 +28,13 @@ def single_process(tmp_path_factory, corpus_ready):
     (["parallel.zero_stage=2"], 2),
     # recomputed layers gather their ZeRO-3 partitions again in the backward pass
     (["parallel.zero_stage=3", "train.recompute=full"], 2),
-    (["parallel.tp=2", "parallel.pp=2", "train.recompute=selective", "train.recompute_modules=[core_attn,mlp,layernorm]"],
-     4),
-    (["parallel.tp=2", "parallel.zero_stage=1"], 4),
-], ids=["tp2", "pp2-recompute-chunks", "zero2", "zero3-recompute-full", "tp2-pp2-recompute-selective",
-        "tp2-dp2-zero1"])
+    # sequence parallelism with the pipeline (activations sent between stages are sequence shards)
+    (["parallel.tp=2", "parallel.pp=2", "parallel.sequence_parallel=true", "train.recompute=selective",
+      "train.recompute_modules=[core_attn,mlp,layernorm]"], 4),
+    (["parallel.tp=2", "parallel.zero_stage=1", "parallel.sequence_parallel=true"], 4),
+    (["parallel.tp=2", "parallel.zero_stage=3", "parallel.sequence_parallel=true", "train.recompute=full"], 4),
+], ids=["tp2", "pp2-recompute-chunks", "zero2", "zero3-recompute-full", "tp2-sp-pp2-recompute-selective",
+        "tp2-sp-dp2-zero1", "tp2-sp-dp2-zero3-recompute-full"])
 def test_loss_curve_matches_single_process(layout, nproc, single_process, tmp_path):
     assert_ok(run_pretrain(tmp_path, STEPS + layout, nproc=nproc))
     reference, reference_valid = single_process

@@ -70,7 +70,9 @@ def runs(installed, tmp_path_factory, corpus_ready) -> dict[str, Path]:
     config = root / "toy.yaml"
     config.write_text(TOY_CONFIG)
     runs = finish_all({name: BackgroundRun(root / name, STEPS + layout, nproc=nproc, config=config, threads=1)
-                       for name, layout, nproc in [("single", [], 1), ("tp2-pp2", TP2_PP2, 4)]})
+                       for name, layout, nproc in [("single", [], 1),
+                                                   # a plugin's blocks are recomputed from their declaration
+                                                   ("tp2-pp2", [*TP2_PP2, "train.recompute=full"], 4)]})
     return {"config": config, **runs}
 
 

@@ -31,8 +31,8 @@ SETTINGS = {
 LM_MODELS = {
     "gpt": ("gpt/smoke.yaml", []),
     "hybrid": ("hybrid/smoke.yaml", []),
-    "mamba2": ("hybrid/smoke.yaml", ["model.family=mamba2", "model.attention_ratio=0", "model.mlp_ratio=0"]),
-    "mamba": ("hybrid/smoke.yaml", ["model.family=mamba", "model.attention_ratio=0", "model.mlp_ratio=0"]),
+    "mamba2": ("hybrid/smoke.yaml", ["model.family=mamba2", "model.pattern=MMMM", "model.num_layers=4"]),
+    "mamba": ("hybrid/smoke.yaml", ["model.family=mamba", "model.pattern=MMMM", "model.num_layers=4"]),
     "tokenformer": ("tokenformer/smoke.yaml", []),
     "matformer-gpt": ("matformer/smoke.yaml", []),
 }
@@ -182,3 +182,14 @@ def test_fit_checkpoint_blocks_is_replaced_by_train_recompute():
     assert config_from_dict(raw, migrate=True).train.recompute == "full"
     assert config_from_dict({"model": {"family": "fit", "checkpoint_blocks": False}}, migrate=True).train.recompute == "none"
     assert load_config(REPO / "configs/fit/gigapixel.yaml").train.recompute == "full"
+
+
+def test_sequence_parallel_settings_are_checked_before_any_process_starts():
+    assert "needs parallel.tp > 1" in _validate("parallel.sequence_parallel=true")
+    assert "does not support sequence parallelism" in _validate("parallel.sequence_parallel=true", "parallel.tp=2",
+                                                                config="t2i/smoke.yaml", world=2)
+    message = _validate("parallel.sequence_parallel=true", "parallel.tp=4", "data.seq_len=130", "model.num_heads=4",
+                        world=4)
+    assert "make data.seq_len divisible by parallel.tp=4" in message
+    validate_config(load_config(REPO / "configs/hybrid/smoke.yaml", ["parallel.sequence_parallel=true",
+                                                                     "parallel.tp=2"]), 2)

@@ -14,6 +14,8 @@ class GPTConfig:
     """Shape of a Llama-style model."""
 
     family: ClassVar[str] = "gpt"
+    # Its blocks work on sequence shards between TP regions (parallel.sequence_parallel).
+    supports_sequence_parallel: ClassVar[bool] = True
 
     vocab_size: int = 259
     hidden_size: int = 256

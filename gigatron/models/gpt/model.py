@@ -8,7 +8,6 @@ embedding, num_layers blocks, head (final norm + output projection).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gigatron.models.gpt.config import GPTConfig
@@ -35,11 +34,11 @@ class Block(nn.Module):
         self.mlp_norm = factory.norm(cfg.hidden_size, cfg.norm_eps)
         self.mlp = SwiGLU(factory, cfg.hidden_size, cfg.ffn_sizes[index], std=cfg.init_std, out_std=out_std,
                           matformer=cfg.matformer)
-        self.dropout = cfg.hidden_dropout
+        self.dropout = factory.dropout(cfg.hidden_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + F.dropout(self.attn(self.attn_norm(x)), self.dropout, self.training)
-        return x + F.dropout(self.mlp(self.mlp_norm(x)), self.dropout, self.training)
+        x = x + self.dropout(self.attn(self.attn_norm(x)))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
     def new_cache(self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype) -> KVCache:
         """Generation state: the attention's KV cache."""

@@ -18,6 +18,8 @@ class HybridConfig:
     """Shape of a hybrid model; the Mamba fields use mamba_ssm's names and defaults."""
 
     family: ClassVar[str] = "hybrid"
+    # Its blocks work on sequence shards between TP regions (parallel.sequence_parallel).
+    supports_sequence_parallel: ClassVar[bool] = True
 
     vocab_size: int = 2048
     hidden_size: int = 256

@@ -67,10 +67,11 @@ class GroupedQueryAttention(nn.Module):
         return cache[2], cache[3]
 
     def _project(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        batch, seq, _ = x.shape
-        q = self.q(x).view(batch, seq, self.local_heads, self.head_dim).transpose(1, 2)
-        k = self.k(x).view(batch, seq, self.local_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v(x).view(batch, seq, self.local_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        batch, seq = q.shape[:2]  # the whole sequence, also when x holds a sequence-parallel shard of it
+        q = q.view(batch, seq, self.local_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, seq, self.local_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, seq, self.local_kv_heads, self.head_dim).transpose(1, 2)
         if self.rope:
             if self.core.cp is not None:  # this rank's tokens are not positions 0..seq-1
                 cos, sin = rotary_at(self.core.positions(seq, x.device), self.head_dim, self.rope_base)

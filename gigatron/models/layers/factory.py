@@ -69,6 +69,11 @@ class LayerFactory:
         """This process's tensor-parallel rank (0 at TP=1)."""
         return self.layout.tp_rank
 
+    @property
+    def sequence_parallel(self) -> bool:
+        """Whether activations between TP regions hold 1/tp of the sequence (`sequence_parallel.py`)."""
+        return self.layout.sequence_parallel and self.tp_size > 1
+
     def _megatron_config(self):
         if self._mp_config is None:
             from megatron.core import ModelParallelConfig
@@ -88,11 +93,13 @@ class LayerFactory:
             raise ValueError(f"{what}={size} is not divisible by tensor-parallel size {self.tp_size}")
 
     def column_linear(self, in_features: int, out_features: int | list[int], *, std: float,
-                      bias: bool = False) -> nn.Module:
+                      bias: bool = False, from_residual: bool = True) -> nn.Module:
         """y = x W^T with W split by output rows: each rank returns its `out_features / tp` slice.
 
         A list of sizes declares a fused projection (e.g. Mamba's [z, x, B, C, dt]): each segment is
-        split separately, so the rank's output is its slice of every segment, in order.
+        split separately, so the rank's output is its slice of every segment, in order. Under
+        sequence parallelism a linear reading the residual stream (`from_residual`) gathers the
+        sequence; one inside a mixer reads the whole sequence already.
         """
         segments = list(out_features) if isinstance(out_features, (list, tuple)) else None
         if segments is not None:
@@ -104,6 +111,15 @@ class LayerFactory:
             mark_tp_plan(layer.weight, 0, segments)
             if bias:
                 mark_tp_plan(layer.bias, 0, segments)
+        elif self.sequence_parallel and from_residual:
+            from gigatron.models.layers.sequence_parallel import ColumnLinear
+
+            self._check_divisible(out_features, "output features")
+            layer = ColumnLinear(in_features, out_features // self.tp_size, bias, self.layout.tp_group,
+                                 device=self.device, dtype=self.params_dtype)
+            mark_sharded(layer.weight, 0, segments)
+            if bias:
+                mark_sharded(layer.bias, 0, segments)
         else:
             from megatron.core.tensor_parallel import ColumnParallelLinear
 
@@ -118,11 +134,23 @@ class LayerFactory:
         self._mark_linear(layer, std)
         return layer
 
-    def row_linear(self, in_features: int, out_features: int, *, std: float, bias: bool = False) -> nn.Module:
-        """y = x W^T with W split by input columns: takes the sharded input, returns the full sum."""
+    def row_linear(self, in_features: int, out_features: int, *, std: float, bias: bool = False,
+                   to_residual: bool = True) -> nn.Module:
+        """y = x W^T with W split by input columns: takes the sharded input, returns the full sum.
+
+        Under sequence parallelism a linear writing the residual stream (`to_residual`) leaves the sum
+        as sequence shards; one inside a mixer returns it whole.
+        """
         if self.tp_size == 1:
             layer = nn.Linear(in_features, out_features, bias=bias, device=self.device, dtype=self.params_dtype)
             mark_tp_plan(layer.weight, 1)
+        elif self.sequence_parallel and to_residual:
+            from gigatron.models.layers.sequence_parallel import RowLinear
+
+            self._check_divisible(in_features, "input features")
+            layer = RowLinear(in_features // self.tp_size, out_features, bias, self.layout.tp_group,
+                              device=self.device, dtype=self.params_dtype)
+            mark_sharded(layer.weight, 1)
         else:
             from megatron.core.tensor_parallel import RowParallelLinear
 
@@ -154,6 +182,13 @@ class LayerFactory:
         if self.tp_size == 1:
             layer = nn.Embedding(num_embeddings, dim, device=self.device, dtype=self.params_dtype)
             mark_tp_plan(layer.weight, 0)
+        elif self.sequence_parallel:
+            from gigatron.models.layers.sequence_parallel import VocabEmbedding
+
+            self._check_divisible(num_embeddings, "vocab size")
+            layer = VocabEmbedding(num_embeddings // self.tp_size, dim, self.tp_rank, self.layout.tp_group,
+                                   device=self.device, dtype=self.params_dtype)
+            mark_sharded(layer.weight, 0)
         else:
             from megatron.core.tensor_parallel import VocabParallelEmbedding
 
@@ -187,14 +222,22 @@ class LayerFactory:
         return param
 
     def pattention(self, d_in: int, d_out: int, n_tokens: int, *, normalization: str, scale_tokens: int | None,
-                   key_std: float, value_std: float) -> nn.Module:
-        """TokenFormer's token-parameter attention (see `pattention.py`); the tokens split across TP ranks."""
+                   key_std: float, value_std: float, from_residual: bool = True, to_residual: bool = False
+                   ) -> nn.Module:
+        """TokenFormer's token-parameter attention (see `pattention.py`); the tokens split across TP ranks.
+
+        Under sequence parallelism the residual stream is split along the sequence: a Pattention
+        reading it (`from_residual`: Q, K, V, the FFN) gathers the sequence, one writing to it
+        (`to_residual`: the output projection, the FFN) leaves its sum as sequence shards.
+        """
         from gigatron.models.layers.pattention import Pattention
 
         keys = mark_init(self.parameter((n_tokens, d_in), shard_dim=0), "normal", key_std)
         values = mark_init(self.parameter((n_tokens, d_out), shard_dim=0), "normal", value_std)
         group = self.layout.tp_group if self.tp_size > 1 else None
-        return Pattention(keys, values, normalization, scale_tokens or n_tokens, group)
+        sp = self.sequence_parallel
+        return Pattention(keys, values, normalization, scale_tokens or n_tokens, group,
+                          gather_input=sp and from_residual, scatter_output=sp and to_residual)
 
     def attention_core(self):
         """The token mixer of attention layers: SDPA at cp = 1, ring / Ulysses / hybrid attention under CP."""
@@ -216,6 +259,12 @@ class LayerFactory:
 
         if self.tp_size == 1:
             return Nesting(ffn_size, cfg, 1, _identity, _identity)
+        if self.sequence_parallel:
+            from gigatron.models.layers.sequence_parallel import gather_sequence, scatter_sequence
+
+            group = self.layout.tp_group
+            return Nesting(ffn_size, cfg, self.tp_size, functools.partial(gather_sequence, group=group),
+                           functools.partial(scatter_sequence, group=group))
         from megatron.core.tensor_parallel import (
             copy_to_tensor_model_parallel_region,
             reduce_from_tensor_model_parallel_region,
@@ -226,10 +275,18 @@ class LayerFactory:
                        functools.partial(reduce_from_tensor_model_parallel_region, group=group))
 
     def norm(self, dim: int, eps: float = 1e-5) -> nn.Module:
-        """RMSNorm; replicated on every TP rank."""
+        """RMSNorm of the residual stream; replicated on every TP rank. Under sequence parallelism it
+        sees this rank's part of the sequence, so its weight's gradient is summed over the TP group."""
         # Created in its dtype rather than converted: a module's .to() cannot swap the parameters of a
         # model built under FakeTensorMode (the memory planner's shapes-only build).
-        return RMSNorm(dim, eps=eps, device=self.device, dtype=self.params_dtype)
+        group = self.layout.tp_group if self.sequence_parallel else None
+        return RMSNorm(dim, eps=eps, device=self.device, dtype=self.params_dtype, grad_group=group)
+
+    def dropout(self, p: float) -> nn.Module:
+        """Dropout of the residual stream, with a mask that does not depend on the layout (`dropout.py`)."""
+        from gigatron.models.layers.dropout import Dropout
+
+        return Dropout(p, self.layout.tp_group if self.sequence_parallel else None)
 
     def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-token loss from this rank's vocab shard of the logits (full logits at TP=1)."""

@@ -66,9 +66,10 @@ class Mamba1Mixer(nn.Module):
         bound = 1.0 / s.d_conv**0.5
         self.conv_weight = mark_init(factory.parameter((s.d_inner, s.d_conv), shard_dim=0), "uniform", -bound, bound)
         self.conv_bias = mark_init(factory.parameter((s.d_inner,), shard_dim=0), "uniform", -bound, bound)
-        self.x_proj = factory.row_linear(s.d_inner, s.rank + 2 * s.d_state, std=std)
+        # inside the mixer: whole sequence in and out, also under sequence parallelism
+        self.x_proj = factory.row_linear(s.d_inner, s.rank + 2 * s.d_state, std=std, to_residual=False)
         # dt_proj as in mamba_ssm: weight ~ U(+-rank^-0.5), bias = softplus^-1(dt).
-        self.dt_proj = factory.column_linear(s.rank, s.d_inner, std=std, bias=True)
+        self.dt_proj = factory.column_linear(s.rank, s.d_inner, std=std, bias=True, from_residual=False)
         mark_init(self.dt_proj.weight, "uniform", -(s.rank**-0.5), s.rank**-0.5)
         mark_init(self.dt_proj.bias, "dt_bias", s.dt_min, s.dt_max, s.dt_init_floor)
         no_weight_decay(self.dt_proj.bias)
@@ -89,8 +90,8 @@ class Mamba1Mixer(nn.Module):
         return self._forward(u, None)
 
     def _forward(self, u: torch.Tensor, cache: Mamba1Cache | None) -> torch.Tensor:
-        seq = u.shape[1]
         x, z = self.in_proj(u).chunk(2, dim=-1)
+        seq = x.shape[1]  # the whole sequence, also when u holds a sequence-parallel shard of it
         x_t = x.transpose(1, 2)
         if cache is not None:
             x_t = torch.cat([cache.conv[:, :, 1:].to(x_t.dtype), x_t], dim=-1)

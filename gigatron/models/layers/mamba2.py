@@ -126,8 +126,8 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(self.norm(y, z))
 
     def _forward(self, u: torch.Tensor, cache: Mamba2Cache | None) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, seq, _ = u.shape
         z, xbc, dt = self._split(self.in_proj(u))
+        batch, seq = xbc.shape[:2]  # the whole sequence, also when u holds a sequence-parallel shard of it
         xbc_t = xbc.transpose(1, 2)
         if cache is not None:  # continue the convolution from the cached inputs
             xbc_t = torch.cat([cache.conv[:, :, 1:].to(xbc_t.dtype), xbc_t], dim=-1)

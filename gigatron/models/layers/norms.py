@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from gigatron.models.layers.init import mark_init
+from gigatron.models.layers.sequence_parallel import sum_grad_over
 
 
 class RMSNorm(nn.Module):
@@ -14,12 +17,16 @@ class RMSNorm(nn.Module):
     recompute_as = "layernorm"
 
     def __init__(self, dim: int, eps: float = 1e-5, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, grad_group: Any = None) -> None:
         super().__init__()
         self.eps = eps
         self.weight = mark_init(nn.Parameter(torch.empty(dim, device=device, dtype=dtype)), "ones")
+        # Set under sequence parallelism: each TP rank normalises part of the sequence, so the
+        # weight's gradient is summed over the group.
+        self.grad_group = grad_group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.weight
+        weight = self.weight if self.grad_group is None else sum_grad_over(self.weight, self.grad_group)
+        return normed.to(x.dtype) * weight

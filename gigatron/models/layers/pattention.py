@@ -59,7 +59,7 @@ class Pattention(nn.Module):
     """
 
     def __init__(self, key_tokens: nn.Parameter, value_tokens: nn.Parameter, normalization: Normalization,
-                 scale_tokens: int, tp_group=None) -> None:
+                 scale_tokens: int, tp_group=None, gather_input: bool = False, scatter_output: bool = False) -> None:
         super().__init__()
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization={normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
@@ -68,6 +68,9 @@ class Pattention(nn.Module):
         self.normalization = normalization
         self.scale_tokens = scale_tokens
         self.tp_group = tp_group
+        # Sequence parallelism: the input is this rank's part of the sequence (gathered here), and/or
+        # the output's sum over ranks is left as sequence parts (sequence_parallel.py).
+        self.gather_input, self.scatter_output = gather_input, scatter_output
 
     def _sum_over_ranks(self, local: torch.Tensor) -> torch.Tensor:
         if self.tp_group is None:
@@ -76,11 +79,16 @@ class Pattention(nn.Module):
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Θ(X K_Pᵀ) for this rank's tokens: [..., n_local]."""
-        if self.tp_group is not None:
-            from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+        if self.gather_input:
+            from gigatron.models.layers.sequence_parallel import gather_linear
 
-            x = copy_to_tensor_model_parallel_region(x)  # replicated input: its gradient is summed
-        a = x @ self.key_tokens.t()
+            a = gather_linear(x, self.key_tokens, None, self.tp_group)
+        else:
+            if self.tp_group is not None:
+                from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+
+                x = copy_to_tensor_model_parallel_region(x)  # replicated input: its gradient is summed
+            a = x @ self.key_tokens.t()
         if self.normalization == "l2_norm_gelu":
             norm = self._sum_over_ranks(a.float().pow(2).sum(-1, keepdim=True)).add(_EPS).sqrt()
             return F.gelu((a.float() / norm * math.sqrt(self.scale_tokens)).to(a.dtype))
@@ -100,6 +108,10 @@ class Pattention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.scores(x) @ self.value_tokens
+        if self.scatter_output:
+            from gigatron.models.layers.sequence_parallel import scatter_sequence
+
+            return scatter_sequence(out, self.tp_group)
         if self.tp_group is not None:
             from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
 

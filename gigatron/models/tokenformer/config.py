@@ -15,6 +15,8 @@ class TokenFormerConfig:
     """Shape of a TokenFormer; token counts are per Pattention layer."""
 
     family: ClassVar[str] = "tokenformer"
+    # Its blocks work on sequence shards between TP regions (parallel.sequence_parallel).
+    supports_sequence_parallel: ClassVar[bool] = True
 
     vocab_size: int = 2048
     hidden_size: int = 256

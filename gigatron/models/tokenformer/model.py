@@ -54,7 +54,8 @@ class TokenFormerAttention(nn.Module):
         self.v = factory.pattention(h, h, cfg.qkv_tokens, normalization=norm, scale_tokens=cfg.qkv_scale_tokens,
                                     key_std=kstd, value_std=vstd)
         self.proj = factory.pattention(h, h, cfg.proj_token_count, normalization=norm,
-                                       scale_tokens=cfg.proj_scale_tokens, key_std=kstd, value_std=vstd)
+                                       scale_tokens=cfg.proj_scale_tokens, key_std=kstd, value_std=vstd,
+                                       from_residual=False, to_residual=True)
         self.num_heads, self.head_dim, self.rotary_dim = cfg.num_heads, cfg.head_dim, cfg.rotary_dim
         self.rope_base = cfg.rope_base
         self.core = factory.attention_core()  # SDPA, or ring/Ulysses under context parallelism
@@ -111,7 +112,7 @@ class TokenFormerBlock(nn.Module):
         self.ffn_norm = LayerNorm(cfg.norm_eps)
         self.ffn = factory.pattention(cfg.hidden_size, cfg.hidden_size, cfg.ffn_tokens,
                                       normalization=cfg.normalization, scale_tokens=cfg.ffn_scale_tokens,
-                                      key_std=cfg.key_init_std, value_std=cfg.value_std)
+                                      key_std=cfg.key_init_std, value_std=cfg.value_std, to_residual=True)
         self.ffn.recompute_as = "mlp"  # this Pattention is the block's FFN (the others project Q, K, V, O)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

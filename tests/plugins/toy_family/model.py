@@ -22,6 +22,8 @@ from toy_family.config import ToyConfig
 class ShiftBlock(nn.Module):
     """x + mlp(norm(x) + shift(norm(x))): each position sees itself and the one before it."""
 
+    recompute_as = "layer"  # what train.recompute: full recomputes
+
     def __init__(self, cfg: ToyConfig, factory: LayerFactory) -> None:
         super().__init__()
         self.norm = factory.norm(cfg.hidden_size)
