@@ -41,8 +41,8 @@ class QKNormAttention(nn.Module):
         self.k = factory.column_linear(context_dim, dim, std=std)
         self.v = factory.column_linear(context_dim, dim, std=std)
         self.o = factory.row_linear(dim, dim, std=out_std)
-        self.q_norm = factory.norm(self.head_dim, eps)
-        self.k_norm = factory.norm(self.head_dim, eps)
+        self.q_norm = factory.head_norm(self.head_dim, eps)
+        self.k_norm = factory.head_norm(self.head_dim, eps)
         self.core = MaskedAttention()
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:

@@ -282,6 +282,12 @@ class LayerFactory:
         group = self.layout.tp_group if self.sequence_parallel else None
         return RMSNorm(dim, eps=eps, device=self.device, dtype=self.params_dtype, grad_group=group)
 
+    def head_norm(self, dim: int, eps: float = 1e-5) -> nn.Module:
+        """RMSNorm over each attention head's `dim` channels (QK-norm), one weight for every head. At
+        TP>1 each rank holds some of the heads, so the weight's gradient is summed over the TP group."""
+        group = self.layout.tp_group if self.tp_size > 1 else None
+        return RMSNorm(dim, eps=eps, device=self.device, dtype=self.params_dtype, grad_group=group)
+
     def dropout(self, p: float) -> nn.Module:
         """Dropout of the residual stream, with a mask that does not depend on the layout (`dropout.py`)."""
         from gigatron.models.layers.dropout import Dropout

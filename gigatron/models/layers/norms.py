@@ -21,8 +21,8 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = mark_init(nn.Parameter(torch.empty(dim, device=device, dtype=dtype)), "ones")
-        # Set under sequence parallelism: each TP rank normalises part of the sequence, so the
-        # weight's gradient is summed over the group.
+        # Set where each TP rank applies the weight to part of the data (its sequence shard under
+        # sequence parallelism, its heads for a QK-norm): the weight's gradient is summed over the group.
         self.grad_group = grad_group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
