@@ -188,6 +188,9 @@ class LoggingConfig:
     interval: int = 1
     tensorboard: bool = True
     progress_bar: bool = True
+    # Count live tensor bytes per rank from the model's construction to the end (a dispatch mode:
+    # slow) and log the peaks as a `memory` record; what `gigatron plan` is checked against.
+    memory_trace: bool = False
 
 
 @dataclass

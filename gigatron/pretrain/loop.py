@@ -27,6 +27,7 @@ from gigatron.launcher.signals import PreemptionHandler, agree_on_preemption
 from gigatron.models.registry import get_model_spec
 from gigatron.objectives import StepContext, batch_to, build_features, build_task_data
 from gigatron.parallel.layout import ParallelLayout, initialize_layout
+from gigatron.planning.measure import LiveTensorBytes
 from gigatron.pretrain.engine import TrainingEngine, build_engine, total_steps
 from gigatron.pretrain.metrics import MetricsWriter, memory_gib
 from gigatron.pretrain.peak_flops import peak_flops
@@ -82,6 +83,13 @@ class Trainer:
         if self.resume is not None:
             self.resume.check_model(cfg.model)
         init_from = None if self.resume is None else self.resume.logical
+        # MFU is logged by rank 0 alone, so only it measures the CPU's matmul peak (0.3 s, which every
+        # rank of a node measuring at once would also distort); before the engine, so that its
+        # matrices are not in a memory trace.
+        peak = peak_flops(self.device, cfg.train.precision) if env.is_main else None
+        self.cluster_peak = None if peak is None else peak * env.world_size
+        # logging.memory_trace: count live tensor bytes from the model's construction to the end.
+        self.memory_trace = LiveTensorBytes().__enter__() if cfg.logging.memory_trace else None
         self.engine: TrainingEngine = build_engine(cfg, self.layout, self.device, init_from=init_from)
         t = cfg.train
         self.loader = GlobalBatchLoader(self.data.train, t.global_batch_size, t.micro_batch_size,
@@ -99,10 +107,6 @@ class Trainer:
         self.valid_extra: dict[str, float] = {}
         self.context = StepContext(self.engine.engine, self.engine.task, self.device, self.engine.is_pipeline,
                                    self._dp_mean, self._validation_loss)
-        # MFU is logged by rank 0 alone, so only it measures the CPU's matmul peak (0.3 s, which every
-        # rank of a node measuring at once would also distort).
-        peak = peak_flops(self.device, t.precision) if env.is_main else None
-        self.cluster_peak = None if peak is None else peak * env.world_size
         # Building drew from torch's generator differently per layout (nn.Linear's default init at
         # TP=1, none at TP>1) and per rank (the peak measurement): start training from one state, so
         # that dropout masks agree across TP ranks and layouts. A resumed run then restores its own.
@@ -239,10 +243,22 @@ class Trainer:
                          kind="start")
         preemption = PreemptionHandler().install()
         try:
-            return self._train(preemption)
+            code = self._train(preemption)
+            self._log_memory_trace()
+            return code
         finally:
             preemption.uninstall()
             self.metrics.close()
+
+    def _log_memory_trace(self) -> None:
+        """With logging.memory_trace: every rank's peak of live tensor bytes, one metrics record."""
+        if self.memory_trace is None:
+            return
+        self.memory_trace.__exit__(None, None, None)
+        peaks: list[int] = [0] * self.env.world_size
+        dist.all_gather_object(peaks, self.memory_trace.peak)
+        self.metrics.log(self.state.step, {"peak_bytes": peaks}, kind="memory")
+        self.log(f"[memory] peak live tensors per rank (MiB): {', '.join(f'{b / 2**20:.1f}' for b in peaks)}")
 
     def _train(self, preemption: PreemptionHandler) -> int:
         cfg = self.cfg

@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "checkpoint": {"models", "data", "config", "launcher"},
     "objectives": {"checkpoint", "models", "data", "config"},
     "inference": {"objectives", "checkpoint", "models", "data", "config"},
-    "pretrain": {"objectives", "checkpoint", "models", "parallel", "data", "config", "launcher"},
+    "pretrain": {"objectives", "checkpoint", "planning", "models", "parallel", "data", "config", "launcher"},
     "scaling": {"pretrain", "checkpoint", "models", "data", "config"},
     "planning": {"models", "parallel", "data", "config"},
     "commands": {"pretrain", "scaling", "inference", "objectives", "checkpoint", "models", "parallel", "data",
