@@ -106,6 +106,14 @@ def initialize_layout(parallel: ParallelConfig) -> ParallelLayout:
     )
 
 
+def release_layout() -> None:
+    """Forget megatron-core's groups (before the process group they were made from is destroyed)."""
+    from megatron.core import parallel_state as ps
+
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+
+
 def _hybrid_cp_groups(mine: list[int], ulysses: int) -> tuple[Any, Any]:
     """Cut each CP group's ranks into Ulysses groups of `ulysses` consecutive ranks; ranks at the same
     place in those form the ring groups. Every rank creates every group (torch.distributed requires

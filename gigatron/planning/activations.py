@@ -13,13 +13,16 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from gigatron.models.layers.recompute import observe_region_inputs
+
 
 def saved_for_backward_bytes(forward: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> int:
     """Bytes of the distinct storages autograd saves for backward while `forward()` runs.
 
     A storage counts once however many ops save it or views of it; storages of `exclude` (pass the
-    parameters: they are weights, not activations) are not counted. Works on real tensors and under
-    FakeTensorMode.
+    parameters: they are weights, not activations) are not counted. A recomputed region
+    (`models/layers/recompute.py`) counts the inputs it keeps instead of what its operations save.
+    Works on real tensors and under FakeTensorMode.
     """
     excluded = {StorageWeakRef(t.untyped_storage()) for t in exclude}
     seen: set[StorageWeakRef] = set()
@@ -34,6 +37,6 @@ def saved_for_backward_bytes(forward: Callable[[], object], exclude: Iterable[to
             total += storage.nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), observe_region_inputs(pack):
         forward()
     return total

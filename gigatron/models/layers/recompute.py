@@ -41,6 +41,21 @@ GRANULARITIES = ("none", "selective", "full")
 METHODS = ("uniform", "block")
 
 
+# Callbacks told the inputs of every region that starts recording (`observe_region_inputs`): a
+# recomputed region keeps its inputs for the backward pass instead of what its operations save.
+_input_observers: list = []
+
+
+@contextmanager
+def observe_region_inputs(callback) -> Iterator[None]:
+    """Call `callback(tensor)` for each tensor input a recomputed region keeps, while inside."""
+    _input_observers.append(callback)
+    try:
+        yield
+    finally:
+        _input_observers.remove(callback)
+
+
 def role(module: nn.Module) -> str | None:
     """What `module` declares itself to be for recomputation (None: nothing)."""
     return getattr(module, "recompute_as", None)
@@ -99,6 +114,10 @@ class _Region:
         self._generator = _checkpoint_without_reentrant_generator(
             self._run, True, lambda: (nullcontext(), self._hooks_off()), "default", False, True, *args, **kwargs)
         next(self._generator)
+        for observe in _input_observers:
+            for value in [*args, *kwargs.values()]:
+                if isinstance(value, torch.Tensor):
+                    observe(value)
 
     def _leave(self, module: nn.Module, inputs: tuple, output: Any) -> None:
         generator, self._generator = self._generator, None
