@@ -38,19 +38,40 @@ class TrainingEngine:
         return self.engine.module
 
 
-def deepspeed_config(cfg: Config, data_size: int, clip_in_engine: bool) -> dict:
+# Elements per ZeRO communication bucket (reduce, all-gather, ZeRO-3 prefetch). DeepSpeed allocates a
+# whole bucket up front; its default of 5e8 elements took 1.9 GiB per rank in fp32 even for a 1M
+# model (docs/benchmarks.md). 5e7 is DeepSpeed's own ZeRO-3 prefetch default and near Megatron-LM's
+# 4e7 DDP bucket; a model smaller than that gets a bucket of its size.
+ZERO_BUCKET_ELEMENTS = 50_000_000
+
+
+def zero_bucket_elements(local_parameters: int) -> int:
+    """The bucket for a rank holding `local_parameters`: at most ZERO_BUCKET_ELEMENTS, a multiple of 512."""
+    return max(512, -(-min(ZERO_BUCKET_ELEMENTS, local_parameters) // 512) * 512)
+
+
+def deepspeed_config(cfg: Config, data_size: int, clip_in_engine: bool, local_parameters: int) -> dict:
     """The DeepSpeed JSON config derived from ours; nothing is left to DeepSpeed's defaults that matters.
 
     `data_size` counts the ranks that read different samples; DeepSpeed counts CP ranks as data
     parallel too (they average gradients), so its batch arithmetic is scaled by parallel.cp.
+    `local_parameters` (this rank's) sizes the ZeRO buckets.
     """
     t, p = cfg.train, cfg.parallel
+    bucket = zero_bucket_elements(local_parameters)
     return {
         "train_batch_size": t.global_batch_size * p.cp,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * data_size),
         "gradient_clipping": t.clip_grad if clip_in_engine else 0.0,
-        "zero_optimization": {"stage": p.zero_stage},
+        "zero_optimization": {
+            "stage": p.zero_stage,
+            "reduce_bucket_size": bucket,
+            "allgather_bucket_size": bucket,
+            "stage3_prefetch_bucket_size": bucket,
+            "stage3_max_live_parameters": 1_000_000_000,
+            "stage3_param_persistence_threshold": 100_000,
+        },
         "bf16": {"enabled": t.precision == "bf16"},
         # Our optimizer is torch's AdamW; DeepSpeed only vouches for its own by default.
         "zero_allow_untested_optimizer": True,
@@ -119,7 +140,8 @@ def build_engine(cfg: Config, layout: ParallelLayout, device: str, init_from: Lo
     steps = total_steps(cfg)
     base_lr = cfg.train.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, steps, cfg.train) / base_lr)
-    ds_config = deepspeed_config(cfg, layout.data_size, clip_in_engine=not zero0)
+    ds_config = deepspeed_config(cfg, layout.data_size, clip_in_engine=not zero0,
+                                 local_parameters=sum(p.numel() for p in model.parameters()))
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
         mpu=None if is_pipeline else DeepSpeedMPU(layout),
