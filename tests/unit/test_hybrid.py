@@ -83,3 +83,17 @@ def test_bad_patterns_and_layouts_are_named() -> None:
     assert "model.pattern has ['X']" in text
     assert "model.pattern has 3 layers but model.num_layers=6" in text
     assert "model.ngroups=2 is not divisible by parallel.tp=4" in text
+
+
+def test_mamba_families_refuse_attention_and_mlp_layers():
+    from gigatron.config import ConfigError
+    from gigatron.config.validate import validate_config
+
+    smoke = REPO / "configs" / "hybrid" / "smoke.yaml"  # pattern M-M*M-M-
+    for family in ("mamba2", "mamba"):
+        with pytest.raises(ConfigError, match=f"model.family={family} has Mamba layers only"):
+            validate_config(load_config(smoke, [f"model.family={family}"]), 1)
+        with pytest.raises(ConfigError, match="set both to 0 or use model.family=hybrid"):
+            validate_config(load_config(smoke, [f"model.family={family}", "model.pattern=null",
+                                                "model.attention_ratio=0.1"]), 1)
+        validate_config(load_config(smoke, [f"model.family={family}", "model.pattern=MMMMMMMM"]), 1)

@@ -146,6 +146,18 @@ class HybridConfig:
         return out
 
 
+def pure_mamba_problems(cfg: HybridConfig) -> list[str]:
+    """A `mamba2` or `mamba` model is Mamba layers only: no attention or MLP in its pattern or ratios."""
+    family = type(cfg).family
+    if cfg.pattern is not None and set(cfg.pattern) - {"M"}:
+        return [f"model.pattern={cfg.pattern!r}: model.family={family} has Mamba layers only (M); use "
+                "model.family=hybrid for attention (*) and MLP (-) layers"]
+    if cfg.pattern is None and (cfg.attention_ratio or cfg.mlp_ratio):
+        return [f"model.attention_ratio={cfg.attention_ratio} and model.mlp_ratio={cfg.mlp_ratio}: "
+                f"model.family={family} has Mamba layers only; set both to 0 or use model.family=hybrid"]
+    return []
+
+
 @dataclass
 class Mamba2Config(HybridConfig):
     """Pure Mamba-2: every layer a Mamba-2 mixer."""
@@ -153,6 +165,10 @@ class Mamba2Config(HybridConfig):
     family: ClassVar[str] = "mamba2"
     attention_ratio: float = 0.0
     mlp_ratio: float = 0.0
+
+    def validate(self, run: Any) -> list[str]:
+        """HybridConfig's checks, and Mamba layers only."""
+        return super().validate(run) + pure_mamba_problems(self)
 
 
 @dataclass
@@ -163,4 +179,8 @@ class MambaConfig(HybridConfig):
     attention_ratio: float = 0.0
     mlp_ratio: float = 0.0
     mixer: Literal["mamba2", "mamba1"] = "mamba1"
+
+    def validate(self, run: Any) -> list[str]:
+        """HybridConfig's checks, and Mamba layers only."""
+        return super().validate(run) + pure_mamba_problems(self)
     d_state: int = 16
