@@ -43,7 +43,7 @@ def block_bytes(t: int, sp: bool, recompute: str, hidden: int, heads: int, kv_he
         f"model.ffn_hidden_size={ffn}", f"parallel.tp={t}", f"parallel.sequence_parallel={str(sp).lower()}"])
     with fake_process_layout(cfg.parallel, world_size=t) as layout, FakeTensorMode():
         block = Block(cfg.model, LayerFactory(layout, device="cpu", params_dtype=torch.bfloat16))
-        if recompute != "none":  # "full", or "selective:<module>,<module>"
+        if recompute != "none":  # "full", or "selective:<module>,<module>"; the block is a layer of a model
             granularity, _, modules = recompute.partition(":")
             apply_recompute(torch.nn.Sequential(block), granularity, modules=modules.split(","))
         names: list[str] = [""]
@@ -58,18 +58,19 @@ def block_bytes(t: int, sp: bool, recompute: str, hidden: int, heads: int, kv_he
             module.register_forward_hook(leave)
         x = torch.randn(batch, seq // (t if sp else 1), hidden, dtype=torch.bfloat16, requires_grad=True)
         params = {StorageWeakRef(p.untyped_storage()) for p in block.parameters()}
-        seen: set = set()
-        parts: dict[str, int] = defaultdict(int)
+        kept: dict = {}  # storage -> (part, storage), sized after the forward (released norm outputs are 0)
 
         def pack(tensor: torch.Tensor) -> torch.Tensor:
             key = StorageWeakRef(tensor.untyped_storage())
-            if key not in params and key not in seen:
-                seen.add(key)
-                parts[GROUPS.get(names[-1], names[-1])] += tensor.untyped_storage().nbytes()
+            if key not in params and key not in kept:
+                kept[key] = (GROUPS.get(names[-1], names[-1]), tensor.untyped_storage())
             return tensor
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), observe_region_inputs(pack):
-            block(x)
+            torch.nn.Sequential(block)(x) if recompute != "none" else block(x)
+        parts: dict[str, int] = defaultdict(int)
+        for part, storage in kept.values():
+            parts[part] += storage.nbytes()
     return dict(parts)
 
 

@@ -25,18 +25,16 @@ def saved_for_backward_bytes(forward: Callable[[], object], exclude: Iterable[to
     Works on real tensors and under FakeTensorMode.
     """
     excluded = {StorageWeakRef(t.untyped_storage()) for t in exclude}
-    seen: set[StorageWeakRef] = set()
-    total = 0
+    kept: dict[StorageWeakRef, torch.UntypedStorage] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal total
         storage = tensor.untyped_storage()
         key = StorageWeakRef(storage)
-        if key not in excluded and key not in seen:
-            seen.add(key)
-            total += storage.nbytes()
+        if key not in excluded and key not in kept:
+            kept[key] = storage
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), observe_region_inputs(pack):
         forward()
-    return total
+    # Sized at the end of the forward: recomputed norms release their outputs' storage by then.
+    return sum(storage.nbytes() for storage in kept.values())

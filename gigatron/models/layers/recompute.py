@@ -8,7 +8,8 @@ checkpointing (as torch's composable `checkpoint` does), so parameter names, che
 factory and every parallel layout stay exactly as they are without recomputation:
 
 - `selective`: every module whose role is in `modules` keeps only its inputs for the backward pass
-  and runs its forward again there.
+  and runs its forward again there. A norm inside a layer also releases its output until the
+  layer's backward (`_DiscardedOutputs`, Megatron-LM's layernorm recomputation).
 - `full`, method `uniform`: this process's layers (one pipeline stage's) are cut into chunks of
   `num_layers` consecutive layers; each chunk keeps only its input.
 - `full`, method `block`: the first `num_layers` layers of this process each keep only their input.
@@ -85,10 +86,12 @@ class _Region:
     chain runs again from the saved inputs with these hooks off.
     """
 
-    def __init__(self, modules: list[nn.Module]) -> None:
+    def __init__(self, modules: list[nn.Module], discard: _DiscardedOutputs | None = None) -> None:
         self.modules = modules
         self.enabled = True
+        self.discard = discard
         self._generator: Iterator[None] | None = None
+        self._inputs: tuple[tuple, dict] | None = None
         modules[0].register_forward_pre_hook(self._enter, with_kwargs=True)
         modules[-1].register_forward_hook(self._leave, prepend=True, always_call=True)
 
@@ -114,6 +117,8 @@ class _Region:
         self._generator = _checkpoint_without_reentrant_generator(
             self._run, True, lambda: (nullcontext(), self._hooks_off()), "default", False, True, *args, **kwargs)
         next(self._generator)
+        if self.discard is not None:
+            self._inputs = (args, kwargs)
         for observe in _input_observers:
             for value in [*args, *kwargs.values()]:
                 if isinstance(value, torch.Tensor):
@@ -123,11 +128,60 @@ class _Region:
         generator, self._generator = self._generator, None
         if generator is None:
             return
+        if self.discard is not None and self._inputs is not None:
+            self.discard.add(module, *self._inputs, output)
+            self._inputs = None
         try:
             next(generator)
         except StopIteration:
             return
         raise RuntimeError("activation recomputation: the checkpoint of a region did not finish")
+
+
+class _DiscardedOutputs:
+    """Megatron-LM's layernorm recomputation (its CheckpointWithoutOutput) for the norms of one layer.
+
+    A norm's output is what the next linear keeps for its backward. When the layer's forward is over,
+    the storage of that output is released (the tensor keeps its shape, so the linear's saved
+    reference stays valid), and as soon as the gradient of one of the layer's outputs is computed (the
+    layer's backward has not started yet) the norm runs again on its kept input and refills it.
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.pending: list[tuple[nn.Module, tuple, dict, torch.Tensor]] = []
+        layer.register_forward_hook(self._release)
+
+    def add(self, norm: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        """Release `output` of `norm(*args, **kwargs)` after the layer's forward."""
+        if (isinstance(output, torch.Tensor) and output.requires_grad and output.is_contiguous()
+                and output.storage_offset() == 0
+                and output.untyped_storage().nbytes() == output.numel() * output.element_size()):
+            self.pending.append((norm, args, kwargs, output))
+
+    def _release(self, layer: nn.Module, inputs: tuple, output: Any) -> None:
+        pending, self.pending = self.pending, []
+        outputs = [t for t in (output if isinstance(output, tuple) else (output,))
+                   if isinstance(t, torch.Tensor) and t.requires_grad]
+        if not pending or not outputs:
+            return
+        for _, _, _, kept in pending:
+            kept.untyped_storage().resize_(0)
+        refilled = False
+
+        def refill(grad: torch.Tensor) -> None:
+            nonlocal refilled
+            if refilled:
+                return
+            refilled = True
+            with torch.no_grad():
+                for norm, args, kwargs, kept in pending:
+                    fresh = norm(*args, **kwargs)
+                    # Into the same storage, not through the tensor: its version must not change.
+                    kept.untyped_storage().resize_(fresh.untyped_storage().nbytes())
+                    kept.untyped_storage().copy_(fresh.untyped_storage())
+
+        for tensor in outputs:
+            tensor.register_hook(refill)
 
 
 @dataclass
@@ -193,10 +247,19 @@ def apply_recompute(model: nn.Module, granularity: str, *, method: str = "unifor
         unknown = sorted(set(modules) - set(MODULES))
         if unknown:
             raise ValueError(f"recompute modules {unknown} are not among {MODULES}")
+        # Norms inside a layer also release their output until the layer's backward (Megatron-LM's
+        # "layernorm"); a norm outside the layers (the final one) keeps it.
+        layer_of = {}
+        for _, layer in stack_layers(model):
+            discard = None
+            for inner in layer.modules():
+                if role(inner) == "layernorm":
+                    discard = discard or _DiscardedOutputs(layer)
+                    layer_of[inner] = discard
         for name, module in model.named_modules():
             kind = role(module)
             if kind in modules:
-                _Region([module])
+                _Region([module], layer_of.get(module) if kind == "layernorm" else None)
                 plan.regions.setdefault(kind, []).append(name)
         return plan
     if method not in METHODS:
