@@ -32,3 +32,24 @@ def test_a_run_logs_each_ranks_peak(tmp_path, corpus_ready):
     # weights, AdamW's moments and gradients of 1.31M fp32 parameters are 21 MB; activations come on top
     assert 21e6 < peak < 200e6
     assert "[memory] peak live tensors per rank (MiB):" in proc.stdout
+
+
+def test_a_storage_at_the_address_of_a_freed_one_is_counted():
+    # The allocator gives a freed block's address to the next allocation of its size: the tracker
+    # must not take the new storage for the dead one.
+    with LiveTensorBytes() as tracker:
+        for _ in range(10):
+            a = torch.zeros(1000)
+            del a
+            b = torch.zeros(1000)
+            c = torch.zeros(1000)
+            del b, c
+    assert tracker.peak == 8000
+
+
+def test_views_of_tensors_made_before_are_not_new_memory():
+    layer = torch.nn.Linear(100, 100)  # 40,400 bytes of weights, made before the mode
+    x = torch.zeros(8, 100)
+    with LiveTensorBytes() as tracker:
+        out = layer(x)  # inside, linear is the weight's transpose (a view) and a matmul
+    assert tracker.peak == out.untyped_storage().nbytes() == 8 * 100 * 4
