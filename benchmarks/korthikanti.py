@@ -14,16 +14,16 @@ Everything is reported in units of sbh bytes.
 from __future__ import annotations
 
 import argparse
-from collections import defaultdict
+import functools
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.multiprocessing.reductions import StorageWeakRef
 
 from gigatron.config.loader import load_config
 from gigatron.models.gpt.model import Block
 from gigatron.models.layers.factory import LayerFactory
-from gigatron.models.layers.recompute import apply_recompute, observe_region_inputs
+from gigatron.models.layers.recompute import apply_recompute
+from gigatron.planning.activations import saved_for_backward
 from gigatron.planning.fake_world import fake_process_layout
 
 GROUPS = {  # module name -> the paper's part of a layer
@@ -45,7 +45,7 @@ def block_bytes(t: int, sp: bool, recompute: str, hidden: int, heads: int, kv_he
         block = Block(cfg.model, LayerFactory(layout, device="cpu", params_dtype=torch.bfloat16))
         if recompute != "none":  # "full", or "selective:<module>,<module>"; the block is a layer of a model
             granularity, _, modules = recompute.partition(":")
-            apply_recompute(torch.nn.Sequential(block), granularity, modules=modules.split(","))
+            apply_recompute(torch.nn.Sequential(block), granularity, modules=modules.split(","))  # hooks the block
         names: list[str] = [""]
         def enter(name: str):
             return lambda module, args: names.append(name)
@@ -57,21 +57,8 @@ def block_bytes(t: int, sp: bool, recompute: str, hidden: int, heads: int, kv_he
             module.register_forward_pre_hook(enter(name))
             module.register_forward_hook(leave)
         x = torch.randn(batch, seq // (t if sp else 1), hidden, dtype=torch.bfloat16, requires_grad=True)
-        params = {StorageWeakRef(p.untyped_storage()) for p in block.parameters()}
-        kept: dict = {}  # storage -> (part, storage), sized after the forward (released norm outputs are 0)
-
-        def pack(tensor: torch.Tensor) -> torch.Tensor:
-            key = StorageWeakRef(tensor.untyped_storage())
-            if key not in params and key not in kept:
-                kept[key] = (GROUPS.get(names[-1], names[-1]), tensor.untyped_storage())
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), observe_region_inputs(pack):
-            torch.nn.Sequential(block)(x) if recompute != "none" else block(x)
-        parts: dict[str, int] = defaultdict(int)
-        for part, storage in kept.values():
-            parts[part] += storage.nbytes()
-    return dict(parts)
+        return saved_for_backward(functools.partial(block, x), exclude=block.parameters(),
+                                  label=lambda: GROUPS.get(names[-1], names[-1]))
 
 
 def paper(t: int, sp: bool) -> float:

@@ -8,7 +8,7 @@ what one H200 measured (`benchmarks/activation_count.py`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
@@ -16,8 +16,10 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from gigatron.models.layers.recompute import observe_region_inputs
 
 
-def saved_for_backward_bytes(forward: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> int:
-    """Bytes of the distinct storages autograd saves for backward while `forward()` runs.
+def saved_for_backward(forward: Callable[[], object], exclude: Iterable[torch.Tensor] = (),
+                       label: Callable[[], Hashable] = lambda: None) -> dict[Hashable, int]:
+    """Bytes of the distinct storages autograd saves for backward while `forward()` runs, by the
+    `label()` current when each storage was first saved (e.g. the module saving it).
 
     A storage counts once however many ops save it or views of it; storages of `exclude` (pass the
     parameters: they are weights, not activations) are not counted. A recomputed region
@@ -25,16 +27,24 @@ def saved_for_backward_bytes(forward: Callable[[], object], exclude: Iterable[to
     Works on real tensors and under FakeTensorMode.
     """
     excluded = {StorageWeakRef(t.untyped_storage()) for t in exclude}
-    kept: dict[StorageWeakRef, torch.UntypedStorage] = {}
+    kept: dict[StorageWeakRef, tuple[Hashable, torch.UntypedStorage]] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
         key = StorageWeakRef(storage)
         if key not in excluded and key not in kept:
-            kept[key] = storage
+            kept[key] = (label(), storage)
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), observe_region_inputs(pack):
         forward()
     # Sized at the end of the forward: recomputed norms release their outputs' storage by then.
-    return sum(storage.nbytes() for storage in kept.values())
+    totals: dict[Hashable, int] = {}
+    for name, storage in kept.values():
+        totals[name] = totals.get(name, 0) + storage.nbytes()
+    return totals
+
+
+def saved_for_backward_bytes(forward: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> int:
+    """All the bytes `saved_for_backward` counts."""
+    return sum(saved_for_backward(forward, exclude).values())

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gigatron.models.layers.sequence_parallel import SEQ_DIM
+from gigatron.models.layers.sequence_parallel import SEQ_DIM, shard_sequence
 
 
 class Dropout(nn.Module):
@@ -32,7 +32,7 @@ class Dropout(nn.Module):
             shape[SEQ_DIM] *= dist.get_world_size(self.group)
         keep = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - self.p)
         if self.group is not None:
-            keep = keep.chunk(dist.get_world_size(self.group), dim=SEQ_DIM)[dist.get_rank(self.group)]
+            keep = shard_sequence(keep, self.group)
         return x * keep / (1.0 - self.p)
 
     def extra_repr(self) -> str:

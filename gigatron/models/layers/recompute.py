@@ -250,7 +250,7 @@ def apply_recompute(model: nn.Module, granularity: str, *, method: str = "unifor
         # Norms inside a layer also release their output until the layer's backward (Megatron-LM's
         # "layernorm"); a norm outside the layers (the final one) keeps it.
         layer_of = {}
-        for _, layer in stack_layers(model):
+        for _, layer in stack_layers(model) if "layernorm" in modules else []:
             discard = None
             for inner in layer.modules():
                 if role(inner) == "layernorm":

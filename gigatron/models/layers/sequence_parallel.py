@@ -46,54 +46,35 @@ def reduce_scatter_sequence(x: torch.Tensor, group: Any) -> torch.Tensor:
 
 
 def shard_sequence(x: torch.Tensor, group: Any) -> torch.Tensor:
-    """This rank's contiguous 1/tp of the sequence of a tensor every rank holds whole (no autograd)."""
+    """This rank's 1/tp of the sequence (a view) of a tensor every rank holds whole (no autograd)."""
     size, rank = dist.get_world_size(group), dist.get_rank(group)
     if x.shape[SEQ_DIM] % size:
         raise ValueError(f"sequence length {x.shape[SEQ_DIM]} is not divisible by the {size} ranks of "
                          "sequence parallelism")
-    return x.chunk(size, dim=SEQ_DIM)[rank].contiguous()
+    return x.chunk(size, dim=SEQ_DIM)[rank]
 
 
-class _GatherSequence(torch.autograd.Function):
-    """Forward all-gather along the sequence; backward reduce-scatter (the gradients of the full
-    sequence are partial sums over the ranks' channel shards)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, group: Any) -> torch.Tensor:
-        ctx.group = group
-        return all_gather_sequence(x, group)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return reduce_scatter_sequence(grad, ctx.group), None
+def _identity(x: torch.Tensor, group: Any) -> torch.Tensor:
+    return x.view_as(x)
 
 
-class _ScatterSequence(torch.autograd.Function):
-    """Forward reduce-scatter along the sequence; backward all-gather."""
+def _all_reduced(x: torch.Tensor, group: Any) -> torch.Tensor:
+    out = x.contiguous().clone()
+    dist.all_reduce(out, group=group)
+    return out
+
+
+class _Collective(torch.autograd.Function):
+    """`forward_op(x, group)` forward, `backward_op(grad, group)` backward: the pairs below."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group: Any) -> torch.Tensor:
-        ctx.group = group
-        return reduce_scatter_sequence(x, group)
+    def forward(ctx, x: torch.Tensor, group: Any, forward_op, backward_op) -> torch.Tensor:
+        ctx.group, ctx.backward_op = group, backward_op
+        return forward_op(x, group)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return all_gather_sequence(grad, ctx.group), None
-
-
-class _SumGrad(torch.autograd.Function):
-    """Identity forward; backward all-reduces the gradient over the group."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, group: Any) -> torch.Tensor:
-        ctx.group = group
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
+        return ctx.backward_op(grad, ctx.group), None, None, None
 
 
 class _GatherLinear(torch.autograd.Function):
@@ -116,18 +97,19 @@ class _GatherLinear(torch.autograd.Function):
 
 
 def gather_sequence(x: torch.Tensor, group: Any) -> torch.Tensor:
-    """Sequence shard -> whole sequence, autograd-aware (backward: reduce-scatter)."""
-    return _GatherSequence.apply(x, group)
+    """Sequence shard -> whole sequence, autograd-aware (backward: reduce-scatter; the gradients of the
+    whole sequence are partial sums over the ranks' channel shards)."""
+    return _Collective.apply(x, group, all_gather_sequence, reduce_scatter_sequence)
 
 
 def scatter_sequence(x: torch.Tensor, group: Any) -> torch.Tensor:
     """Partial sums over the whole sequence -> this rank's shard of the total (backward: all-gather)."""
-    return _ScatterSequence.apply(x, group)
+    return _Collective.apply(x, group, reduce_scatter_sequence, all_gather_sequence)
 
 
 def sum_grad_over(x: torch.Tensor, group: Any) -> torch.Tensor:
     """`x` unchanged, its gradient summed over `group` (a parameter used on a sequence shard)."""
-    return _SumGrad.apply(x, group)
+    return _Collective.apply(x, group, _identity, _all_reduced)
 
 
 def gather_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, group: Any) -> torch.Tensor:
