@@ -41,18 +41,20 @@ class LiveTensorBytes(TorchDispatchMode):
                   if isinstance(value, torch.Tensor)}
         added = False
         for value in tree_flatten(out)[0]:
-            if isinstance(value, torch.Tensor) and value.device.type != "meta" \
-                    and StorageWeakRef(value.untyped_storage()) not in inputs:
-                storage = value.untyped_storage()
-                key = StorageWeakRef(storage)
-                known = self._live.get(key)
-                if known is not None and known[0].expired():  # a new storage where a freed one was
-                    self.current -= self._live.pop(key)[1]
-                    known = None
-                if known is None:
-                    self._live[key] = (key, storage.nbytes())
-                    self.current += storage.nbytes()
-                    added = True
+            if not isinstance(value, torch.Tensor) or value.device.type == "meta":
+                continue
+            storage = value.untyped_storage()
+            key = StorageWeakRef(storage)
+            if key in inputs:
+                continue
+            known = self._live.get(key)
+            if known is not None and known[0].expired():  # a new storage where a freed one was
+                self.current -= self._live.pop(key)[1]
+                known = None
+            if known is None:
+                self._live[key] = (key, storage.nbytes())
+                self.current += storage.nbytes()
+                added = True
         if added:
             self._collect()
             self.peak = max(self.peak, self.current)
