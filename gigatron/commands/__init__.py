@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "matformer": ("gigatron.commands.matformer", "MatFormer submodels: extract (Mix'n'Match), eval"),
     "import-hf": ("gigatron.commands.import_hf", "read a local transformers model as a gigatron checkpoint"),
     "scaling": ("gigatron.commands.scaling", "fit, check and use scaling laws: fit, predict"),
+    "plan": ("gigatron.commands.plan", "memory per rank, step time and time to budget of a config, from shapes"),
     "status": ("gigatron.commands.status", "summarise a run directory: progress, loss, speed, restarts"),
     "sweep": ("gigatron.commands.sweep", "plan a grid of runs as a SLURM job array, and summarise it"),
     "data": ("gigatron.commands.data", "data tools: tokenizer, shard, shard-images, default, inspect"),

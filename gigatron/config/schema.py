@@ -194,6 +194,23 @@ class LoggingConfig:
 
 
 @dataclass
+class HardwareConfig:
+    """The machines a run is laid out for: what `gigatron plan` plans against by default, and what
+    the trainer's memory check holds a run to (docs/memory.md)."""
+
+    gpus: int | None = None  # the GPU count the layout is meant for (None: tp*pp*cp, one replica)
+    gpu_memory_gib: float = 80.0  # memory per GPU
+    gpu_peak_tflops: float = 989.0  # dense bf16 peak per GPU (H100 SXM); the step time's yardstick
+    mfu: float = 0.4  # model FLOPs utilisation the step time and time to budget assume
+    # Per GPU, outside what the allocator counts: CUDA context, NCCL buffers, allocator fragmentation.
+    overhead_gib: float = 2.0
+    # The trainer plans the run before building the model and refuses one that does not fit its
+    # devices (CUDA: the device's memory; CPU: cpu_memory_gib per node, default the machine's).
+    memory_check: bool = True
+    cpu_memory_gib: float | None = None
+
+
+@dataclass
 class Config:
     """A whole run. `model` holds the registered family's own dataclass."""
 
@@ -208,6 +225,7 @@ class Config:
     matformer: MatFormerTrainingConfig = field(default_factory=MatFormerTrainingConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
     output_dir: str = "runs/default"
 
     @property

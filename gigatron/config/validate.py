@@ -133,6 +133,24 @@ def sequence_parallel_problems(cfg: Config) -> list[str]:
     return out
 
 
+def hardware_problems(cfg: Config) -> list[str]:
+    """The `hardware:` section: a plan target that makes sense."""
+    h = cfg.hardware
+    problems = []
+    if h.gpus is not None and h.gpus < 1:
+        problems.append(f"hardware.gpus={h.gpus} must be >= 1 (or null: one model replica)")
+    for key in ("gpu_memory_gib", "gpu_peak_tflops"):
+        if not getattr(h, key) > 0:
+            problems.append(f"hardware.{key}={getattr(h, key)} must be > 0")
+    if not 0 < h.mfu <= 1:
+        problems.append(f"hardware.mfu={h.mfu} must be in (0, 1]")
+    if h.overhead_gib < 0:
+        problems.append(f"hardware.overhead_gib={h.overhead_gib} must be >= 0")
+    if h.cpu_memory_gib is not None and not h.cpu_memory_gib > 0:
+        problems.append(f"hardware.cpu_memory_gib={h.cpu_memory_gib} must be > 0 (or null: the machine's memory)")
+    return problems
+
+
 def validate_config(cfg: Config, world_size: int) -> Config:
     """Check `cfg` for a run of `world_size` processes and fill in `parallel.dp`.
 
@@ -218,6 +236,7 @@ def validate_config(cfg: Config, world_size: int) -> Config:
         problems.append(f"checkpoint.interval={cfg.checkpoint.interval} must be >= 0")
     problems.extend(recompute_problems(cfg))
     problems.extend(sequence_parallel_problems(cfg))
+    problems.extend(hardware_problems(cfg))
     problems.extend(cfg.model.validate(cfg))
     problems.extend(matformer_problems(cfg))
     if problems:

@@ -17,6 +17,12 @@ from gigatron.models.layers.recompute import RecomputePlan, apply_recompute_conf
 from gigatron.models.registry import build_model, get_model_spec
 from gigatron.objectives import LanguageModelingTask, Task, build_task
 from gigatron.parallel.layout import DeepSpeedMPU, ParallelLayout
+from gigatron.parallel.zero_buckets import (
+    ZERO3_MAX_LIVE_PARAMETERS,
+    ZERO3_PERSISTENCE_THRESHOLD,
+    zero_bucket_elements,
+)
+from gigatron.planning.throughput import total_steps
 from gigatron.pretrain.optimizer import ClippedAdamW, param_groups
 from gigatron.pretrain.schedule import lr_at
 
@@ -38,18 +44,6 @@ class TrainingEngine:
         return self.engine.module
 
 
-# Elements per ZeRO communication bucket (reduce, all-gather, ZeRO-3 prefetch). DeepSpeed allocates a
-# whole bucket up front; its default of 5e8 elements took 1.9 GiB per rank in fp32 even for a 1M
-# model (docs/benchmarks.md). 5e7 is DeepSpeed's own ZeRO-3 prefetch default and near Megatron-LM's
-# 4e7 DDP bucket; a model smaller than that gets a bucket of its size.
-ZERO_BUCKET_ELEMENTS = 50_000_000
-
-
-def zero_bucket_elements(local_parameters: int) -> int:
-    """The bucket for a rank holding `local_parameters`: at most ZERO_BUCKET_ELEMENTS, a multiple of 512."""
-    return max(512, -(-min(ZERO_BUCKET_ELEMENTS, local_parameters) // 512) * 512)
-
-
 def deepspeed_config(cfg: Config, data_size: int, clip_in_engine: bool, local_parameters: int) -> dict:
     """The DeepSpeed JSON config derived from ours; nothing is left to DeepSpeed's defaults that matters.
 
@@ -69,8 +63,8 @@ def deepspeed_config(cfg: Config, data_size: int, clip_in_engine: bool, local_pa
             "reduce_bucket_size": bucket,
             "allgather_bucket_size": bucket,
             "stage3_prefetch_bucket_size": bucket,
-            "stage3_max_live_parameters": 1_000_000_000,
-            "stage3_param_persistence_threshold": 100_000,
+            "stage3_max_live_parameters": ZERO3_MAX_LIVE_PARAMETERS,
+            "stage3_param_persistence_threshold": ZERO3_PERSISTENCE_THRESHOLD,
         },
         "bf16": {"enabled": t.precision == "bf16"},
         # Our optimizer is torch's AdamW; DeepSpeed only vouches for its own by default.
@@ -82,15 +76,6 @@ def deepspeed_config(cfg: Config, data_size: int, clip_in_engine: bool, local_pa
         # assuming they are equal there; with sequence parallelism each rank holds its own part.
         "pipeline": {"pipe_partitioned": not p.sequence_parallel, "grad_partitioned": not p.sequence_parallel},
     }
-
-
-def total_steps(cfg: Config) -> int:
-    """Steps of the run: `train.steps`, or enough steps to consume `train.tokens`."""
-    if cfg.train.steps is not None:
-        return cfg.train.steps
-    spec = get_model_spec(type(cfg.model).family)
-    tokens_per_step = cfg.train.global_batch_size * spec.sample_tokens(cfg)
-    return -(-cfg.train.tokens // tokens_per_step)
 
 
 def _build_pipeline(cfg: Config, factory: LayerFactory, task: LanguageModelingTask, layout: ParallelLayout

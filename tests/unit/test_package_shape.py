@@ -26,8 +26,8 @@ ALLOWED: dict[str, set[str]] = {
     "inference": {"objectives", "checkpoint", "models", "data", "config"},
     "pretrain": {"objectives", "checkpoint", "planning", "models", "parallel", "data", "config", "launcher"},
     "scaling": {"pretrain", "checkpoint", "models", "data", "config"},
-    "planning": {"models", "parallel", "data", "config"},
-    "commands": {"pretrain", "scaling", "inference", "objectives", "checkpoint", "models", "parallel", "data",
+    "planning": {"objectives", "models", "parallel", "data", "config"},
+    "commands": {"pretrain", "planning", "scaling", "inference", "objectives", "checkpoint", "models", "parallel", "data",
                  "config", "launcher"},
 }
 
