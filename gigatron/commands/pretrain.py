@@ -36,9 +36,19 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"checkpoint.resume={args.resume_from}")
     try:
         cfg = validate_config(load_config(args.config, overrides), env.world_size)
+        # Before any process group and any allocation: the plan builds on a fake group.
+        from gigatron.pretrain.memory_check import check_memory
+
+        plan = check_memory(cfg, env)
     except ConfigError as exc:
         print(f"gigatron pretrain: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    if plan is not None and env.is_main:
+        from gigatron.planning.report import size_text
+
+        print(f"[plan] {size_text(plan.peak.total)} per rank planned (largest: pipeline stage {plan.peak.stage}) "
+              f"of {size_text(plan.target.memory_bytes)}; `gigatron plan --config {args.config}` for the breakdown",
+              flush=True)
     init_distributed(env)
     from gigatron.checkpoint.resume import ResumeError
     from gigatron.pretrain.loop import Trainer

@@ -156,7 +156,8 @@ def plan_memory(cfg: Config, device: str = "cuda", overhead: int = 0, stages: li
                 ) -> list[MemoryPlan]:
     """The plans of pipeline stages `stages` (default all) of run `cfg` (with `parallel.dp` set).
 
-    `device` is where the run will train ("cuda" or "cpu"): it decides the optimizer's temporaries.
+    `device` is where the run will train ("cuda" or "cpu"): it decides the optimizer's temporaries
+    and whether the Mamba mixers keep what mamba-ssm's kernels keep (cuda) or the PyTorch path's.
     `overhead` is added to each rank as the framework's reserve. A stage after the first is traced
     with the hidden states the stage before it sends on (they have the same shape at every stage).
     """
@@ -169,9 +170,9 @@ def plan_memory(cfg: Config, device: str = "cuda", overhead: int = 0, stages: li
     dtype: torch.dtype | None = None
     for stage in stages if stages is not None else range(cfg.parallel.pp):
         if stage > 0 and shape is None:
-            first = _cached_trace(cfg, 0, None, None, keeps_gradients, stepped)
+            first = _cached_trace(cfg, 0, None, None, keeps_gradients, stepped, device)
             shape, dtype = first.output_shape, first.output_dtype
-        trace = _cached_trace(cfg, stage, shape, dtype, keeps_gradients, stepped)
+        trace = _cached_trace(cfg, stage, shape, dtype, keeps_gradients, stepped, device)
         shape, dtype = trace.output_shape, trace.output_dtype
         plans.append(plan_stage(cfg, trace, micro_batches, device, overhead))
     return plans
@@ -181,11 +182,12 @@ def plan_memory(cfg: Config, device: str = "cuda", overhead: int = 0, stages: li
 _TRACES: dict[tuple, StageTrace] = {}
 
 
-def _cached_trace(cfg: Config, stage: int, shape, dtype, keeps_gradients: bool, stepped: int) -> StageTrace:
+def _cached_trace(cfg: Config, stage: int, shape, dtype, keeps_gradients: bool, stepped: int, device: str
+                  ) -> StageTrace:
     shaped = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, zero_stage=0),
                                  hardware=dataclasses.replace(cfg.hardware), output_dir="")
-    key = (repr(shaped), stage, shape, dtype, keeps_gradients, stepped)
+    key = (repr(shaped), stage, shape, dtype, keeps_gradients, stepped, device)
     if key not in _TRACES:
         _TRACES[key] = trace_stage(cfg, stage, shape, dtype, zero_keeps_gradients=keeps_gradients,
-                                   micro_batches=stepped)
+                                   micro_batches=stepped, device=device)
     return _TRACES[key]

@@ -50,7 +50,9 @@ class Target:
             raise ConfigError("; ".join(problems))
         return cls(gpus=chosen_gpus, memory_bytes=int((memory_gib or h.gpu_memory_gib) * GiB),
                    peak_flops=(peak_tflops or h.gpu_peak_tflops) * 1e12, mfu=mfu or h.mfu,
-                   overhead_bytes=int((h.overhead_gib if overhead_gib is None else overhead_gib) * GiB),
+                   # The CPU allocator's count is all there is (no CUDA context, no NCCL buffers).
+                   overhead_bytes=int((overhead_gib if overhead_gib is not None
+                                       else h.overhead_gib if device == "cuda" else 0.0) * GiB),
                    device=device)
 
 
@@ -141,3 +143,20 @@ def search_layouts(cfg: Config, target: Target, limit: int | None = None) -> lis
             fit_without.add(shape_key)
     fitting.sort(key=lambda plan: (plan.throughput.step_time_s, plan.peak.total))
     return fitting[:limit] if limit else fitting
+
+
+def nearest_layouts(cfg: Config, target: Target, limit: int = 3) -> list[RunPlan]:
+    """Layouts that fit and change the fewest of `cfg`'s layout keys (then fastest): the same tp, pp
+    and cp with sequence parallelism, another ZeRO stage, recompute or micro-batch; else the search's."""
+    here = layout_of(validate_config(copy.deepcopy(cfg), target.gpus))
+    near = [c for c in candidate_layouts(cfg, target.gpus)
+            if (c.parallel.tp, c.parallel.pp, c.parallel.cp) == (here["tp"], here["pp"], here["cp"])]
+    fitting = [plan for plan in (plan_run(c, target, every_stage=False) for c in near) if plan.fits]
+    if not fitting:
+        fitting = search_layouts(cfg, target)
+
+    def changes(plan: RunPlan) -> int:
+        return sum(plan.layout[key] != here[key] for key in here)
+
+    fitting.sort(key=lambda plan: (changes(plan), plan.throughput.step_time_s))
+    return fitting[:limit]

@@ -11,6 +11,7 @@ a storage size, which `LiveTensorBytes` and `saved_for_backward` count.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from gigatron.parallel.zero_buckets import ZERO3_PERSISTENCE_THRESHOLD
 from gigatron.planning.activations import saved_for_backward_bytes
 from gigatron.planning.fake_world import fake_process_layout
 from gigatron.planning.image_batches import fake_condition_draws, image_batch
+from gigatron.planning.kernel_shapes import cuda_kernel_shapes
 from gigatron.planning.measure import LiveTensorBytes
 
 
@@ -104,8 +106,9 @@ def _stage_model(cfg: Config, factory: LayerFactory, task, stage: int) -> nn.Mod
     # PipelineModule asks deepspeed.comm for ranks; it adopts the (fake) torch.distributed group.
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     layers = [LayerSpec(cls, *args, **kwargs) for cls, args, kwargs in spec.layer_recipes(cfg.model, factory)]
-    # It reads LOCAL_RANK and moves itself to that device, which fake parameters need not (and cannot).
-    with (mock.patch.dict(os.environ, {"LOCAL_RANK": os.environ.get("LOCAL_RANK", "0")}),
+    # It reads LOCAL_RANK and moves itself to that device, which fake parameters need not (and cannot);
+    # it prints its partition, which would mix into a plan's output.
+    with (contextlib.redirect_stdout(io.StringIO()), mock.patch.dict(os.environ, {"LOCAL_RANK": os.environ.get("LOCAL_RANK", "0")}),
           mock.patch.object(PipelineModule, "to", lambda self, *args, **kwargs: self)):
         return PipelineModule(layers=layers, topology=factory.layout.deepspeed_topology(), loss_fn=task.loss,
                               partition_method=cfg.parallel.pipeline_partition)
@@ -113,19 +116,21 @@ def _stage_model(cfg: Config, factory: LayerFactory, task, stage: int) -> nn.Mod
 
 def trace_stage(cfg: Config, stage: int, input_shape: tuple[int, ...] | None = None,
                 input_dtype: torch.dtype | None = None, zero_keeps_gradients: bool = True,
-                micro_batches: int = 1) -> StageTrace:
+                micro_batches: int = 1, device: str = "cpu") -> StageTrace:
     """Build pipeline stage `stage` of run `cfg` for its first rank and step `micro_batches` (1 or 2)
     micro-batches through it under FakeTensorMode.
 
     A stage after the first takes a tensor of `input_shape`/`input_dtype` (the previous stage's
     output). With `zero_keeps_gradients` false (ZeRO-2/3 move each gradient into a bucket as it is
-    made) the parameters' gradients are dropped as soon as they are accumulated.
+    made) the parameters' gradients are dropped as soon as they are accumulated. `device="cuda"`
+    counts the Mamba mixers as mamba-ssm's kernels keep their tensors (`kernel_shapes.py`).
     """
     spec = get_model_spec(type(cfg.model).family)
     dtype = _training_dtype(cfg)
     last = stage == cfg.parallel.pp - 1
     with (fake_process_layout(cfg.parallel, _world_size(cfg), _stage_rank(cfg, stage)) as layout,
-          _visible_fake_positions(), FakeTensorMode(allow_non_fake_inputs=True)):
+          _visible_fake_positions(), cuda_kernel_shapes() if device == "cuda" else contextlib.nullcontext(),
+          FakeTensorMode(allow_non_fake_inputs=True)):
         factory = LayerFactory(layout, device="cpu", params_dtype=dtype)
         task = build_task(spec.task, factory, cfg)
         if hasattr(task, "draw"):
