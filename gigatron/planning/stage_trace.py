@@ -20,8 +20,9 @@ from unittest import mock
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
+from gigatron.config.errors import ConfigError
 from gigatron.config.schema import Config
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.recompute import apply_recompute_config
@@ -33,6 +34,10 @@ from gigatron.planning.fake_world import fake_process_layout
 from gigatron.planning.image_batches import fake_condition_draws, image_batch
 from gigatron.planning.kernel_shapes import cuda_kernel_shapes
 from gigatron.planning.measure import LiveTensorBytes
+
+
+class UnplannableModel(ConfigError):
+    """The model's forward reads tensor values, which a plan from shapes does not have."""
 
 
 @dataclass(frozen=True)
@@ -76,19 +81,18 @@ def _stage_rank(cfg: Config, stage: int) -> int:
 @contextlib.contextmanager
 def _visible_fake_positions() -> Iterator[None]:
     """Blockwise (ring) attention pairs query and key runs by reading token positions, which fake
-    tensors do not hold: treat each block as one fully visible pair instead. What attention saves
-    for backward does not depend on the pairing, and the fused kernel it runs holds no scores."""
+    tensors do not hold: treat each block as one fully visible pair instead, and send a ring step's
+    keys as one chunk (not in overlapped pieces: thousands of fake steps at 1M tokens). What attention
+    saves for backward depends on neither, and the fused kernel it runs holds no scores."""
     from gigatron.models.layers import blockwise_attention as blockwise
+    from gigatron.models.layers.cp import ring
 
     def every_pair(q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool, key_limit: int | None):
         yield (0, q_pos.numel()), (0, k_pos.numel()), "all"
 
-    original = blockwise._pairs
-    blockwise._pairs = every_pair
-    try:
+    with mock.patch.object(blockwise, "_pairs", every_pair), \
+            mock.patch.object(ring, "_chunks", lambda length: [(0, length)]):
         yield
-    finally:
-        blockwise._pairs = original
 
 
 def _lm_inputs(cfg: Config, task, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,14 +164,20 @@ def trace_stage(cfg: Config, stage: int, input_shape: tuple[int, ...] | None = N
             # A stage before the last receives its output's gradient from the next stage.
             out.backward() if out.dim() == 0 else out.backward(torch.zeros_like(out))
 
-        with LiveTensorBytes() as live:
-            # The first micro-batch's forward is also where the saved activations are counted.
-            outputs: list[torch.Tensor] = []
-            saved = saved_for_backward_bytes(lambda: outputs.append(micro_batch_loss()), exclude=params)
-            backward(outputs[0])
-            for _ in range(micro_batches - 1):
-                outputs.append(micro_batch_loss())
-                backward(outputs[-1])
+        try:
+            with LiveTensorBytes() as live:
+                # The first micro-batch's forward is also where the saved activations are counted.
+                outputs: list[torch.Tensor] = []
+                saved = saved_for_backward_bytes(lambda: outputs.append(micro_batch_loss()), exclude=params)
+                backward(outputs[0])
+                for _ in range(micro_batches - 1):
+                    outputs.append(micro_batch_loss())
+                    backward(outputs[-1])
+        except DataDependentOutputException as exc:
+            raise UnplannableModel(
+                f"model.family={type(cfg.model).family} cannot be planned from shapes: its forward reads "
+                f"tensor values ({exc.func}), e.g. to pack images into rows; plan it by measuring a short "
+                "run with logging.memory_trace=true instead") from exc
         output = layer_outputs[-1] if layer_outputs else outputs[-1]
         return StageTrace(stage=stage, parameters=sum(p.numel() for p in params),
                           parameter_bytes=sum(p.numel() * p.element_size() for p in params),

@@ -11,6 +11,7 @@ from gigatron.launcher.dist_env import DistEnv
 from gigatron.planning.memory import GiB
 from gigatron.planning.plan import RunPlan, Target, nearest_layouts, plan_run
 from gigatron.planning.report import plan_table, search_table, size_text
+from gigatron.planning.stage_trace import UnplannableModel
 
 
 def device_memory(cfg: Config, env: DistEnv) -> int:
@@ -35,7 +36,12 @@ def check_memory(cfg: Config, env: DistEnv) -> RunPlan | None:
     target = Target(gpus=env.world_size, memory_bytes=device_memory(cfg, env), peak_flops=h.gpu_peak_tflops * 1e12,
                     mfu=h.mfu, overhead_bytes=int(h.overhead_gib * GiB) if cuda else 0,
                     device="cuda" if cuda else "cpu")
-    plan = plan_run(cfg, target)
+    try:
+        plan = plan_run(cfg, target)
+    except UnplannableModel as exc:
+        if env.is_main:
+            print(f"[plan] no memory check: {exc}", flush=True)
+        return None
     if plan.fits:
         return plan
     near = nearest_layouts(cfg, target)
