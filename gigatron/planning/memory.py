@@ -4,7 +4,7 @@ the live tensor bytes on the CPU) will report, plus the framework's own reserve.
 Activations, working tensors (logits and loss buffers, recompute, collectives' outputs) and the
 gradients made in the backward pass are counted by stepping each pipeline stage under FakeTensorMode
 (`stage_trace.py`). Weights, gradient buffers and optimizer states follow what DeepSpeed allocates
-for the precision and ZeRO stage (`STATE_BYTES` below, read from DeepSpeed 0.19's optimizers).
+for the precision and ZeRO stage (`state_bytes` below, read from DeepSpeed 0.19's optimizers).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from gigatron.config.schema import Config
+from gigatron.config.schema import Config, HardwareConfig
 from gigatron.parallel.zero_buckets import ZERO3_MAX_LIVE_PARAMETERS, zero_bucket_elements
 from gigatron.planning.stage_trace import StageTrace, trace_stage
+from gigatron.planning.throughput import micro_batches_per_step
 
 GiB = 2**30
 
@@ -146,12 +147,6 @@ def stage_in_flight(cfg: Config, stage: int, micro_batches: int) -> int:
     return max(1, min(cfg.parallel.pp - stage, micro_batches))
 
 
-def micro_batches_per_step(cfg: Config) -> int:
-    """Gradient-accumulation micro-batches per step on each data-parallel rank."""
-    p, t = cfg.parallel, cfg.train
-    return max(1, t.global_batch_size // (t.micro_batch_size * (p.dp or 1)))
-
-
 def plan_memory(cfg: Config, device: str = "cuda", overhead: int = 0, stages: list[int] | None = None
                 ) -> list[MemoryPlan]:
     """The plans of pipeline stages `stages` (default all) of run `cfg` (with `parallel.dp` set).
@@ -184,8 +179,9 @@ _TRACES: dict[tuple, StageTrace] = {}
 
 def _cached_trace(cfg: Config, stage: int, shape, dtype, keeps_gradients: bool, stepped: int, device: str
                   ) -> StageTrace:
+    # The ZeRO stage enters only through `keeps_gradients`; the hardware and paths not at all.
     shaped = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, zero_stage=0),
-                                 hardware=dataclasses.replace(cfg.hardware), output_dir="")
+                                 hardware=HardwareConfig(), output_dir="")
     key = (repr(shaped), stage, shape, dtype, keeps_gradients, stepped, device)
     if key not in _TRACES:
         _TRACES[key] = trace_stage(cfg, stage, shape, dtype, zero_keeps_gradients=keeps_gradients,

@@ -103,9 +103,9 @@ def candidate_layouts(cfg: Config, gpus: int) -> Iterator[Config]:
     """Every layout of `cfg`'s model and global batch on `gpus` GPUs that passes validation: tp and pp
     up to 8, cp as the config has it (the sequence's split is a modelling choice, see docs/longctx.md),
     sequence parallelism with tp > 1 where the family has it, recompute none / selective (the
-    config's modules) / full, micro-batches of 1 and 2, and ZeRO 1 and 3 (2 and 3 without a
-    pipeline): ZeRO-0 never needs less memory than ZeRO-1 and ZeRO-2 less than ZeRO-1 at the same
-    estimated speed."""
+    config's modules) / full, micro-batches of 1 and 2, and ZeRO 2 and 3 without a pipeline (ZeRO-1
+    with one, DeepSpeed's most there): ZeRO 0 and 1 never need less memory than ZeRO-2, and the
+    estimated speed does not depend on the stage."""
     for tp, pp, sp, zero, recompute, micro in itertools.product(
             _powers_of_two(min(8, gpus)), _powers_of_two(min(8, gpus)), (False, True), (1, 2, 3),
             ("none", "selective", "full"), (1, 2)):

@@ -46,7 +46,6 @@ class StageTrace:
 
     stage: int
     parameters: int  # elements of the stage's parameters on this rank (its TP shard)
-    parameter_bytes: int  # their bytes in the training precision
     small_parameters: int  # elements in tensors ZeRO-3 keeps whole (below its persistence threshold)
     saved: int  # activations kept for backward by one micro-batch (what each in-flight micro-batch holds)
     peak: int  # the largest live total during forward + backward of the micro-batches stepped: saved
@@ -74,8 +73,7 @@ def _world_size(cfg: Config) -> int:
 
 def _stage_rank(cfg: Config, stage: int) -> int:
     """The global rank at TP, CP and DP position 0 of pipeline stage `stage` (PP is the slowest axis)."""
-    p = cfg.parallel
-    return stage * p.tp * p.cp * (p.dp or 1)
+    return stage * (_world_size(cfg) // cfg.parallel.pp)
 
 
 @contextlib.contextmanager
@@ -93,11 +91,6 @@ def _visible_fake_positions() -> Iterator[None]:
     with mock.patch.object(blockwise, "_pairs", every_pair), \
             mock.patch.object(ring, "_chunks", lambda length: [(0, length)]):
         yield
-
-
-def _lm_inputs(cfg: Config, task, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens = torch.zeros(micro_batch, cfg.data.seq_len + 1, dtype=torch.long)
-    return task.split_local(tokens)
 
 
 def _stage_model(cfg: Config, factory: LayerFactory, task, stage: int) -> nn.Module:
@@ -150,10 +143,10 @@ def trace_stage(cfg: Config, stage: int, input_shape: tuple[int, ...] | None = N
 
         def micro_batch_loss() -> torch.Tensor:
             if stage == 0:
-                inputs, labels = _batch(cfg, task, spec, factory)
+                inputs, labels = _batch(cfg, task, spec)
             else:
                 inputs = torch.zeros(input_shape, dtype=input_dtype, requires_grad=True)
-                labels = _batch(cfg, task, spec, factory)[1]
+                labels = _batch(cfg, task, spec)[1]
             if spec.task != "lm" or cfg.parallel.pp == 1:
                 return _forward_loss(cfg, task, model, inputs, labels)
             out = model(inputs)
@@ -180,18 +173,17 @@ def trace_stage(cfg: Config, stage: int, input_shape: tuple[int, ...] | None = N
                 "run with logging.memory_trace=true instead") from exc
         output = layer_outputs[-1] if layer_outputs else outputs[-1]
         return StageTrace(stage=stage, parameters=sum(p.numel() for p in params),
-                          parameter_bytes=sum(p.numel() * p.element_size() for p in params),
                           small_parameters=sum(p.numel() for p in params if p.numel() < ZERO3_PERSISTENCE_THRESHOLD),
                           saved=saved,
                           peak=live.peak, gradients_in_peak=zero_keeps_gradients,
                           output_shape=tuple(output.shape), output_dtype=output.dtype)
 
 
-def _batch(cfg: Config, task, spec, factory) -> tuple:
+def _batch(cfg: Config, task, spec) -> tuple:
     """(inputs, labels) of one micro-batch for `task`, as the loader would hand them to this rank."""
     b = cfg.train.micro_batch_size
     if spec.task == "lm":
-        return _lm_inputs(cfg, task, b)
+        return task.split_local(torch.zeros(b, cfg.data.seq_len + 1, dtype=torch.long))
     return image_batch(cfg, b), None
 
 

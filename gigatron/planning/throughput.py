@@ -35,6 +35,12 @@ class ThroughputPlan:
     recompute_cost: float  # step compute relative to no recomputation
 
 
+def micro_batches_per_step(cfg: Config) -> int:
+    """Gradient-accumulation micro-batches per step on each data-parallel rank."""
+    p, t = cfg.parallel, cfg.train
+    return max(1, t.global_batch_size // (t.micro_batch_size * (p.dp or 1)))
+
+
 def total_steps(cfg: Config) -> int:
     """Steps of the run: `train.steps`, or enough steps to consume `train.tokens`."""
     if cfg.train.steps is not None:
@@ -65,7 +71,7 @@ def plan_throughput(cfg: Config, gpus: int, peak_flops_per_gpu: float, mfu: floa
     per_token = model_flops_per_token(cfg)
     tokens = tokens_per_step(cfg)
     flops = per_token * tokens
-    micro_batches = max(1, t.global_batch_size // (t.micro_batch_size * (p.dp or 1)))
+    micro_batches = micro_batches_per_step(cfg)
     bubble = (p.pp - 1) / micro_batches if p.pp > 1 else 0.0
     recompute = RECOMPUTE_COST[t.recompute]
     step_time = flops * recompute * (1 + bubble) / (gpus * peak_flops_per_gpu * mfu)
