@@ -6,7 +6,7 @@ Runs span families, TP, SP, PP, CP, ZeRO stages and recompute; each is a short f
 config on 1-4 gloo ranks. The table gives the largest rank's measured and predicted peak (the plan of
 that rank's pipeline stage) and their ratio.
 
-    .venv/bin/python benchmarks/plan_vs_measured.py            # ~2 minutes on 2 cores
+    .venv/bin/python benchmarks/plan_vs_measured.py            # ~10 minutes on 2 cores
     .venv/bin/python benchmarks/plan_vs_measured.py --only gpt-tp2-sp
 """
 
@@ -45,6 +45,8 @@ RUNS: dict[str, tuple[str, int, list[str]]] = {
         "train.recompute_modules=[mamba,mlp]"]),
     "tokenformer": ("configs/tokenformer/smoke.yaml", 1, []),
     "fit-recompute-full": ("configs/fit/smoke.yaml", 1, ["train.recompute=full"]),
+    "t2i": ("configs/t2i/smoke.yaml", 1, []),
+    "t2i-tp2-selective": ("configs/t2i/smoke.yaml", 2, ["parallel.tp=2", "train.recompute=selective"]),
 }
 
 

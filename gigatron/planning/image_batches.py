@@ -9,8 +9,13 @@ from gigatron.config.schema import Config
 
 
 def image_batch(cfg: Config, micro_batch: int) -> dict[str, torch.Tensor]:
-    """{"image", "label", "present", "number", "caption"?, "size"?} for `micro_batch` samples of the
-    largest shape the run trains on (square `images.image_size`; latents with the model's channels)."""
+    """{"image", "label", "present", "number", "caption"?} for `micro_batch` samples of the largest
+    shape the run trains on (square `images.image_size`; latents with the model's channels).
+
+    Aspect-bucketed runs also hand the model each image's valid size; at the largest shape every
+    image is whole, which is what the model assumes without sizes, so the batch carries none (fake
+    tensors cannot hand their values to the packing). Left out of the plan: the loss's valid-pixel
+    mask, b·H·W values."""
     side = cfg.images.image_size
     if cfg.images.latents:
         image = torch.zeros(micro_batch, cfg.model.channels, side, side)
@@ -20,8 +25,6 @@ def image_batch(cfg: Config, micro_batch: int) -> dict[str, torch.Tensor]:
              "present": torch.ones(micro_batch), "number": torch.arange(micro_batch)}
     if getattr(cfg.model, "caption_len", None) is not None:
         batch["caption"] = torch.zeros(micro_batch, cfg.images.caption_len, dtype=torch.long)
-    if cfg.images.aspect_buckets:
-        batch["size"] = torch.full((micro_batch, 2), side, dtype=torch.long)
     return batch
 
 

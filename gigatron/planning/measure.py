@@ -9,53 +9,47 @@ are not counted (nor their views): start it before building the model to count t
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 
 class LiveTensorBytes(TorchDispatchMode):
-    """Counts the bytes of live tensor storages created under it; `peak` is the largest total seen."""
+    """Counts the bytes of live tensor storages created under it; `peak` is the largest total seen.
+
+    A storage's Python object lives exactly as long as the storage (PyTorch preserves it while C++
+    holds the storage, e.g. as a tensor saved for backward), so a finalizer on it subtracts the
+    bytes at the moment the storage is freed: the count is exact after every operation, at a
+    constant cost per operation (a scan of the live storages made deep models quadratic).
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        # key -> (the key object first stored, bytes). Keys compare by storage address, which the
-        # allocator hands out again once a storage is freed: a key found may belong to a dead storage.
-        self._live: dict[StorageWeakRef, tuple[StorageWeakRef, int]] = {}
+        self._live: dict[int, int] = {}  # id of a counted storage's Python object -> its bytes
         self.current = 0
         self.peak = 0
 
-    def _collect(self) -> None:
-        dead = [key for key, (stored, _) in self._live.items() if stored.expired()]
-        for key in dead:
-            self.current -= self._live.pop(key)[1]
+    def _freed(self, key: int) -> None:
+        self.current -= self._live.pop(key)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
         # An output on an input's storage is a view (a weight's transpose inside every linear): not a
         # new allocation, even when the input was made before the mode started.
-        inputs = {StorageWeakRef(value.untyped_storage()) for value in tree_flatten((args, kwargs))[0]
+        inputs = {id(value.untyped_storage()) for value in tree_flatten((args, kwargs))[0]
                   if isinstance(value, torch.Tensor)}
-        added = False
         for value in tree_flatten(out)[0]:
             if not isinstance(value, torch.Tensor) or value.device.type == "meta":
                 continue
             storage = value.untyped_storage()
-            key = StorageWeakRef(storage)
-            if key in inputs:
+            key = id(storage)
+            if key in inputs or key in self._live:
                 continue
-            known = self._live.get(key)
-            if known is not None and known[0].expired():  # a new storage where a freed one was
-                self.current -= self._live.pop(key)[1]
-                known = None
-            if known is None:
-                self._live[key] = (key, storage.nbytes())
-                self.current += storage.nbytes()
-                added = True
-        if added:
-            self._collect()
-            self.peak = max(self.peak, self.current)
+            self._live[key] = storage.nbytes()
+            self.current += storage.nbytes()
+            weakref.finalize(storage, self._freed, key)
+        self.peak = max(self.peak, self.current)
         return out

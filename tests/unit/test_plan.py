@@ -112,6 +112,26 @@ def test_plan_run_refuses_a_bad_layout():
         plan_run(load_config(SMOKE, ["parallel.tp=3"]), Target(3, 2**40, 1e14, 0.4, 0, "cpu"))
 
 
+def test_a_model_whose_forward_reads_tensor_values_is_named_not_planned(monkeypatch):
+    """A forward that branches on a value (a plugin's, say) cannot run on fake tensors: a ConfigError
+    naming the family, which the trainer reports instead of checking memory."""
+    import gigatron.models.gpt.model as gpt_model
+    from gigatron.planning import memory
+    from gigatron.planning.stage_trace import UnplannableModel
+
+    forward = gpt_model.Block.forward
+
+    def reading(self, x):
+        if bool(x.isfinite().all()):  # reads a value
+            return forward(self, x)
+        return x
+
+    monkeypatch.setattr(gpt_model.Block, "forward", reading)
+    monkeypatch.setattr(memory, "_TRACES", {})
+    with pytest.raises(UnplannableModel, match="model.family=gpt cannot be planned from shapes"):
+        plan_run(load_config(SMOKE), Target(1, 2**40, 1e14, 0.4, 0, "cpu"))
+
+
 @pytest.mark.slow  # a refused run (~10 s)
 def test_the_trainer_refuses_a_run_that_does_not_fit_before_building_it(tmp_path, corpus_ready):
     proc = run_pretrain(tmp_path, ["hardware.memory_check=true", "hardware.cpu_memory_gib=0.04"])

@@ -50,10 +50,13 @@ def plan_rows(counts: list[int], row_tokens: int | None) -> list[list[int]]:
     return rows
 
 
-def pack_images(images: torch.Tensor, sizes: torch.Tensor, patch: int, row_tokens: int | None,
+def pack_images(images: torch.Tensor, sizes: list[tuple[int, int]], patch: int, row_tokens: int | None,
                 dtype: torch.dtype) -> PackedBatch:
-    """Pack images [N, C, Hmax, Wmax] whose valid parts are sizes[i] = (h, w) pixels (multiples of `patch`)."""
-    counts = [(int(h) // patch) * (int(w) // patch) for h, w in sizes.tolist()]
+    """Pack images [N, C, Hmax, Wmax] whose valid parts are sizes[i] = (h, w) pixels (multiples of `patch`).
+
+    The sizes are Python integers: the caller reads them off the device once per batch, not once
+    per image, and the packing is a function of the shapes alone (so it plans under fake tensors)."""
+    counts = [(h // patch) * (w // patch) for h, w in sizes]
     rows = plan_rows(counts, row_tokens)
     length = row_tokens if row_tokens is not None else max(counts)
     width = patch * patch * images.shape[1]
@@ -66,7 +69,7 @@ def pack_images(images: torch.Tensor, sizes: torch.Tensor, patch: int, row_token
     for r, members in enumerate(rows):
         start = 0
         for k, i in enumerate(members):
-            h, w = (int(v) for v in sizes[i].tolist())
+            h, w = sizes[i]
             count = counts[i]
             tokens[r, start:start + count] = _patches(pixels_to_unit(images[i, :, :h, :w], dtype), patch)
             segments[r, start:start + count] = i
@@ -79,12 +82,12 @@ def pack_images(images: torch.Tensor, sizes: torch.Tensor, patch: int, row_token
     return PackedBatch(tokens, segments, positions, row_images, where)
 
 
-def unpack_images(tokens: torch.Tensor, packed: PackedBatch, sizes: torch.Tensor, patch: int,
+def unpack_images(tokens: torch.Tensor, packed: PackedBatch, sizes: list[tuple[int, int]], patch: int,
                   channels: int, height: int, width: int) -> torch.Tensor:
     """Token outputs [rows, L, p²·C] back to images [N, C, height, width], zero outside each valid part."""
     out = tokens.new_zeros(len(packed.where), channels, height, width)
     for i, (r, start, count) in enumerate(packed.where):
-        h, w = (int(v) for v in sizes[i].tolist())
+        h, w = sizes[i]
         x = tokens[r, start:start + count].reshape(h // patch, w // patch, patch, patch, channels)
         out[i, :, :h, :w] = x.permute(4, 0, 2, 1, 3).reshape(channels, h, w)
     return out

@@ -66,9 +66,8 @@ class T2IModel(nn.Module):
         outside each image."""
         cfg = self.cfg
         n, channels, height, width = x_t.shape
-        sizes = condition.get("size")
-        if sizes is None:
-            sizes = torch.tensor([[height, width]] * n, device=x_t.device)
+        given = condition.get("size")
+        sizes = [(height, width)] * n if given is None else [(int(h), int(w)) for h, w in given.tolist()]
         dtype = self.patch_in.weight.dtype
         packed = pack_images(x_t, sizes, cfg.patch_size, cfg.pack_tokens, dtype)
         text, text_valid, pooled = self.text(condition["caption"])
@@ -88,7 +87,7 @@ class T2IModel(nn.Module):
         key_owner = row_images[:, :, None].expand(-1, -1, text.shape[1]).flatten(1)
         key_valid = text_valid[keys_image].flatten(1) & (key_owner >= 0)
         cross_mask = (segments[:, :, None] == key_owner[:, None, :]) & key_valid[:, None, :]
-        cross_mask[~real] = key_valid[:, None, :].expand(-1, segments.shape[1], -1)[~real]
+        cross_mask = torch.where(real[:, :, None], cross_mask, key_valid[:, None, :])
         x = self.patch_in(packed.tokens)
         for block in self.blocks:
             x = block(x, token_cond, shared, self_mask, packed.positions, row_text, cross_mask)
