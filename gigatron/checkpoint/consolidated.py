@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gigatron.checkpoint.files import atomic_write_text, verify_manifest, write_manifest
+from gigatron.checkpoint.files import atomic_write_text, require_intact, write_manifest
 from gigatron.checkpoint.native import MOMENTS
 from gigatron.checkpoint.param_plan import ParamPlan, param_plans
 from gigatron.checkpoint.safetensors_stream import StreamingSafetensorsWriter
@@ -83,11 +83,12 @@ class ConsolidatedCheckpoint:
 
     kind = "consolidated"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, checksums: bool = True, verified: bool = False) -> None:
+        """Open `path` after checking it against its manifest (sizes, and sha256 with `checksums`),
+        unless the caller has (`verified`); DamagedCheckpoint names a file that does not match."""
         self.path = Path(path)
-        problem = verify_manifest(self.path)
-        if problem is not None:
-            raise ValueError(f"{self.path}: not an intact consolidated checkpoint: {problem}")
+        if not verified:
+            require_intact(self.path, checksums)
         self.meta = json.loads((self.path / MARKER).read_text())
         if self.meta.get("format") != FORMAT:
             raise ValueError(f"{self.path / MARKER}: format {self.meta.get('format')!r}, this gigatron reads {FORMAT!r}")

@@ -31,11 +31,12 @@ def _fresh_out(out: Path) -> None:
         raise FileExistsError(f"{out} exists and is not an empty directory; choose a new output directory")
 
 
-def consolidate(ckpt: str | Path, out: str | Path, verify: bool = True, log=print) -> Path:
-    """Write any checkpoint as a consolidated directory and check it against the source."""
+def consolidate(ckpt: str | Path, out: str | Path, verify: bool = True, log=print, checksums: bool = True) -> Path:
+    """Write any checkpoint as a consolidated directory and check it against the source (which is
+    first checked against its manifest: sizes, and sha256 with `checksums`)."""
     out = Path(out)
     _fresh_out(out)
-    source = open_checkpoint(ckpt)
+    source = open_checkpoint(ckpt, checksums)
     write_consolidated(source, out, log=log)
     if verify:
         verify_conversion(source, ConsolidatedCheckpoint(out), log=log)
@@ -43,11 +44,12 @@ def consolidate(ckpt: str | Path, out: str | Path, verify: bool = True, log=prin
 
 
 def reshard(ckpt: str | Path, out: str | Path, tp: int, pp: int, dp: int, zero: int | None, verify: bool = True,
-            log=print) -> Path:
-    """Write any checkpoint as DeepSpeed files of the layout (tp, pp, dp, zero), using tp*pp*dp CPU ranks."""
+            log=print, checksums: bool = True) -> Path:
+    """Write any checkpoint as DeepSpeed files of the layout (tp, pp, dp, zero), using tp*pp*dp CPU
+    ranks; the source is checked against its manifest here, once, before the ranks read it."""
     out = Path(out)
     _fresh_out(out)
-    source = open_checkpoint(ckpt)
+    source = open_checkpoint(ckpt, checksums)
     cfg = copy.deepcopy(source.cfg)
     cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.cp = tp, pp, 1
     cfg.parallel.dp = None

@@ -61,8 +61,9 @@ def write_manifest(tag_dir: Path) -> dict:
     return manifest
 
 
-def verify_manifest(tag_dir: Path) -> str | None:
-    """None if every file in the manifest is present with its size and checksum, else the reason."""
+def verify_manifest(tag_dir: Path, checksums: bool = True) -> str | None:
+    """None if every file in the manifest is present with its size and (with `checksums`) its
+    sha256, else the reason, naming the file."""
     manifest_path = tag_dir / MANIFEST
     if not manifest_path.is_file():
         return f"{manifest_path} is missing (the save did not finish)"
@@ -77,9 +78,26 @@ def verify_manifest(tag_dir: Path) -> str | None:
         size = path.stat().st_size
         if size != meta["size"]:
             return f"{path} has {size} bytes, the manifest says {meta['size']}"
-        if file_sha256(path) != meta["sha256"]:
-            return f"{path} fails its sha256 check"
+    if checksums:  # sizes first: a truncated copy is named without hashing gigabytes
+        for rel, meta in files.items():
+            if file_sha256(tag_dir / rel) != meta["sha256"]:
+                return f"{tag_dir / rel} fails its sha256 check (changed since it was saved)"
     return None
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint's files do not match its manifest; the message names the file."""
+
+
+SKIP_CHECKSUMS_HINT = ("restore the file or use another checkpoint; --skip-checksums (commands) or "
+                       "checkpoint.verify_checksums=false (pretrain) read it anyway, checking sizes only")
+
+
+def require_intact(tag_dir: Path, checksums: bool = True) -> None:
+    """Raise DamagedCheckpoint unless `tag_dir` matches its manifest (docs/checkpoints.md)."""
+    problem = verify_manifest(tag_dir, checksums)
+    if problem is not None:
+        raise DamagedCheckpoint(f"checkpoint {tag_dir} is damaged: {problem}; {SKIP_CHECKSUMS_HINT}")
 
 
 def read_latest(ckpt_dir: Path) -> str | None:
@@ -90,7 +108,7 @@ def read_latest(ckpt_dir: Path) -> str | None:
     return pointer.read_text().strip() or None
 
 
-def choose_resume_tag(ckpt_dir: Path, log=print) -> str | None:
+def choose_resume_tag(ckpt_dir: Path, log=print, checksums: bool = True) -> str | None:
     """The newest checkpoint that passes its manifest, starting from `latest`.
 
     Tags newer than `latest` are unfinished saves and are never used. A tag that fails its
@@ -105,7 +123,7 @@ def choose_resume_tag(ckpt_dir: Path, log=print) -> str | None:
         raise RuntimeError(f"{ckpt_dir / LATEST} names {latest!r}, which is not a checkpoint tag (step_NNNNNNNN)")
     candidates = [t for t in reversed(list_tags(ckpt_dir)) if (step_of_tag(t) or 0) <= latest_step]
     for tag in candidates:
-        problem = verify_manifest(ckpt_dir / tag)
+        problem = verify_manifest(ckpt_dir / tag, checksums)
         if problem is None:
             return tag
         log(f"[checkpoint] skipping {ckpt_dir / tag}: {problem}; trying the previous checkpoint")

@@ -91,13 +91,14 @@ def special_token_ids(cfg: Any) -> dict[str, int | None]:
     return ids
 
 
-def export(ckpt: str | Path, out: str | Path) -> Path:
-    """Write config.json + model.safetensors (+ generation_config.json) for the checkpoint into `out`."""
+def export(ckpt: str | Path, out: str | Path, checksums: bool = True) -> Path:
+    """Write config.json + model.safetensors (+ generation_config.json) for the checkpoint into `out`.
+    `checksums`: check the checkpoint's sha256s against its manifest (its sizes always)."""
     out = Path(out)
     # Checked before the (possibly long) load so that a typo fails at once.
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"--out {out} exists and is not an empty directory; choose a new --out directory")
-    cfg, model = load_checkpoint_model(ckpt)
+    cfg, model = load_checkpoint_model(ckpt, checksums)
     hf_model = to_hf_model(cfg.model, model, special_token_ids(cfg))
     hf_model.save_pretrained(out, safe_serialization=True)
     verify_export(cfg, model, out)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from gigatron.checkpoint.files import require_intact
 from gigatron.checkpoint.param_plan import ParamPlan, param_plans, tied_aliases
 from gigatron.checkpoint.safe_load import safe_torch_load
 from gigatron.config import Config, load_config
@@ -49,8 +50,12 @@ class NativeCheckpoint:
 
     kind = "native"
 
-    def __init__(self, tag: Path) -> None:
+    def __init__(self, tag: Path, checksums: bool = True, verified: bool = False) -> None:
+        """Open `tag` after checking it against its manifest (sizes, and sha256 with `checksums`),
+        unless the caller has (`verified`); DamagedCheckpoint names a file that does not match."""
         self.path = Path(tag)
+        if not verified:
+            require_intact(self.path, checksums)
         self.cfg: Config = load_config(self.path / "config.yaml", migrate=True)
         self.trainer_state: dict[str, Any] = json.loads((self.path / "trainer_state.json").read_text())
         self.plans: dict[str, ParamPlan] = param_plans(self.cfg.model)

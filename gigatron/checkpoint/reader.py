@@ -42,10 +42,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path} is not a gigatron checkpoint: no config.yaml and no latest file; {_HOW_TO_POINT}")
 
 
-def open_checkpoint(path: str | Path) -> LogicalCheckpoint:
-    """Logical (layout-free) view of any gigatron checkpoint."""
+def open_checkpoint(path: str | Path, checksums: bool = True, verified: bool = False) -> LogicalCheckpoint:
+    """Logical (layout-free) view of any gigatron checkpoint, checked against its manifest before a
+    byte of it is used: sizes always, sha256 with `checksums` (DamagedCheckpoint names the file).
+    `verified`: the caller has checked it (one rank for all)."""
     resolved = resolve_checkpoint(path)
-    return ConsolidatedCheckpoint(resolved) if is_consolidated(resolved) else NativeCheckpoint(resolved)
+    kind = ConsolidatedCheckpoint if is_consolidated(resolved) else NativeCheckpoint
+    return kind(resolved, checksums=checksums, verified=verified)
 
 
 def _listed(keys: list[str], limit: int = 10) -> str:
@@ -78,9 +81,9 @@ def model_from_checkpoint(ckpt: LogicalCheckpoint) -> nn.Sequential:
     return model.eval()
 
 
-def load_checkpoint_model(path: str | Path) -> tuple[Config, nn.Sequential]:
+def load_checkpoint_model(path: str | Path, checksums: bool = True) -> tuple[Config, nn.Sequential]:
     """The run's config and its model (TP=1, CPU, fp32, eval mode) with the checkpoint's weights."""
-    ckpt = open_checkpoint(path)
+    ckpt = open_checkpoint(path, checksums)
     return ckpt.cfg, model_from_checkpoint(ckpt)
 
 

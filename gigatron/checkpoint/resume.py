@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from gigatron.checkpoint.consolidated import is_consolidated
-from gigatron.checkpoint.files import choose_resume_tag
+from gigatron.checkpoint.files import DamagedCheckpoint, choose_resume_tag, require_intact
 from gigatron.checkpoint.reader import open_checkpoint, resolve_checkpoint
 from gigatron.checkpoint.safe_load import safe_torch_load
 from gigatron.checkpoint.save import TRAINER_STATE, TrainerState, set_rng_state
@@ -31,12 +31,28 @@ def _broadcast_object(value: Any) -> Any:
     return holder[0]
 
 
-def resume_tag(ckpt_dir: Path, resume: str, log=print) -> tuple[Path, str] | None:
+def require_intact_on_first_rank(path: Path, checksums: bool = True) -> None:
+    """Rank 0 checks `path` against its manifest for every rank (one read of each file, not one per
+    rank); all ranks raise DamagedCheckpoint when it does not match."""
+    problem = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            require_intact(path, checksums)
+        except DamagedCheckpoint as exc:
+            problem = str(exc)
+    problem = _broadcast_object(problem)
+    if problem is not None:
+        raise DamagedCheckpoint(problem)
+
+
+def resume_tag(ckpt_dir: Path, resume: str, log=print, checksums: bool = True) -> tuple[Path, str] | None:
     """Where to resume from, agreed by all ranks: (directory, tag) or None for a fresh start.
 
     `resume` is 'auto' (the newest intact checkpoint in `ckpt_dir`, if any), 'none', or a path:
     a run directory, a checkpoints directory, a step_NNNNNNNN tag of any layout or a consolidated
     checkpoint directory. A path is used only while `ckpt_dir` holds no checkpoint of its own.
+    Rank 0 checks the chosen checkpoint against its manifest (sha256 too with `checksums`): a
+    damaged one of the run's own is skipped for the previous one, a damaged PATH is an error.
     """
     rank = dist.get_rank() if dist.is_initialized() else 0
     choice: tuple[str, str] | None | str = None
@@ -45,9 +61,9 @@ def resume_tag(ckpt_dir: Path, resume: str, log=print) -> tuple[Path, str] | Non
             if resume == "none":
                 choice = None
             elif resume == "auto":
-                tag = choose_resume_tag(ckpt_dir, log=log)
+                tag = choose_resume_tag(ckpt_dir, log=log, checksums=checksums)
                 choice = (str(ckpt_dir), tag) if tag else None
-            elif (own := choose_resume_tag(ckpt_dir, log=log)) is not None:
+            elif (own := choose_resume_tag(ckpt_dir, log=log, checksums=checksums)) is not None:
                 # A path seeds a new run; once the run has saved, a restart (requeue, preemption)
                 # must continue the run, not go back to the seed (torchtitan's initial_load_path).
                 log(f"[resume] {ckpt_dir} holds this run's own checkpoint {own}; resuming from it, not from "
@@ -59,8 +75,9 @@ def resume_tag(ckpt_dir: Path, resume: str, log=print) -> tuple[Path, str] | Non
                 except FileNotFoundError as exc:
                     raise RuntimeError(f"checkpoint.resume={resume!r}: {exc}; valid: auto, none, or a checkpoint "
                                        "path") from exc
+                require_intact(path, checksums)
                 choice = (str(path.parent), path.name)
-        except RuntimeError as exc:
+        except (RuntimeError, DamagedCheckpoint) as exc:
             choice = f"error: {exc}"
     choice = _broadcast_object(choice)
     if isinstance(choice, str):
@@ -128,7 +145,7 @@ def plan_resume(where: tuple[Path, str] | None, layout: dict[str, Any], log=prin
     if problem is not None:
         raise ResumeError(problem)
     try:
-        ckpt = open_checkpoint(path)
+        ckpt = open_checkpoint(path, verified=True)  # rank 0 checked it in resume_tag
     except ValueError as exc:
         raise ResumeError(str(exc)) from exc
     if ckpt.kind == "native" and ckpt.layout == layout:

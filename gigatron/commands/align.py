@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from gigatron.commands.checkpoint_args import add_skip_checksums
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `gigatron align`."""
@@ -18,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default=None, help="HxW (default: images.image_size square)")
     parser.add_argument("--batch", type=int, default=16, help="images sampled at once (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    add_skip_checksums(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from gigatron.inference.alignment import evaluate
 
     try:
-        evaluate(args.ckpt, args.out, args.images, args.steps, args.cfg, args.size, args.batch, args.seed)
+        evaluate(args.ckpt, args.out, args.images, args.steps, args.cfg, args.size, args.batch, args.seed,
+                 checksums=not args.skip_checksums)
     except (FileNotFoundError, ValueError) as exc:
         print(f"gigatron align: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ import ctypes
 import sys
 from pathlib import Path
 
+from gigatron.commands.checkpoint_args import add_skip_checksums
 from gigatron.launcher.exit_codes import EXIT_CONFIG_ERROR
 
 
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cons.add_argument("ckpt", help="run dir, checkpoints dir, step_NNNNNNNN dir or consolidated dir")
     cons.add_argument("out", help="new directory")
     cons.add_argument("--no-verify", action="store_true", help="skip reloading and comparing the result")
+    add_skip_checksums(cons)
     resh = sub.add_parser("reshard", help="any checkpoint -> DeepSpeed checkpoint files of another layout")
     resh.add_argument("ckpt", help="run dir, checkpoints dir, step_NNNNNNNN dir or consolidated dir")
     resh.add_argument("out", help="new checkpoints directory (gets `latest` and one step_NNNNNNNN tag)")
@@ -35,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     resh.add_argument("--dp", type=int, default=1, help="data-parallel size (matters for ZeRO >= 1)")
     resh.add_argument("--zero", type=int, default=None, choices=[0, 1, 2, 3], help="ZeRO stage (default: source's)")
     resh.add_argument("--no-verify", action="store_true", help="skip reloading and comparing the result")
+    add_skip_checksums(resh)
     worker = sub.add_parser("reshard-worker", help=argparse.SUPPRESS)
     worker.add_argument("--source", required=True)
     worker.add_argument("--config", required=True)
@@ -54,7 +57,7 @@ def run_worker(args: argparse.Namespace) -> int:
     cfg = validate_config(load_config(args.config), env.world_size)
     init_distributed(env)
     ranks = initialize_layout(cfg.parallel)
-    source = open_checkpoint(args.source)
+    source = open_checkpoint(args.source, verified=True)  # `reshard` checked it before starting the ranks
     engine = build_engine(cfg, ranks, "cpu", init_from=source)
     if source.rng is not None:
         set_rng_state(source.rng)
@@ -85,9 +88,10 @@ def run(args: argparse.Namespace) -> int:
         if args.convert_command == "reshard-worker":
             return run_worker(args)
         if args.convert_command == "consolidate":
-            consolidate(args.ckpt, args.out, verify=not args.no_verify)
+            consolidate(args.ckpt, args.out, verify=not args.no_verify, checksums=not args.skip_checksums)
         else:
-            reshard(args.ckpt, args.out, args.tp, args.pp, args.dp, args.zero, verify=not args.no_verify)
+            reshard(args.ckpt, args.out, args.tp, args.pp, args.dp, args.zero, verify=not args.no_verify,
+                    checksums=not args.skip_checksums)
     except (VerificationError, RuntimeError) as exc:
         print(f"gigatron convert: {exc}", file=sys.stderr)
         return 1

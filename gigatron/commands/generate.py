@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gigatron.commands.checkpoint_args import add_skip_checksums
 from gigatron.config import Config
 
 
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft-tokens", type=int, default=4, help="tokens drafted per round (default 4)")
     parser.add_argument("--tokenizer", help="a sentencepiece .model file or 'bytes'; default: the one recorded in "
                                             "the training data's manifest.json")
+    add_skip_checksums(parser)
 
 
 def load_run_tokenizer(cfg: Config, tag: Path, spec: str | None) -> Any:
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         tag = resolve_checkpoint(args.ckpt)
-        cfg, model = load_checkpoint_model(tag)
+        cfg, model = load_checkpoint_model(tag, checksums=not args.skip_checksums)
         tokenizer = load_run_tokenizer(cfg, tag, args.tokenizer)
         # Shards end every document with eos, so in training a document starts right after an eos.
         prompt = [tokenizer.eos_id, *tokenizer.encode(args.prompt)]

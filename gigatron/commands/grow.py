@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from gigatron.commands.checkpoint_args import add_skip_checksums
 from gigatron.commands.outcome import run_verified
 
 
@@ -21,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", choices=["keep", "reset"], default="keep",
                         help="AdamW moments of the existing tokens (new tokens always start at zero)")
     parser.add_argument("--out", required=True, help="new directory for the grown (consolidated) checkpoint")
+    add_skip_checksums(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,5 +30,5 @@ def run(args: argparse.Namespace) -> int:
     from gigatron.objectives.growth import GrowthError, grow
 
     return run_verified("grow", lambda: grow(args.ckpt, args.out, args.qkv_tokens, args.proj_tokens, args.ffn_tokens,
-                                             args.init, args.optimizer),
+                                             args.init, args.optimizer, checksums=not args.skip_checksums),
                         (GrowthError, FileNotFoundError, FileExistsError, ValueError, KeyError))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gigatron.commands.checkpoint_args import add_skip_checksums
 from gigatron.commands.outcome import run_verified
 
 
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="--target-params: accept a slope whose best model is within this fraction below "
                               "the target (default 0.02)")
     extract.add_argument("--out", required=True, help="new directory for the consolidated checkpoint")
+    add_skip_checksums(extract)
     evaluate = sub.add_parser("eval", help="validation loss of the uniform and Mix'n'Match submodels; table + plot")
     evaluate.add_argument("ckpt", help="MatFormer checkpoint")
     evaluate.add_argument("--out", required=True, help="directory for eval.json, eval.md and params_vs_loss.png")
@@ -35,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="default targets per interval between consecutive uniform sizes (default 2)")
     evaluate.add_argument("--batches", type=int, default=None,
                           help="validation global batches (default: the run's train.eval_batches)")
+    add_skip_checksums(evaluate)
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -53,7 +56,7 @@ def _extract(args: argparse.Namespace) -> None:
         widths = _floats(args.widths, "--widths")
         fractions: float | list[float] = widths[0] if len(widths) == 1 else widths
     else:
-        model_cfg = open_checkpoint(args.ckpt).cfg.model
+        model_cfg = open_checkpoint(args.ckpt, not args.skip_checksums).cfg.model
         if getattr(model_cfg, "matformer", None) is None:
             raise ValueError(f"{args.ckpt}: no model.matformer section; only MatFormer checkpoints have submodels")
         chosen, considered = choose(model_cfg, int(args.target_params), args.tolerance)
@@ -64,14 +67,15 @@ def _extract(args: argparse.Namespace) -> None:
             gap = 100 * (1 - cand.params / args.target_params)
             print(f"  {mark} span {cand.span}: {cand.describe():40s} {cand.params:>14,} ({gap:.1f}% below)")
         fractions = list(chosen.fractions)
-    extract(args.ckpt, fractions, args.out)
+    extract(args.ckpt, fractions, args.out, checksums=not args.skip_checksums)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from gigatron.inference.matformer_eval import evaluate_submodels, write_report
 
     targets = None if args.targets is None else [int(t) for t in _floats(args.targets, "--targets")]
-    results = evaluate_submodels(args.ckpt, args.per_interval, targets, args.batches)
+    results = evaluate_submodels(args.ckpt, args.per_interval, targets, args.batches,
+                                 checksums=not args.skip_checksums)
     write_report(results, Path(args.out), f"MatFormer submodels of {args.ckpt}")
     print(f"[eval] wrote {args.out}/eval.md, eval.json, params_vs_loss.png")
 

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gigatron.commands.checkpoint_args import add_skip_checksums
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `gigatron sample`."""
@@ -31,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale; 1 = none (default 2)")
     parser.add_argument("--shift", type=float, default=None, help="time shift (default: the run's diffusion.shift)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    add_skip_checksums(parser)
 
 
 def _labels(names: list[str] | None, classes: list[str]) -> list[tuple[str, int]]:
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from gigatron.inference.images import parse_size, save_grid, to_uint8
 
     try:
-        ckpt = open_checkpoint(args.ckpt)
+        ckpt = open_checkpoint(args.ckpt, not args.skip_checksums)
         cfg, model = ckpt.cfg, model_from_checkpoint(ckpt)
         if not hasattr(model, "sample"):
             raise ValueError(f"{args.ckpt}: model.family={type(cfg.model).family} is not a diffusion model; "

@@ -179,6 +179,9 @@ class CheckpointConfig:
     # (any layout, or consolidated), used until this run has saved a checkpoint of its own.
     resume: str = "auto"
     save_final: bool = True
+    # Every checkpoint this run reads (auto-resume, checkpoint.resume=PATH, grow.checkpoint) is
+    # checked against its manifest first; false checks sizes only and skips the sha256 of every file.
+    verify_checksums: bool = True
 
 
 @dataclass

@@ -33,8 +33,9 @@ def validation_captions(cfg, count: int) -> list[str]:
 
 
 def evaluate(ckpt_path: str, out: Path, images: int, steps: int, guidance: float, size: str | None, batch: int,
-             seed: int, log=print) -> dict:
-    """Sample, score and write; returns the alignment record."""
+             seed: int, log=print, checksums: bool = True) -> dict:
+    """Sample, score and write; returns the alignment record. `checksums`: check the checkpoint's
+    sha256s against its manifest (its sizes always)."""
     import numpy as np
 
     from gigatron.checkpoint.reader import model_from_checkpoint, open_checkpoint
@@ -42,7 +43,7 @@ def evaluate(ckpt_path: str, out: Path, images: int, steps: int, guidance: float
     from gigatron.inference.images import parse_size, prompt_tokens, save_grid, to_uint8
     from gigatron.models.registry import get_model_spec
 
-    ckpt = open_checkpoint(ckpt_path)
+    ckpt = open_checkpoint(ckpt_path, checksums)
     cfg = ckpt.cfg
     spec = get_model_spec(type(cfg.model).family)
     if not spec.reads_captions or cfg.model.channels != 3:

@@ -41,12 +41,13 @@ def mixnmatch_targets(model_cfg: Any, per_interval: int) -> list[int]:
 
 
 def evaluate_submodels(ckpt: str | Path, per_interval: int = 2, targets: list[int] | None = None,
-                       batches: int | None = None, log=print) -> list[SubmodelResult]:
-    """Validation loss of every uniform granularity and of the heuristic's choice for each target."""
+                       batches: int | None = None, log=print, checksums: bool = True) -> list[SubmodelResult]:
+    """Validation loss of every uniform granularity and of the heuristic's choice for each target.
+    `checksums`: check the checkpoint's sha256s against its manifest (its sizes always)."""
     from gigatron.checkpoint.reader import model_from_checkpoint, open_checkpoint
     from gigatron.inference.lm_eval import lm_loss, validation_batches
 
-    source = open_checkpoint(ckpt)
+    source = open_checkpoint(ckpt, checksums)
     model_cfg = source.cfg.model
     if getattr(model_cfg, "matformer", None) is None:
         raise ValueError(f"{source.path}: no model.matformer section; only MatFormer checkpoints have submodels")

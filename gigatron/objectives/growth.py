@@ -19,7 +19,8 @@ import torch
 
 from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint, LogicalCheckpoint, write_consolidated
 from gigatron.checkpoint.param_plan import param_plans
-from gigatron.checkpoint.reader import model_from_checkpoint, open_checkpoint
+from gigatron.checkpoint.reader import model_from_checkpoint, open_checkpoint, resolve_checkpoint
+from gigatron.checkpoint.resume import require_intact_on_first_rank
 from gigatron.checkpoint.verify import VerificationError, fixed_batch
 from gigatron.config import ConfigError
 from gigatron.models.tokenformer.growth import GrowthError, grown_model_config, new_token_rows, token_counts
@@ -84,7 +85,10 @@ class GrowthAtStart(TrainingFeature):
         """Open the source, grow its view to the run's model, and take the grown model config."""
         g = cfg.grow
         try:
-            self.grown = GrownCheckpoint(open_checkpoint(g.checkpoint), cfg.model, g.init, g.optimizer, cfg.train.seed)
+            source = resolve_checkpoint(g.checkpoint)
+            require_intact_on_first_rank(source, cfg.checkpoint.verify_checksums)
+            self.grown = GrownCheckpoint(open_checkpoint(source, verified=True), cfg.model, g.init, g.optimizer,
+                                         cfg.train.seed)
         except (GrowthError, FileNotFoundError, ValueError) as exc:
             raise ConfigError(f"grow.checkpoint={g.checkpoint}: {exc}") from exc
         cfg.model = self.grown.cfg.model
@@ -97,11 +101,11 @@ class GrowthAtStart(TrainingFeature):
 
 
 def grow(ckpt: str | Path, out: str | Path, qkv: int | None, proj: int | None, ffn: int | None, init: str,
-         optimizer: str = "keep", tolerance: float = 1e-6, log=print) -> Path:
+         optimizer: str = "keep", tolerance: float = 1e-6, log=print, checksums: bool = True) -> Path:
     """Write the grown checkpoint `out` (consolidated) and verify it: with `preserve`, logits equal the
     source's on a fixed batch within `tolerance` relative to their size; in any case the old tokens
-    are copied bitwise."""
-    source = open_checkpoint(ckpt)
+    are copied bitwise. `checksums`: check the source's sha256s (its sizes always)."""
+    source = open_checkpoint(ckpt, checksums)
     old = source.cfg.model
     if type(old).family != "tokenformer":
         raise GrowthError(f"{source.path}: model.family={type(old).family}; only TokenFormer checkpoints grow")

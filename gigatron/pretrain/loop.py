@@ -68,7 +68,8 @@ class Trainer:
         self.metrics: MetricsWriter | None = None
         self.ckpt_dir = Path(cfg.checkpoint_dir)
         # Chosen before the engine exists: a checkpoint of another layout is loaded while building it.
-        where = resume_tag(self.ckpt_dir, cfg.checkpoint.resume, log=self.log)
+        where = resume_tag(self.ckpt_dir, cfg.checkpoint.resume, log=self.log,
+                           checksums=cfg.checkpoint.verify_checksums)
         saved_layout = current_layout(cfg.parallel, cfg.train.precision, self.layout.dp_size)
         self.resume: ResumePlan | None = plan_resume(where, saved_layout, log=self.log)
         self.features = build_features(cfg)

@@ -13,6 +13,7 @@ import torch
 
 from gigatron.checkpoint.consolidated import ConsolidatedCheckpoint
 from gigatron.checkpoint.convert import consolidate, reshard
+from gigatron.checkpoint.files import write_manifest
 from gigatron.checkpoint.native import MOMENTS
 from gigatron.checkpoint.reader import open_checkpoint
 from tests.conftest import (
@@ -141,6 +142,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_not_executed(runs, tmp_
     shutil.copytree(step5(runs["single"]), tag)
     marker = tmp_path / "pwned"
     torch.save({"module": {}, "evil": _Payload(marker)}, tag / "mp_rank_00_model_states.pt")
+    write_manifest(tag)  # a forged manifest: past the manifest check, the safe loader still refuses it
     convert = subprocess.run([*GIGATRON, "convert", "consolidate", str(tag),
                               str(tmp_path / "out")], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert convert.returncode == 2, convert.stderr

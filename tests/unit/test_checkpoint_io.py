@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gigatron.checkpoint.files import write_manifest
 from gigatron.checkpoint.reader import load_checkpoint_model, resolve_checkpoint
 from tests.conftest import GIGATRON, REPO, assert_ok, final_weights, run_pretrain
 
@@ -66,10 +67,13 @@ def test_pipeline_checkpoint_loads_to_the_weights_of_its_layer_files(tmp_path, c
 
 
 def copy_tag(trained: Path, tmp_path: Path, old: str = "", new: str = "") -> Path:
+    """A copy of the checkpoint with its config edited and its manifest rewritten to match: a
+    checkpoint consistent with its manifest, so that the checks after the manifest's are reached."""
     tag = tmp_path / "step_00000002"
     shutil.copytree(tag_of(trained), tag)
     config = tag / "config.yaml"
     config.write_text(config.read_text().replace(old, new))
+    write_manifest(tag)
     return tag
 
 
@@ -89,6 +93,7 @@ def test_files_that_would_run_code_are_refused(trained, tmp_path):
     tag = copy_tag(trained, tmp_path)
     # Any pickled callable is refused by weights_only; loading it unrestricted would call it.
     torch.save({"module": {}, "hook": print}, tag / "mp_rank_00_model_states.pt")
+    write_manifest(tag)  # a forged manifest: the file is still read only safely
     with pytest.raises(ValueError, match=r"mp_rank_00_model_states.pt: refused, it can only be read by unpickling"):
         load_checkpoint_model(tag)
 

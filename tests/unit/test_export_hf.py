@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gigatron.checkpoint.files import write_manifest
 from gigatron.config import config_from_dict, config_to_yaml
 from gigatron.models.gpt.config import GPTConfig
 from gigatron.models.hybrid.config import HybridConfig, Mamba2Config, MambaConfig
@@ -74,6 +75,7 @@ def write_checkpoint(run: Path, model_cfg: HybridConfig, seed: int) -> torch.nn.
     (tag / "config.yaml").write_text(config_to_yaml(config_from_dict(raw)))
     (tag / "trainer_state.json").write_text(json.dumps({"step": 1, "tokens": 0, "tokenizer_fingerprint": ""}))
     torch.save({"module": model.state_dict(), "global_steps": 1}, tag / "mp_rank_00_model_states.pt")
+    write_manifest(tag)
     (run / "checkpoints" / "latest").write_text("step_00000001\n")
     return model.eval()
 
