@@ -60,6 +60,7 @@ def run_one(work: Path, hidden: int, layers: int, steps: int, images: int, reuse
                  "--set", f"train.warmup_steps={steps // 20}", "--set", f"train.eval_interval={steps}",
                  "--set", "train.eval_batches=4", "--set", f"model.hidden_size={hidden}",
                  "--set", f"model.num_layers={layers}", "--set", "checkpoint.resume=none",
+                 "--set", "checkpoint.overwrite=true",
                  "--set", "logging.progress_bar=false", "--set", "logging.tensorboard=false", threads=threads)
         gigatron("align", str(run), "--images", str(images), "--steps", "40", "--cfg", "6", "--out", str(run / "align"),
                  threads=threads)

@@ -17,18 +17,11 @@ from gigatron.checkpoint.files import DamagedCheckpoint, choose_resume_tag, requ
 from gigatron.checkpoint.reader import open_checkpoint, resolve_checkpoint
 from gigatron.checkpoint.safe_load import safe_torch_load
 from gigatron.checkpoint.save import TRAINER_STATE, TrainerState, set_rng_state
+from gigatron.launcher.dist_env import broadcast_from_first_rank
 
 
 class ResumeError(RuntimeError):
     """The checkpoint to resume from is missing, damaged or unsafe; the message names it."""
-
-
-def _broadcast_object(value: Any) -> Any:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
 
 
 def require_intact_on_first_rank(path: Path, checksums: bool = True) -> None:
@@ -40,7 +33,7 @@ def require_intact_on_first_rank(path: Path, checksums: bool = True) -> None:
             require_intact(path, checksums)
         except DamagedCheckpoint as exc:
             problem = str(exc)
-    problem = _broadcast_object(problem)
+    problem = broadcast_from_first_rank(problem)
     if problem is not None:
         raise DamagedCheckpoint(problem)
 
@@ -79,7 +72,7 @@ def resume_tag(ckpt_dir: Path, resume: str, log=print, checksums: bool = True) -
                 choice = (str(path.parent), path.name)
         except (RuntimeError, DamagedCheckpoint) as exc:
             choice = f"error: {exc}"
-    choice = _broadcast_object(choice)
+    choice = broadcast_from_first_rank(choice)
     if isinstance(choice, str):
         raise ResumeError(choice.removeprefix("error: "))
     return None if choice is None else (Path(choice[0]), choice[1])
@@ -141,7 +134,7 @@ def plan_resume(where: tuple[Path, str] | None, layout: dict[str, Any], log=prin
                 _scan_safely(path)
         except ValueError as exc:
             problem = str(exc)
-    problem = _broadcast_object(problem)
+    problem = broadcast_from_first_rank(problem)
     if problem is not None:
         raise ResumeError(problem)
     try:

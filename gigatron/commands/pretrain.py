@@ -52,18 +52,30 @@ def run(args: argparse.Namespace) -> int:
     init_distributed(env)
     from gigatron.checkpoint.resume import ResumeError
     from gigatron.pretrain.loop import Trainer
+    from gigatron.pretrain.run_directory import claim_output_dir
 
+    lock = None
     try:
+        # One run per output_dir, before anything reads or writes there.
+        lock = claim_output_dir(cfg, log=print if env.is_main else (lambda _text: None))
         code = Trainer(cfg, env).run()
     except (ConfigError, DataError, FileNotFoundError, ResumeError) as exc:
         # Input problems found once data and checkpoints are visible: a message, not a traceback.
         print(f"gigatron pretrain (rank {env.rank}): {exc}", file=sys.stderr, flush=True)
+        _release(lock)
         os._exit(EXIT_CONFIG_ERROR)
     except BaseException:  # noqa: BLE001 - any crash must end the process, not hang it
         # Loader workers, TensorBoard's writer thread or a pending collective can keep a crashed
         # rank alive forever after a normal exit; the scheduler must see the failure at once.
         traceback.print_exc()
         sys.stderr.flush()
+        _release(lock)
         os._exit(1)
     # Every rank has finished writing (the trainer's last save ends with a barrier).
+    _release(lock)
     exit_distributed(code)
+
+
+def _release(lock) -> None:
+    if lock is not None:
+        lock.release()

@@ -182,6 +182,9 @@ class CheckpointConfig:
     # Every checkpoint this run reads (auto-resume, checkpoint.resume=PATH, grow.checkpoint) is
     # checked against its manifest first; false checks sizes only and skips the sha256 of every file.
     verify_checksums: bool = True
+    # With resume: none in a directory holding an earlier run's checkpoints: move them (and its
+    # metrics and TensorBoard logs) aside and start fresh; without it such a start is refused.
+    overwrite: bool = False
 
 
 @dataclass

@@ -255,3 +255,15 @@ def _choose_device(env: Mapping[str, str], local_rank: int, cuda_available: bool
     if cuda_available:
         return f"cuda:{local_rank}", "nccl"
     return "cpu", "gloo"
+
+
+def broadcast_from_first_rank(value: object) -> object:
+    """Global rank 0's `value` on every rank (itself without a process group): how one rank's
+    decision (a checkpoint chosen, a check failed) becomes every rank's."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

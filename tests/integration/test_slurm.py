@@ -306,3 +306,25 @@ def test_sweep_runs_as_a_job_array_and_summarises(slurm, batch):
     assert all(r["final_loss"] > 0 and r["flops"] > 0 for r in rows)
     assert rows[2]["params"] > rows[0]["params"] and rows[1]["tokens"] > rows[0]["tokens"]
     assert (sweep / "summary.csv").read_text().startswith("task,")
+
+
+def test_a_run_lock_holds_while_its_slurm_job_runs_and_is_taken_over_once_it_ended(slurm, tmp_path, monkeypatch):
+    """The lock of a run on another host is judged by asking SLURM about its job (squeue)."""
+    from gigatron.pretrain.run_directory import LOCK_NAME, RunDirectoryBusy, acquire
+
+    monkeypatch.setenv("SLURM_CONF", slurm.env["SLURM_CONF"])
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    submitted = slurm.run("sbatch", "--parsable", "--ntasks=1", "--time=2", f"--output={tmp_path / 'sleep.out'}",
+                          "--wrap", "sleep 120")
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    slurm.jobs.append(job)
+    holder = {"host": "another-node", "pid": 7, "slurm_job_id": job, "started": "then"}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(holder))
+    with pytest.raises(RunDirectoryBusy, match=f"SLURM job {job}"):
+        acquire(tmp_path, log=lambda _t: None)
+    assert slurm.run("scancel", job).returncode == 0
+    slurm.wait_final(job, 60, tmp_path / "sleep.out")
+    notes: list[str] = []
+    acquire(tmp_path, log=notes.append).release()
+    assert f"SLURM job {job} is no longer queued or running" in notes[0]
