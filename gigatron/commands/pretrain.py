@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 
@@ -31,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from gigatron.launcher.dist_env import DistEnv, exit_distributed, init_distributed
 
     env = DistEnv.from_environ()
+    # A file-size limit (ulimit -f) must fail a checkpoint write with EFBIG, which the save reports
+    # and cleans up after, instead of killing the rank mid-file with SIGXFSZ.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     overrides = list(args.overrides)
     if args.resume_from is not None:
         overrides.append(f"checkpoint.resume={args.resume_from}")

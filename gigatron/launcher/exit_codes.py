@@ -3,6 +3,9 @@
 - ``EXIT_OK`` (0): the run finished (or the command succeeded).
 - ``EXIT_CONFIG_ERROR`` (2): bad command line or configuration; retrying will not help, so SLURM
   scripts must not requeue. 2 matches what argparse uses for usage errors.
+- ``EXIT_SAVE_FAILED`` (74, ``EX_IOERR``): a checkpoint could not be written (disk full, read-only,
+  quota, file-size limit); its partial directory was removed and ``latest`` names the previous one.
+  Not requeued: the same save would fail again until someone frees space.
 - ``EXIT_PREEMPTED`` (75, ``EX_TEMPFAIL`` from sysexits.h): a rank received SIGUSR1 or SIGTERM, all
   ranks agreed to stop, and a checkpoint was saved; the job should be requeued and will resume from
   that checkpoint. SLURM batch scripts test ``$? -eq 75`` to decide whether to ``scontrol requeue``.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2
+EXIT_SAVE_FAILED = 74
 EXIT_PREEMPTED = 75
 
-__all__ = ["EXIT_OK", "EXIT_CONFIG_ERROR", "EXIT_PREEMPTED"]
+__all__ = ["EXIT_OK", "EXIT_CONFIG_ERROR", "EXIT_SAVE_FAILED", "EXIT_PREEMPTED"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,12 @@ from gigatron.checkpoint.resume import (
     plan_resume,
     resume_tag,
 )
-from gigatron.checkpoint.save import TrainerState, save_checkpoint
+from gigatron.checkpoint.save import SaveFailed, TrainerState, save_checkpoint
 from gigatron.config import Config, ConfigError, config_to_yaml
 from gigatron.data.build import TrainingData
 from gigatron.data.loader import GlobalBatchLoader
 from gigatron.launcher.dist_env import DistEnv
-from gigatron.launcher.exit_codes import EXIT_OK, EXIT_PREEMPTED
+from gigatron.launcher.exit_codes import EXIT_OK, EXIT_PREEMPTED, EXIT_SAVE_FAILED
 from gigatron.launcher.signals import PreemptionHandler, agree_on_preemption
 from gigatron.models.registry import get_model_spec
 from gigatron.objectives import StepContext, batch_to, build_features, build_task_data
@@ -227,7 +228,8 @@ class Trainer:
 
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> int:
-        """Train to the budget; returns EXIT_OK, or EXIT_PREEMPTED after saving on a signal."""
+        """Train to the budget; returns EXIT_OK, EXIT_PREEMPTED after saving on a signal, or
+        EXIT_SAVE_FAILED when a checkpoint could not be written."""
         cfg = self.cfg
         if self.env.is_main:
             print(f"[config] resolved configuration:\n{self.config_yaml}", flush=True)
@@ -247,6 +249,10 @@ class Trainer:
             code = self._train(preemption)
             self._log_memory_trace()
             return code
+        except SaveFailed as exc:  # every rank raises it together; rank 0 says why
+            if self.env.is_main:
+                print(f"gigatron pretrain: {exc}", file=sys.stderr, flush=True)
+            return EXIT_SAVE_FAILED
         finally:
             preemption.uninstall()
             self.metrics.close()
