@@ -7,12 +7,13 @@ We do not use torchrun because it collapses worker failures to exit code 1, whic
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gigatron.launcher.exit_codes import EXIT_OK, EXIT_PREEMPTED
@@ -41,6 +42,25 @@ def child_environ(
         # N ranks each spawning cpu_count threads would oversubscribe the cores N times over.
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     return env
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A preexec_fn that makes the child receive SIGKILL when `parent_pid` (the launcher) dies,
+    however it dies (SIGKILL included): a rank outliving its launcher would write beside the next
+    run. Linux only (prctl PR_SET_PDEATHSIG); elsewhere None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arrange() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:  # the launcher died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return arrange
 
 
 def normalise_returncode(code: int) -> int:
@@ -72,7 +92,8 @@ class LocalLauncher:
         try:
             try:
                 for env in self.envs:
-                    self.procs.append(subprocess.Popen(self.command, env=dict(env)))
+                    self.procs.append(subprocess.Popen(self.command, env=dict(env),
+                                                       preexec_fn=die_with_parent(os.getpid())))
             except OSError as exc:
                 print(f"gigatron launch: cannot start {self.command[0]!r}: {exc}", file=sys.stderr)
                 self._signal_live(signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -154,3 +155,42 @@ def test_child_environ_sets_rendezvous_and_respects_omp() -> None:
     assert int(env["OMP_NUM_THREADS"]) >= 1
     assert child_environ({"OMP_NUM_THREADS": "7"}, 0, 2, 1)["OMP_NUM_THREADS"] == "7"
     assert child_environ({"OMP_NUM_THREADS": "7"}, 0, 2, 1, omp_threads=2)["OMP_NUM_THREADS"] == "2"
+
+
+@pytest.mark.distributed
+def test_ranks_end_when_the_launcher_is_killed(tmp_path: Path) -> None:
+    """SIGKILL to the launcher alone (not its group) ends its ranks, which would otherwise train on
+    beside the next run."""
+    body = """
+    env = DistEnv.from_environ()
+    (OUT / f"pid{env.rank}").write_text(str(os.getpid()))
+    time.sleep(120)
+    """
+    script = tmp_path / "rank.py"
+    script.write_text(PREAMBLE + textwrap.dedent(body))
+    proc = subprocess.Popen([sys.executable, "-m", "gigatron", "launch", "--nproc", "2", "--",
+                             sys.executable, str(script), str(tmp_path)], env=_launcher_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not all((tmp_path / f"pid{r}").exists() for r in range(2)):
+            assert time.monotonic() < deadline and proc.poll() is None, "ranks did not start"
+            time.sleep(0.05)
+        pids = [int((tmp_path / f"pid{r}").read_text()) for r in range(2)]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+        def alive(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            # A dead child not yet reaped by init is a zombie: gone for our purpose.
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(p) for p in pids), "ranks outlived their launcher"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
