@@ -28,6 +28,7 @@ from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.recompute import apply_recompute_config
 from gigatron.models.registry import build_model, get_model_spec
 from gigatron.objectives import build_task
+from gigatron.parallel.deepspeed_comm import adopt_process_group
 from gigatron.parallel.zero_buckets import ZERO3_PERSISTENCE_THRESHOLD
 from gigatron.planning.activations import saved_for_backward_bytes
 from gigatron.planning.fake_world import fake_process_layout
@@ -97,11 +98,10 @@ def _stage_model(cfg: Config, factory: LayerFactory, task, stage: int) -> nn.Mod
     spec = get_model_spec(type(cfg.model).family)
     if cfg.parallel.pp == 1:
         return build_model(cfg.model, factory)
-    import deepspeed
     from deepspeed.pipe import LayerSpec, PipelineModule
 
     # PipelineModule asks deepspeed.comm for ranks; it adopts the (fake) torch.distributed group.
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    adopt_process_group("gloo")
     layers = [LayerSpec(cls, *args, **kwargs) for cls, args, kwargs in spec.layer_recipes(cfg.model, factory)]
     # It reads LOCAL_RANK and moves itself to that device, which fake parameters need not (and cannot);
     # it prints its partition, which would mix into a plan's output.

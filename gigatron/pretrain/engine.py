@@ -16,6 +16,7 @@ from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.layers.recompute import RecomputePlan, apply_recompute_config
 from gigatron.models.registry import build_model, get_model_spec
 from gigatron.objectives import LanguageModelingTask, Task, build_task
+from gigatron.parallel.deepspeed_comm import adopt_process_group
 from gigatron.parallel.layout import DeepSpeedMPU, ParallelLayout
 from gigatron.parallel.zero_buckets import (
     ZERO3_MAX_LIVE_PARAMETERS,
@@ -102,7 +103,7 @@ def build_engine(cfg: Config, layout: ParallelLayout, device: str, init_from: Lo
     task = build_task(spec.task, factory, cfg)
     is_pipeline = layout.pp_size > 1
     # PipelineModule talks through deepspeed.comm, which must adopt our existing torch.distributed group.
-    deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl", auto_mpi_discovery=False)
+    adopt_process_group("gloo" if device == "cpu" else "nccl")
     model = _build_pipeline(cfg, factory, task, layout) if is_pipeline else build_model(cfg.model, factory)
     recompute = apply_recompute_config(model, cfg.train)
     initialize_parameters(model, cfg.train.seed, layout.tp_rank, layout.tp_size)
