@@ -168,8 +168,12 @@ class GlobalBatchLoader:
             if self.num_workers > 0:
                 extra = {"prefetch_factor": 4, "persistent_workers": False,
                          "worker_init_fn": _ignore_preemption_signals}
+            # Its own generator: a DataLoader draws its workers' base seed from the one it is given,
+            # else from torch's global generator, which would leave a resumed run's dropout one draw
+            # away from the uninterrupted run's (the iterator is created once per start).
             self._iterator = iter(DataLoader(self._dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                                             collate_fn=_stack, **extra))
+                                             collate_fn=_stack, generator=torch.Generator().manual_seed(self.seed),
+                                             **extra))
         return self._iterator
 
     def next_batch(self) -> list[Batch]:

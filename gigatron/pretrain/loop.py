@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -65,7 +67,11 @@ class Trainer:
         if model_vocab is not None and self.data.vocab_size is not None and model_vocab < self.data.vocab_size:
             raise ConfigError(f"model.vocab_size={model_vocab} is smaller than the tokenizer's {self.data.vocab_size} "
                              f"ids ({self.data.roots[0]}); set model.vocab_size >= {self.data.vocab_size}")
+        # Every generator a model, objective or library may draw from; all are saved with each
+        # checkpoint (checkpoint.save.rng_state) and restored on resume.
         torch.manual_seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed % 2**32)
         self.metrics: MetricsWriter | None = None
         self.ckpt_dir = Path(cfg.checkpoint_dir)
         # Chosen before the engine exists: a checkpoint of another layout is loaded while building it.

@@ -24,8 +24,10 @@ from tests.conftest import (
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread_per_run")]
 
 STEPS = 30
-# Two loader workers: resume must be exact with batches prefetched by worker processes too.
-BASE = [f"train.steps={STEPS}", "train.eval_interval=0", "data.num_workers=2"]
+# Two loader workers: resume must be exact with batches prefetched by worker processes too. Dropout
+# on: a resumed run must draw the same masks as the uninterrupted one (the generator state is saved,
+# and nothing may draw from it on a start, as a DataLoader's base seed once did).
+BASE = [f"train.steps={STEPS}", "train.eval_interval=0", "data.num_workers=2", "model.hidden_dropout=0.1"]
 
 
 
@@ -140,3 +142,16 @@ def test_resume_with_another_tokenizer_is_refused(tmp_path, corpus_ready):
     proc = run_pretrain(tmp_path, ["train.steps=4", "train.eval_interval=0", "data.default_vocab_size=1024"])
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "was trained with tokenizer" in proc.stderr and "resume with the same tokenizer" in proc.stderr
+
+
+def test_python_and_numpy_generators_are_seeded_and_saved(tmp_path, corpus_ready):
+    """Every generator is seeded from train.seed (equal seeds, equal states) and saved per rank."""
+    states = {}
+    for name, seed in [("a", 5), ("b", 5), ("c", 6)]:
+        assert_ok(run_pretrain(tmp_path / name, ["train.steps=1", "train.eval_interval=0", f"train.seed={seed}"]))
+        states[name] = torch.load(tmp_path / name / "checkpoints" / "step_00000001" / "rng" / "rank_00000.pt",
+                                  weights_only=False)
+    assert set(states["a"]) >= {"python", "numpy", "torch"}
+    for key in ("python", "numpy"):
+        assert repr(states["a"][key]) == repr(states["b"][key]), f"{key} not seeded from train.seed"
+        assert repr(states["a"][key]) != repr(states["c"][key]), f"{key} ignores train.seed"
