@@ -5,7 +5,8 @@
 #
 # gigatron_pretrain_job DEFAULT_CONFIG [ARG...]
 #   Runs `srun gigatron pretrain` with the variables below, forwards SIGUSR1/SIGTERM from the batch
-#   shell to the srun step, and requeues the job when the trainer exits 75 (saved after a signal).
+#   shell to the srun step, and requeues the job when the trainer exits 75 (saved after SIGUSR1, the
+#   preemption warning). SIGTERM (scancel) makes the trainer save and exit 143: not requeued.
 #
 #   GIGATRON_CONFIG   run config                                     (default: DEFAULT_CONFIG)
 #   GIGATRON_RUN_DIR  output_dir: checkpoints, metrics, resume point (default: runs/$SLURM_JOB_NAME)
@@ -19,6 +20,8 @@
 # Relative paths are relative to the repository root, where the job runs.
 
 GIGATRON_EXIT_PREEMPTED=75
+GIGATRON_EXIT_INTERRUPTED=130
+GIGATRON_EXIT_CANCELLED=143
 
 gigatron_log() {
     echo "[slurm $(date '+%Y-%m-%d %H:%M:%S')] $*"
@@ -83,6 +86,10 @@ gigatron_finish() {
     fi
     if ((status == 0)); then
         gigatron_log "trainer finished (exit 0)"
+    elif ((status == GIGATRON_EXIT_CANCELLED || status == GIGATRON_EXIT_INTERRUPTED)); then
+        # SIGTERM is cancellation (scancel), not preemption: SLURM requeues the job itself when the
+        # requeue was its own decision (scontrol requeue, PreemptMode=REQUEUE).
+        gigatron_log "trainer saved and stopped (exit $status${GIGATRON_SIGNALLED:+ after SIG$GIGATRON_SIGNALLED}): cancelled, not requeueing"
     else
         gigatron_log "trainer failed with exit code $status${GIGATRON_SIGNALLED:+ after SIG$GIGATRON_SIGNALLED}; not requeueing"
     fi

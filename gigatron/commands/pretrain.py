@@ -10,7 +10,7 @@ import traceback
 
 from gigatron.config import ConfigError, load_config, validate_config
 from gigatron.data.errors import DataError
-from gigatron.launcher.exit_codes import EXIT_CONFIG_ERROR
+from gigatron.launcher.exit_codes import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +27,19 @@ def run(args: argparse.Namespace) -> int:
     """Validate the config for this world size before any process group exists, then train.
 
     Meant as the process's entry point: after training it exits the process with the trainer's
-    code. Use `gigatron.pretrain.loop.Trainer` to train in-process.
+    code. Use `gigatron.pretrain.loop.Trainer` to train in-process. Ctrl-C while training stops at
+    the next step boundary with a checkpoint (exit 130); before training starts it ends the
+    process at once with one line.
     """
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("\ngigatron pretrain: interrupted before training started; nothing was saved", file=sys.stderr,
+              flush=True)
+        os._exit(EXIT_INTERRUPTED)
+
+
+def _run(args: argparse.Namespace) -> int:
     from gigatron.launcher.dist_env import DistEnv, exit_distributed, init_distributed
 
     env = DistEnv.from_environ()
@@ -68,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"gigatron pretrain (rank {env.rank}): {exc}", file=sys.stderr, flush=True)
         _release(lock)
         os._exit(EXIT_CONFIG_ERROR)
+    except KeyboardInterrupt:
+        _release(lock)
+        raise
     except BaseException:  # noqa: BLE001 - any crash must end the process, not hang it
         # Loader workers, TensorBoard's writer thread or a pending collective can keep a crashed
         # rank alive forever after a normal exit; the scheduler must see the failure at once.

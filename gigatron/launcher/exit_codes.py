@@ -6,9 +6,13 @@
 - ``EXIT_SAVE_FAILED`` (74, ``EX_IOERR``): a checkpoint could not be written (disk full, read-only,
   quota, file-size limit); its partial directory was removed and ``latest`` names the previous one.
   Not requeued: the same save would fail again until someone frees space.
-- ``EXIT_PREEMPTED`` (75, ``EX_TEMPFAIL`` from sysexits.h): a rank received SIGUSR1 or SIGTERM, all
-  ranks agreed to stop, and a checkpoint was saved; the job should be requeued and will resume from
-  that checkpoint. SLURM batch scripts test ``$? -eq 75`` to decide whether to ``scontrol requeue``.
+- ``EXIT_PREEMPTED`` (75, ``EX_TEMPFAIL`` from sysexits.h): a rank received SIGUSR1 (preemption
+  warning), all ranks agreed to stop, and a checkpoint was saved; the job should be requeued and will
+  resume from that checkpoint. SLURM batch scripts test ``$? -eq 75`` to decide whether to
+  ``scontrol requeue``.
+- ``EXIT_INTERRUPTED`` (130 = 128 + SIGINT): Ctrl-C; the ranks saved and stopped. Not requeued.
+- ``EXIT_CANCELLED`` (143 = 128 + SIGTERM): ``scancel`` or ``kill``; the ranks saved (when they could)
+  and stopped. Not requeued by the batch script.
 """
 
 from __future__ import annotations
@@ -17,5 +21,7 @@ EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2
 EXIT_SAVE_FAILED = 74
 EXIT_PREEMPTED = 75
+EXIT_INTERRUPTED = 130
+EXIT_CANCELLED = 143
 
-__all__ = ["EXIT_OK", "EXIT_CONFIG_ERROR", "EXIT_SAVE_FAILED", "EXIT_PREEMPTED"]
+__all__ = ["EXIT_OK", "EXIT_CONFIG_ERROR", "EXIT_SAVE_FAILED", "EXIT_PREEMPTED", "EXIT_INTERRUPTED", "EXIT_CANCELLED"]

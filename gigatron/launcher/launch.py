@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from gigatron.launcher.exit_codes import EXIT_OK, EXIT_PREEMPTED
+from gigatron.launcher.exit_codes import EXIT_CANCELLED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED
 
 FORWARDED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 POLL_INTERVAL_S = 0.05
@@ -68,12 +68,18 @@ def normalise_returncode(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
+# Codes of ranks that stopped in order (finished, or saved after a signal), weakest first: when all
+# ranks stopped in order the launcher reports the strongest (an interrupt outranks a preemption).
+ORDERLY_EXITS: tuple[int, ...] = (EXIT_OK, EXIT_PREEMPTED, EXIT_CANCELLED, EXIT_INTERRUPTED)
+
+
 def combine_exit_codes(codes: Sequence[int]) -> int:
-    """0 if all 0; 75 if all are 0 or 75 and one is 75; else the first other code, in observed order."""
+    """The strongest of ORDERLY_EXITS when every rank ended in order (0 when all 0; 75 when the
+    others are 0; 143 over 75; 130 over all); else the first other code, in observed order."""
     for code in codes:
-        if code not in (EXIT_OK, EXIT_PREEMPTED):
+        if code not in ORDERLY_EXITS:
             return code
-    return EXIT_PREEMPTED if EXIT_PREEMPTED in codes else EXIT_OK
+    return max(codes, key=ORDERLY_EXITS.index, default=EXIT_OK)
 
 
 class LocalLauncher:
@@ -92,7 +98,9 @@ class LocalLauncher:
         try:
             try:
                 for env in self.envs:
-                    self.procs.append(subprocess.Popen(self.command, env=dict(env),
+                    # Their own process group: a terminal's Ctrl-C reaches the launcher only, which
+                    # forwards it once (a rank must tell a first interrupt from a second).
+                    self.procs.append(subprocess.Popen(self.command, env=dict(env), process_group=0,
                                                        preexec_fn=die_with_parent(os.getpid())))
             except OSError as exc:
                 print(f"gigatron launch: cannot start {self.command[0]!r}: {exc}", file=sys.stderr)
@@ -105,8 +113,7 @@ class LocalLauncher:
                 signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
     def _forward(self, signum: int, frame: Any) -> None:
-        # Children share our process group, so a terminal Ctrl-C already reached them; forwarding
-        # matters for signals sent to the launcher alone (SLURM's `scancel --signal`, `kill`).
+        # The ranks are in their own process groups: every signal reaches them through here, once.
         self._signal_live(signum)
 
     def _signal_live(self, signum: int) -> None:
@@ -128,7 +135,7 @@ class LocalLauncher:
                 live.discard(rank)
                 code = normalise_returncode(code)
                 self.codes.append(code)
-                if code not in (EXIT_OK, EXIT_PREEMPTED) and term_at is None and live:
+                if code not in ORDERLY_EXITS and term_at is None and live:
                     # A crashed rank leaves the others stuck in a collective: give them a chance to
                     # notice and exit on their own, then stop them.
                     term_at = time.monotonic() + self.grace_s

@@ -1,33 +1,66 @@
-"""Graceful preemption: note SIGUSR1/SIGTERM, then let all ranks agree to stop at a step boundary.
+"""Stopping on a signal: note it, then let all ranks agree to stop at a step boundary.
 
-SLURM sends SIGUSR1 (``--signal=USR1@120``) or SIGTERM before killing a job. Each rank may see the
-signal at a different step, so the training loop calls `agree_on_preemption` at step boundaries:
-if any rank was signalled, every rank saves the same checkpoint and exits with ``EXIT_PREEMPTED``.
+What a signal asks of a run:
+- SIGUSR1 is preemption: SLURM's warning before the time limit (``#SBATCH --signal=B:USR1@120``)
+  or ``scancel --signal=USR1``. Every rank saves the same checkpoint and exits with
+  ``EXIT_PREEMPTED`` (75); the batch script requeues the job.
+- SIGTERM is cancellation: ``scancel JOB``, ``kill``, the end of a time limit without a warning, or
+  SLURM requeueing the job itself (``scontrol requeue``, PreemptMode=REQUEUE). The ranks save if
+  they can and exit with ``EXIT_CANCELLED`` (143); the batch script does not requeue (SLURM does,
+  when the requeue was its own decision).
+- SIGINT (Ctrl-C) stops like SIGTERM with ``EXIT_INTERRUPTED`` (130); a second SIGINT ends the
+  process at once, without saving.
+
+Each rank may see a signal at a different step, so the training loop calls `agree_on_stop` at step
+boundaries: one collective, after which every rank acts on the same signal (the strongest seen:
+an interrupt, then a cancellation, then a preemption warning).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any
 
-DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGTERM)
+from gigatron.launcher.exit_codes import EXIT_CANCELLED, EXIT_INTERRUPTED, EXIT_PREEMPTED
+
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+# Precedence when ranks saw different signals; 0 means none.
+_STRENGTH: dict[signal.Signals, int] = {signal.SIGUSR1: 1, signal.SIGTERM: 2, signal.SIGINT: 3}
+_EXIT_CODES: dict[signal.Signals, int] = {signal.SIGUSR1: EXIT_PREEMPTED, signal.SIGTERM: EXIT_CANCELLED,
+                                          signal.SIGINT: EXIT_INTERRUPTED}
 
 
-class PreemptionHandler:
-    """Records that a preemption signal arrived; the training loop polls `requested`.
+def stop_exit_code(sig: signal.Signals) -> int:
+    """The exit code of a run stopped by `sig`: 75 (requeue) for SIGUSR1, 143 for SIGTERM, 130 for SIGINT."""
+    return _EXIT_CODES[signal.Signals(sig)]
 
-    Usable as a context manager, which installs the default signals on entry and restores the
-    previous handlers on exit. Must be installed from the main thread (a Python restriction).
+
+class StopHandler:
+    """Records the stop signals that arrive; the training loop polls `signal` (the strongest seen).
+
+    Usable as a context manager, which installs the stop signals on entry and restores the previous
+    handlers on exit. Must be installed from the main thread (a Python restriction).
     """
 
     def __init__(self) -> None:
-        self.requested: bool = False
-        self.signal_name: str | None = None
+        self.signal: signal.Signals | None = None
+        self._interrupts = 0
         self._previous: dict[signal.Signals, Any] = {}
 
-    def install(self, signals: Iterable[signal.Signals] = DEFAULT_SIGNALS) -> PreemptionHandler:
+    @property
+    def requested(self) -> bool:
+        """Whether any stop signal arrived."""
+        return self.signal is not None
+
+    @property
+    def signal_name(self) -> str | None:
+        """'SIGUSR1', 'SIGTERM' or 'SIGINT' (the strongest seen), or None."""
+        return None if self.signal is None else self.signal.name
+
+    def install(self, signals: Iterable[signal.Signals] = STOP_SIGNALS) -> StopHandler:
         """Install the recording handler for `signals`, remembering the handlers it replaces."""
         for sig in signals:
             sig = signal.Signals(sig)
@@ -44,12 +77,18 @@ class PreemptionHandler:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        # Runs between bytecodes of the main thread: only set flags, never log, save or raise here.
-        if not self.requested:
-            self.signal_name = signal.Signals(signum).name
-        self.requested = True
+        # Runs between bytecodes of the main thread: set flags only (no logging, saving or raising),
+        # except that a second Ctrl-C means "now": one line, and the process ends without unwinding.
+        sig = signal.Signals(signum)
+        if sig == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                os.write(2, b"\ngigatron: second interrupt: stopping now, without saving\n")
+                os._exit(EXIT_INTERRUPTED)
+        if self.signal is None or _STRENGTH[sig] > _STRENGTH[self.signal]:
+            self.signal = sig
 
-    def __enter__(self) -> PreemptionHandler:
+    def __enter__(self) -> StopHandler:
         if not self._previous:
             self.install()
         return self
@@ -58,17 +97,19 @@ class PreemptionHandler:
         self.uninstall()
 
 
-def agree_on_preemption(local_requested: bool, group: Any = None, device: Any = "cpu") -> bool:
-    """True if any rank in `group` requested preemption; a collective, so call it on every rank.
+def agree_on_stop(local: signal.Signals | None, group: Any = None, device: Any = "cpu") -> signal.Signals | None:
+    """The strongest stop signal any rank in `group` saw, or None; a collective, so call it on every rank.
 
     `device` must suit the group's backend: ``"cpu"`` for gloo, the rank's CUDA device for nccl.
-    Without an initialised process group this simply returns `local_requested`.
+    Without an initialised process group this simply returns `local`.
     """
     import torch
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        return bool(local_requested)
-    flag = torch.tensor([1 if local_requested else 0], dtype=torch.int32, device=device)
+        return local
+    strength = 0 if local is None else _STRENGTH[signal.Signals(local)]
+    flag = torch.tensor([strength], dtype=torch.int32, device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
-    return bool(flag.item())
+    agreed = int(flag.item())
+    return next((sig for sig, s in _STRENGTH.items() if s == agreed), None)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from gigatron.checkpoint.files import tag_for_step
 from gigatron.checkpoint.resume import (
     ResumePlan,
     current_layout,
@@ -26,7 +27,7 @@ from gigatron.data.build import TrainingData
 from gigatron.data.loader import GlobalBatchLoader
 from gigatron.launcher.dist_env import DistEnv
 from gigatron.launcher.exit_codes import EXIT_OK, EXIT_PREEMPTED, EXIT_SAVE_FAILED
-from gigatron.launcher.signals import PreemptionHandler, agree_on_preemption
+from gigatron.launcher.signals import StopHandler, agree_on_stop, stop_exit_code
 from gigatron.models.registry import get_model_spec
 from gigatron.objectives import StepContext, batch_to, build_features, build_task_data
 from gigatron.parallel.layout import ParallelLayout, initialize_layout
@@ -250,9 +251,9 @@ class Trainer:
         # One "start" record per invocation: `gigatron status` counts restarts and requeues from them.
         self.metrics.log(self.state.step, {"world_size": self.env.world_size, "resumed": self.state.step > 0},
                          kind="start")
-        preemption = PreemptionHandler().install()
+        stopping = StopHandler().install()
         try:
-            code = self._train(preemption)
+            code = self._train(stopping)
             self._log_memory_trace()
             return code
         except SaveFailed as exc:  # every rank raises it together; rank 0 says why
@@ -260,7 +261,7 @@ class Trainer:
                 print(f"gigatron pretrain: {exc}", file=sys.stderr, flush=True)
             return EXIT_SAVE_FAILED
         finally:
-            preemption.uninstall()
+            stopping.uninstall()
             self.metrics.close()
 
     def _log_memory_trace(self) -> None:
@@ -273,7 +274,7 @@ class Trainer:
         self.metrics.log(self.state.step, {"peak_bytes": peaks}, kind="memory")
         self.log(f"[memory] peak live tensors per rank (MiB): {', '.join(f'{b / 2**20:.1f}' for b in peaks)}")
 
-    def _train(self, preemption: PreemptionHandler) -> int:
+    def _train(self, stopping: StopHandler) -> int:
         cfg = self.cfg
         last_saved = self.state.step if self.state.step > 0 else None
         started_at = self.state.step
@@ -291,12 +292,19 @@ class Trainer:
                 self.save()
                 last_saved = step
             # Every rank must see the same answer, or some would save while others train on.
-            if agree_on_preemption(preemption.requested, device=self.device):
+            stop = agree_on_stop(stopping.signal, device=self.device)
+            if stop is not None:
                 if last_saved != step:
                     self.save()
-                self.log(f"[preempted] {preemption.signal_name or 'signal on another rank'}: saved step {step}, "
-                         f"exiting with {EXIT_PREEMPTED} so the job can be requeued")
-                return EXIT_PREEMPTED
+                code = stop_exit_code(stop)
+                where = self.ckpt_dir / tag_for_step(step)
+                if code == EXIT_PREEMPTED:
+                    self.log(f"[preempted] {stop.name}: saved step {step} to {where}, exiting with {code} so the "
+                             "job can be requeued")
+                else:
+                    self.log(f"[stopped] {stop.name}: saved step {step} to {where}, exiting with {code} (not "
+                             "requeued); run the same command to continue from there")
+                return code
             if cfg.train.exit_interval and (step - started_at) % cfg.train.exit_interval == 0 \
                     and step < self.total_steps:
                 if last_saved != step:

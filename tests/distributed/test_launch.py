@@ -109,14 +109,14 @@ def test_crashed_rank_code_wins_and_survivors_are_stopped(tmp_path: Path) -> Non
 @pytest.mark.distributed
 def test_forwarded_sigusr1_is_agreed_and_exits_75(tmp_path: Path) -> None:
     body = """
-    from gigatron.launcher.signals import PreemptionHandler, agree_on_preemption
+    from gigatron.launcher.signals import StopHandler, agree_on_stop
     env = DistEnv.from_environ()
-    handler = PreemptionHandler().install()
+    handler = StopHandler().install()
     init_distributed(env, timeout_s=30)
     (OUT / f"ready{env.rank}").write_text("")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if agree_on_preemption(handler.requested):
+        if agree_on_stop(handler.signal) is not None:
             (OUT / f"stopped{env.rank}").write_text(str(handler.signal_name))
             # As the trainer ends: sys.exit would run gloo's teardown, which intermittently
             # aborts a finished process (exit 134) - the flake exit_distributed exists for.
@@ -138,7 +138,8 @@ def test_forwarded_sigusr1_is_agreed_and_exits_75(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("codes", "expected"),
-    [([0, 0], 0), ([0, 75], 75), ([75, 75], 75), ([75, 3, 1], 3), ([143, 3], 143), ([], 0)],
+    [([0, 0], 0), ([0, 75], 75), ([75, 75], 75), ([75, 3, 1], 3), ([143, 3], 3), ([75, 143], 143),
+     ([143, 130, 0], 130), ([139, 143], 139), ([], 0)],
 )
 def test_combine_exit_codes(codes: list[int], expected: int) -> None:
     assert combine_exit_codes(codes) == expected

@@ -223,8 +223,8 @@ def wait_for_steps(slurm, job: str, run_dir: Path, log: Path, new_steps: int, re
 def test_usr1_and_scontrol_requeue_each_save_requeue_and_resume_bitwise(slurm, uninterrupted, tmp_path):
     # One 30-step job is preempted twice: first as `#SBATCH --signal=B:USR1@120` does before the time
     # limit (SIGUSR1 to the batch shell only), then by `scontrol requeue` (an admin, or preemption with
-    # PreemptMode=REQUEUE), which sends SIGTERM. Each time the ranks agree, save, exit 75, and the
-    # requeued job resumes; the end result is bitwise the uninterrupted run.
+    # PreemptMode=REQUEUE), which sends SIGTERM. Each time the ranks agree and save; the requeued job
+    # resumes; the end result is bitwise the uninterrupted run.
     steps = 30
     job, run_dir, log = slurm.submit(tmp_path, steps=steps, minutes=8)
     wait_for_steps(slurm, job, run_dir, log, new_steps=3, restarts=0)
@@ -241,7 +241,9 @@ def test_usr1_and_scontrol_requeue_each_save_requeue_and_resume_bitwise(slurm, u
     assert info["Restarts"] == "2", tail(log)
     for restart in range(3):
         assert f"SLURM_RESTART_COUNT={restart}" in text, tail(log)
-    assert "[preempted] SIGUSR1" in text and "[preempted] SIGTERM" in text, tail(log)
+    # SIGUSR1 is preemption (saved, exit 75, requeued by the script); SIGTERM from `scontrol requeue`
+    # is a stop (saved, exit 143, not requeued by the script): SLURM requeues the job itself.
+    assert "[preempted] SIGUSR1" in text and "[stopped] SIGTERM" in text, tail(log)
     assert f"requeueing job {job}" in text, tail(log)
     resumed = sorted({int(step) for step in re.findall(r"\[resume\] \S+: step (\d+)", text)})
     assert len(resumed) == 2, tail(log)
@@ -328,3 +330,22 @@ def test_a_run_lock_holds_while_its_slurm_job_runs_and_is_taken_over_once_it_end
     notes: list[str] = []
     acquire(tmp_path, log=notes.append).release()
     assert f"SLURM job {job} is no longer queued or running" in notes[0]
+
+
+def test_scancel_saves_and_cancels_without_requeue(slurm, tmp_path):
+    """Plain `scancel JOB` (SIGTERM) is cancellation: the ranks save, the job ends CANCELLED and is
+    not requeued (the script requeues only on 75, the answer to SIGUSR1)."""
+    job, run_dir, log = slurm.submit(tmp_path, steps=100000, minutes=8)
+    wait_for_steps(slurm, job, run_dir, log, new_steps=3, restarts=0)
+    cancel = slurm.run("scancel", job)
+    assert cancel.returncode == 0, cancel.stderr
+    info = slurm.wait_final(job, timeout=120, log=log)
+    assert info["JobState"] == "CANCELLED", tail(log)
+    time.sleep(5)  # a requeue would show up as a restart
+    info = slurm.job_info(job)
+    assert info.get("Restarts", "0") == "0" and info.get("JobState") == "CANCELLED", tail(log)
+    text = log.read_text()
+    saved = re.findall(r"\[stopped\] SIGTERM: saved step (\d+)", text)
+    assert saved, tail(log)
+    assert latest(run_dir) == f"step_{int(saved[0]):08d}"
+    assert "requeueing job" not in text, tail(log)
