@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from gigatron.commands.arg_types import at_least, positive
 from gigatron.scaling.points import ScalingDataError
 
 METHODS = ("parametric", "isoflop", "envelope", "power")
@@ -37,13 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--sweep", help="a `gigatron sweep` directory (reads its summary.csv)")
     fit.add_argument("--method", choices=METHODS, default="parametric")
     fit.add_argument("--out", required=True, help="directory for fit.json, fit.md and PNG plots")
-    fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: none)")
-    fit.add_argument("--drop-highest", type=int, default=0, help="drop the N highest-loss points first")
-    fit.add_argument("--delta", type=float, default=1e-3, help="Huber delta (parametric)")
-    fit.add_argument("--starts", type=int, default=0,
+    fit.add_argument("--bootstrap", type=at_least(0, int), default=1000, help="bootstrap resamples (0: none)")
+    fit.add_argument("--drop-highest", type=at_least(0, int), default=0, help="drop the N highest-loss points first")
+    fit.add_argument("--delta", type=positive(), default=1e-3, help="Huber delta (parametric)")
+    fit.add_argument("--starts", type=at_least(0, int), default=0,
                      help="parametric: run L-BFGS from the K best-scoring of the 4,500 grid starts (0: all)")
-    fit.add_argument("--flops-per-param-token", type=float, default=6.0, help="k in C = k N D")
-    fit.add_argument("--budget-tolerance", type=float, default=0.05, help="relative C spread of one IsoFLOP budget")
+    fit.add_argument("--flops-per-param-token", type=positive(), default=6.0, help="k in C = k N D")
+    fit.add_argument("--budget-tolerance", type=positive(), default=0.05, help="relative C spread of one IsoFLOP budget")
     for kind in ("n", "d", "c", "loss"):
         fit.add_argument(f"--{kind}-col", default=None, help=f"name of the {kind.upper()} column in --csv")
     fit.add_argument("--x-col", default=None, help="power: x column (e.g. params, flops, tokens)")
@@ -53,13 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--e-max", type=float, default=np.inf,
                      help="power: upper bound on E, e.g. 1 for an accuracy (default: none)")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--workers", type=int, default=None, help="processes (default: the CPUs available)")
+    fit.add_argument("--workers", type=positive(int), default=None, help="processes (default: the CPUs available)")
     predict = sub.add_parser("predict", help="predictions with 95%% intervals from a fit.json")
     predict.add_argument("--fit", required=True, help="fit.json written by `gigatron scaling fit`")
-    predict.add_argument("--compute", type=float, default=None, help="compute budget C (FLOPs)")
-    predict.add_argument("--params", type=float, default=None, help="N (parametric: with --tokens; power: x)")
-    predict.add_argument("--tokens", type=float, default=None, help="D")
-    predict.add_argument("--x", type=float, default=None, help="power: x")
+    predict.add_argument("--compute", type=positive(), default=None, help="compute budget C (FLOPs)")
+    predict.add_argument("--params", type=positive(), default=None, help="N (parametric: with --tokens; power: x)")
+    predict.add_argument("--tokens", type=positive(), default=None, help="D")
+    predict.add_argument("--x", type=positive(), default=None, help="power: x")
 
 
 def _interval(samples: np.ndarray) -> list[list[float]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from gigatron.config.errors import ConfigError
 from gigatron.config.schema import RECOMPUTE_MODULES, Config
 
@@ -151,6 +153,29 @@ def hardware_problems(cfg: Config) -> list[str]:
     return problems
 
 
+MIN_SEQ_LEN = 16
+
+
+def optimizer_problems(cfg: Config) -> list[str]:
+    """What is wrong with the AdamW and schedule keys of train: (NaN and infinity are wrong everywhere)."""
+    t = cfg.train
+    out = []
+    for key, value, rule, ok in (
+            ("lr", t.lr, "must be > 0", lambda v: v > 0),
+            ("min_lr", t.min_lr, "must be >= 0", lambda v: v >= 0),
+            ("weight_decay", t.weight_decay, "must be >= 0", lambda v: v >= 0),
+            ("eps", t.eps, "must be > 0", lambda v: v > 0),
+            ("clip_grad", t.clip_grad, "must be >= 0 (0 turns clipping off)", lambda v: v >= 0)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
+            out.append(f"train.{key}={value} {rule}")
+    betas = t.betas
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2
+            and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+        out.append(f"train.betas={list(betas) if isinstance(betas, (list, tuple)) else betas} must be two numbers "
+                   "in [0, 1), e.g. [0.9, 0.95]")
+    return out
+
+
 def validate_config(cfg: Config, world_size: int) -> Config:
     """Check `cfg` for a run of `world_size` processes and fill in `parallel.dp`.
 
@@ -213,8 +238,11 @@ def validate_config(cfg: Config, world_size: int) -> Config:
         problems.append(f"train.decay_fraction={t.decay_fraction} must be in (0, 1]")
     if t.min_lr > t.lr:
         problems.append(f"train.min_lr={t.min_lr} is larger than train.lr={t.lr}")
-    if cfg.data.seq_len < 1:
-        problems.append(f"data.seq_len={cfg.data.seq_len} must be >= 1")
+    problems.extend(optimizer_problems(cfg))
+    if cfg.data.seq_len < MIN_SEQ_LEN:
+        # Shorter samples teach nothing, and the default dataset's per-sample bookkeeping then
+        # outgrows its tokens (seq_len=1 built gigabytes).
+        problems.append(f"data.seq_len={cfg.data.seq_len} must be >= {MIN_SEQ_LEN}")
     images = cfg.images
     for key, value, least in (("image_size", images.image_size, 1), ("default_images", images.default_images, 1),
                               ("valid_images", images.valid_images, 0)):

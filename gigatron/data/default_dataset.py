@@ -99,6 +99,10 @@ def build_dataset_once(target: Path, build: Callable[[Path], None]) -> Path:
     with build_lock(target.parent / f".{target.name}.lock"):
         if (target / MANIFEST_NAME).is_file():  # built by the process that held the lock before us
             return target
+        # Under the lock no other build runs: staging directories left here were left by builds that
+        # were killed (SIGKILL, a power cut) before they could clean up.
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
             build(staging / "dataset")
@@ -121,8 +125,12 @@ def ensure_default_dataset(cache_dir: str | None = None, seq_len: int = 128, voc
         files = default_corpus_files(cache_dir)
         tokenizer = _ensure_tokenizer(files, default_tokenizer_path(cache_dir, vocab_size), vocab_size)
         # Escaped: the writer treats inputs as glob patterns.
-        write_text_shards([glob.escape(str(f)) for f in files], str(tokenizer), seq_len, out,
-                          samples_per_shard=SAMPLES_PER_SHARD, valid_fraction=VALID_FRACTION,
-                          workers=max(1, min(4, os.cpu_count() or 1)))
+        print(f"[data] building the default dataset at seq_len={seq_len} in {out.parent.parent} (once)", flush=True)
+        manifest = write_text_shards(
+            [glob.escape(str(f)) for f in files], str(tokenizer), seq_len, out, samples_per_shard=SAMPLES_PER_SHARD,
+            valid_fraction=VALID_FRACTION, workers=max(1, min(4, os.cpu_count() or 1)),
+            progress=lambda samples: print(f"[data] {samples:,} samples of {seq_len + 1} tokens written", flush=True))
+        print(f"[data] default dataset built: {manifest['splits']['train']['num_samples']:,} training samples",
+              flush=True)
 
     return build_dataset_once(default_dataset_dir(cache_dir, seq_len, vocab_size), build)

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,11 @@ class _ShardWriter(RollingTarWriter):
         super().write({"__key__": f"{self.count:010d}", SAMPLE_SUFFIX: payload})
 
 
-def _route(samples: Iterator[np.ndarray], writers: dict[str, _ShardWriter], valid_fraction: float) -> None:
+PROGRESS_EVERY = 100_000  # samples between progress reports
+
+
+def _route(samples: Iterator[np.ndarray], writers: dict[str, _ShardWriter], valid_fraction: float,
+           progress: Callable[[int], None] | None = None) -> None:
     # One sample is held back so the last can still go to "valid" if the hash chose none.
     threshold = _split_threshold(valid_fraction)
     pending: np.ndarray | None = None
@@ -151,6 +155,8 @@ def _route(samples: Iterator[np.ndarray], writers: dict[str, _ShardWriter], vali
     for index, sample in enumerate(samples):
         if pending is not None:
             writers[_split_of(index - 1, threshold)].write(pending)
+        if progress is not None and index and index % PROGRESS_EVERY == 0:
+            progress(index)
         pending = sample
     if pending is not None:
         forced = valid_fraction > 0 and writers["valid"].count == 0
@@ -225,14 +231,16 @@ def _check_arguments(seq_len: int, samples_per_shard: int, valid_fraction: float
 
 def write_text_shards(inputs: list[str], tokenizer: str, seq_len: int, out: Path, *,
                       samples_per_shard: int = 4096, valid_fraction: float = 0.01, workers: int = 4,
-                      on_error: str = "raise", overwrite: bool = False) -> dict[str, Any]:
+                      on_error: str = "raise", overwrite: bool = False,
+                      progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Tokenize the documents of `inputs` (files/globs) and write train/valid token shards to `out`.
 
     Each document becomes its tokens plus eos; the concatenated stream is cut into non-overlapping
     samples of seq_len + 1 ids (the remainder is dropped and counted), and each sample goes to
     "train" or "valid" by a hash of its index (see SPLIT_RULE). `tokenizer` is "bytes" or a
     sentencepiece .model path. An existing dataset in `out` is replaced only with overwrite=True.
-    Returns the manifest written to `out/manifest.json`.
+    `progress(samples)` is called every PROGRESS_EVERY samples. A failure or interrupt removes what
+    was written. Returns the manifest written to `out/manifest.json`.
     """
     _check_arguments(seq_len, samples_per_shard, valid_fraction, workers, on_error)
     out = Path(out).expanduser().absolute()
@@ -250,7 +258,8 @@ def write_text_shards(inputs: list[str], tokenizer: str, seq_len: int, out: Path
     counts = {"total_tokens": 0, "dropped_tokens": 0}
     try:
         try:
-            _route(_samples(_token_stream(tok, documents, workers), sample_len, counts), writers, valid_fraction)
+            _route(_samples(_token_stream(tok, documents, workers), sample_len, counts), writers, valid_fraction,
+                   progress)
             for writer in writers.values():
                 writer.close()
         finally:
