@@ -81,8 +81,21 @@ def _load_points(args: argparse.Namespace):
     return data.drop_highest_losses(args.drop_highest)
 
 
-def fit_command(args: argparse.Namespace, log=print) -> dict[str, Any]:
-    """Run one fit and write its outputs; returns the fit.json content."""
+def _print_now(text: str) -> None:
+    print(text, flush=True)
+
+
+def fit_command(args: argparse.Namespace, log=_print_now) -> dict[str, Any]:
+    """Run one fit and write its outputs; returns the fit.json content. This process's BLAS runs
+    one thread: the fits are small, and an idle-spinning thread pool on a busy machine made them
+    several times slower (worker processes get one thread each too)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _fit(args, log)
+
+
+def _fit(args: argparse.Namespace, log=_print_now) -> dict[str, Any]:
     from gigatron.scaling import isoflop, parametric, plots, power
 
     out = Path(args.out)
@@ -110,7 +123,8 @@ def fit_command(args: argparse.Namespace, log=print) -> dict[str, Any]:
                       flops_per_param_token=args.flops_per_param_token)
         if args.method == "parametric":
             fitted = parametric.fit(data, args.delta, args.workers, args.starts or None)
-            samples = (parametric.bootstrap(data, fitted, args.bootstrap, args.delta, args.seed, args.workers)
+            samples = (parametric.bootstrap(data, fitted, args.bootstrap, args.delta, args.seed, args.workers,
+                                            progress=lambda done, total: log(f"[bootstrap] {done}/{total} refits"))
                        if args.bootstrap else np.empty((0, 5)))
             alloc = parametric.allocation(fitted, args.flops_per_param_token)
             alloc_samples = np.array([[s[4] / (s[3] + s[4]), s[3] / (s[3] + s[4])] for s in samples])

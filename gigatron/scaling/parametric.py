@@ -11,7 +11,8 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,16 +178,35 @@ def _bootstrap_chunk(args: tuple[Points, np.ndarray, float, list[int]]) -> list[
 
 
 def bootstrap(points: Points, best: ParametricFit, samples: int, delta: float = 1e-3, seed: int = 0,
-              workers: int | None = None) -> np.ndarray:
-    """[samples, 5] refits (E, A, B, alpha, beta) on resampled points, started from `best`."""
+              workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """[samples, 5] refits (E, A, B, alpha, beta) on resampled points, started from `best`.
+    `progress(done, samples)` is called about ten times as the refits finish."""
     seeds = [seed * 1_000_003 + i for i in range(samples)]
+    report = progress or (lambda _done, _total: None)
+    # ~10 reports: chunks of a tenth of the seeds, interleaved so each chunk costs about the same.
+    parts = max(1, min(10, samples))
+    chunks = [(points, best.theta, delta, seeds[i::parts]) for i in range(parts)]
+    results: dict[int, list[np.ndarray]] = {}
+    done = 0
     workers = _workers(workers, samples)
     if workers <= 1:
-        return np.array(_bootstrap_chunk((points, best.theta, delta, seeds)))
-    chunks = [(points, best.theta, delta, seeds[i::workers]) for i in range(workers)]
-    with _pool(workers) as pool:
-        results = [row for chunk in pool.map(_bootstrap_chunk, chunks) for row in chunk]
-    return np.array(results)
+        for i, chunk in enumerate(chunks):
+            results[i] = _bootstrap_chunk(chunk)
+            done += len(chunk[3])
+            report(done, samples)
+    else:
+        with _pool(workers) as pool:
+            futures = {pool.submit(_bootstrap_chunk, chunk): i for i, chunk in enumerate(chunks)}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                done += len(results[futures[future]])
+                report(done, samples)
+    # Back in seed order (chunk i holds seeds i, i + parts, ...), so the result is the same for any
+    # number of workers.
+    ordered = [None] * samples
+    for i, rows in results.items():
+        ordered[i::parts] = rows
+    return np.array(ordered)
 
 
 def allocation(fitted: ParametricFit | dict[str, float], flops_per_param_token: float = 6.0) -> dict[str, float]:

@@ -248,3 +248,29 @@ def test_sweep_summary_isoflop_and_power_commands(tmp_path):
     assert predicted["y"] == pytest.approx(0.9 - 3 * 1e8 ** -0.3, abs=1e-4)
     missing = gigatron("fit", "--sweep", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "run `gigatron sweep summary" in missing.stderr
+
+
+def test_the_fit_command_bounds_blas_threads_and_reports_bootstrap_progress(tmp_path, monkeypatch):
+    """A busy machine made an unbounded BLAS pool spin; the fit runs single-threaded and says how far
+    the bootstrap is."""
+    from threadpoolctl import threadpool_info
+
+    from gigatron.commands import build_parser
+    from gigatron.commands.scaling import fit_command
+
+    seen: list[int] = []
+    minimise = parametric._minimise
+
+    def recording(*args, **kwargs):
+        seen.extend(pool["num_threads"] for pool in threadpool_info())
+        return minimise(*args, **kwargs)
+
+    monkeypatch.setattr(parametric, "_minimise", recording)
+    lines: list[str] = []
+    args = build_parser().parse_args(["scaling", "fit", "--csv", str(CHINCHILLA), "--drop-highest", "5",
+                                      "--starts", "16", "--bootstrap", "30", "--workers", "1",
+                                      "--out", str(tmp_path / "fit")])
+    fit_command(args, log=lines.append)
+    assert seen and set(seen) == {1}
+    progress = [line for line in lines if line.startswith("[bootstrap]")]
+    assert progress[-1] == "[bootstrap] 30/30 refits" and len(progress) == 10
