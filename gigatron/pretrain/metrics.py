@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import sys
@@ -12,11 +13,29 @@ from typing import Any
 import torch
 
 
-def memory_gib(device: str) -> float:
-    """Peak memory of this process: CUDA allocator peak on GPU, max resident set size on CPU."""
+def reset_peak_memory(device: str) -> None:
+    """Start this process's peak-memory count now: the CUDA allocator's peak, or on Linux the resident
+    set's high-water mark (/proc/self/clear_refs), which a forked process would otherwise carry
+    over from its parent (ru_maxrss, and VmHWM before the reset, include the parent's peak)."""
     if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated(torch.device(device)) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def memory_gib(device: str) -> tuple[float, float]:
+    """(current, peak) memory of this process in GiB since `reset_peak_memory`: the CUDA allocator's
+    on GPU; the resident set (VmRSS, VmHWM) on the CPU (ru_maxrss where /proc is missing)."""
+    if device.startswith("cuda"):
+        d = torch.device(device)
+        return torch.cuda.memory_allocated(d) / 2**30, torch.cuda.max_memory_allocated(d) / 2**30
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]) / 2**20, int(fields["VmHWM"].split()[0]) / 2**20  # kB
+    except (OSError, KeyError, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+        return peak, peak
 
 
 class MetricsWriter:

@@ -35,7 +35,8 @@ def tmpfs(path: Path, size_mib: int):
 
 
 def _assert_clean_failure(proc: subprocess.CompletedProcess, ckpt_dir: Path, latest: str | None) -> None:
-    assert proc.returncode == EXIT_SAVE_FAILED, (proc.returncode, proc.stderr[-3000:])
+    if proc.returncode != EXIT_SAVE_FAILED:
+        pytest.fail(f"exit {proc.returncode}, expected {EXIT_SAVE_FAILED}:\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}")
     assert "could not save checkpoint" in proc.stderr and "free on" in proc.stderr and "needed" in proc.stderr
     assert "Traceback" not in proc.stderr and "inline_container" not in proc.stderr, proc.stderr[-3000:]
     assert read_latest(ckpt_dir) == latest
