@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 # command -> (module, help). Each module exposes `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -47,11 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Only import the chosen command's module when we can tell which it is: keeps `--help` cheap
     # for everything else and keeps the launcher light.
-    if argv and argv[0] in COMMANDS:
-        module_name, help_text = COMMANDS[argv[0]]
-        parser = argparse.ArgumentParser(prog=f"gigatron {argv[0]}", description=help_text)
-        module = importlib.import_module(module_name)
-        module.add_arguments(parser)
-        return int(module.run(parser.parse_args(argv[1:])) or 0)
-    args = build_parser().parse_args(argv)
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        if argv and argv[0] in COMMANDS:
+            module_name, help_text = COMMANDS[argv[0]]
+            parser = argparse.ArgumentParser(prog=f"gigatron {argv[0]}", description=help_text)
+            module = importlib.import_module(module_name)
+            module.add_arguments(parser)
+            return int(module.run(parser.parse_args(argv[1:])) or 0)
+        args = build_parser().parse_args(argv)
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except BrokenPipeError:
+        # The reader closed the pipe (`gigatron data inspect ... | head`): stop quietly with the
+        # code a C tool killed by SIGPIPE gets; stdout goes to /dev/null so the interpreter's own
+        # flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

@@ -68,12 +68,19 @@ def _speculate(cfg: Config, model: Any, prompt: list[int], args: argparse.Namesp
 
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, encode the prompt, print the continuation; tokens/s on stderr."""
-    from gigatron.checkpoint.reader import load_checkpoint_model, resolve_checkpoint
+    from gigatron.checkpoint.reader import model_from_checkpoint, open_checkpoint, resolve_checkpoint
     from gigatron.inference.generation import generate
+    from gigatron.models.registry import get_model_spec
 
     try:
         tag = resolve_checkpoint(args.ckpt)
-        cfg, model = load_checkpoint_model(tag, checksums=not args.skip_checksums)
+        ckpt = open_checkpoint(tag, checksums=not args.skip_checksums)
+        family = type(ckpt.cfg.model).family
+        if get_model_spec(family).task != "lm":
+            raise ValueError(f"{tag}: model.family={family} is not a language model; `gigatron generate` samples "
+                             "text from language-model checkpoints (`gigatron sample` draws images from diffusion "
+                             "ones)")
+        cfg, model = ckpt.cfg, model_from_checkpoint(ckpt)
         tokenizer = load_run_tokenizer(cfg, tag, args.tokenizer)
         # Shards end every document with eos, so in training a document starts right after an eos.
         prompt = [tokenizer.eos_id, *tokenizer.encode(args.prompt)]

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from gigatron.checkpoint.reader import model_from_checkpoint, open_checkpoint
-    from gigatron.inference.images import parse_size, save_grid, to_uint8
+    from gigatron.inference.images import parse_size, save_grid, size_multiple, to_uint8
 
     try:
         ckpt = open_checkpoint(args.ckpt, not args.skip_checksums)
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                              "`gigatron sample` draws from diffusion checkpoints (fit_diffusion, t2i)")
         if args.count < 1 or args.steps < 1:
             raise ValueError(f"--count ({args.count}) and --steps ({args.steps}) must be >= 1")
-        height, width = parse_size(args.size, cfg.images.image_size)
+        height, width = parse_size(args.size, cfg.images.image_size, size_multiple(cfg.model))
         names, conditions = _conditions(args, ckpt)
     except (FileNotFoundError, ValueError) as exc:
         print(f"gigatron sample: {exc}", file=sys.stderr)

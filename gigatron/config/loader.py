@@ -169,6 +169,10 @@ def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[st
     """
     path = Path(path)
     where = " -> ".join(str(p) for p in (*_chain, path))
+    if path.is_dir():
+        yamls = sorted(p.name for p in path.glob("*.yaml"))[:5]
+        raise ConfigError(f"config file {str(path)!r} is a directory; pass a YAML file"
+                          + (f" (here: {', '.join(yamls)})" if yamls else "") + (f" (base of {where})" if _chain else ""))
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist" + (f" (base of {where})" if _chain else ""))
     if path.resolve() in {p.resolve() for p in _chain}:

@@ -40,7 +40,7 @@ def evaluate(ckpt_path: str, out: Path, images: int, steps: int, guidance: float
 
     from gigatron.checkpoint.reader import model_from_checkpoint, open_checkpoint
     from gigatron.data.shapes_alignment import score_alignment
-    from gigatron.inference.images import parse_size, prompt_tokens, save_grid, to_uint8
+    from gigatron.inference.images import parse_size, prompt_tokens, save_grid, size_multiple, to_uint8
     from gigatron.models.registry import get_model_spec
 
     ckpt = open_checkpoint(ckpt_path, checksums)
@@ -51,7 +51,7 @@ def evaluate(ckpt_path: str, out: Path, images: int, steps: int, guidance: float
                          f"model.channels=3), got {type(cfg.model).family}")
     if images < 2 or steps < 1 or batch < 1:
         raise ValueError(f"--images ({images}) must be >= 2, --steps ({steps}) and --batch ({batch}) >= 1")
-    height, width = parse_size(size, cfg.images.image_size)
+    height, width = parse_size(size, cfg.images.image_size, size_multiple(cfg.model))
     model = model_from_checkpoint(ckpt)
     captions = validation_captions(cfg, images)
     tokens = prompt_tokens(ckpt, captions)

@@ -10,8 +10,15 @@ import torch
 from PIL import Image
 
 
-def parse_size(text: str | None, default: int) -> tuple[int, int]:
-    """`--size HxW` as (height, width); `default` square when not given."""
+def size_multiple(model_cfg) -> int:
+    """What an image's height and width must be multiples of for this model: its patch size, times
+    its group size for models that attend within groups of patches (FIT)."""
+    return getattr(model_cfg, "patch_size", 1) * getattr(model_cfg, "group_size", 1)
+
+
+def parse_size(text: str | None, default: int, multiple: int = 1) -> tuple[int, int]:
+    """`--size HxW` as (height, width), each a positive multiple of `multiple`; `default` square
+    when not given."""
     if text is None:
         return default, default
     try:
@@ -20,6 +27,10 @@ def parse_size(text: str | None, default: int) -> tuple[int, int]:
         raise ValueError(f"--size {text!r} must be HxW in pixels, e.g. 32x32") from None
     if height < 1 or width < 1:
         raise ValueError(f"--size {text!r} must be positive")
+    if height % multiple or width % multiple:
+        near = f"{max(multiple, round(height / multiple) * multiple)}x{max(multiple, round(width / multiple) * multiple)}"
+        raise ValueError(f"--size {text}: height and width must be multiples of {multiple} (the model's patch grid), "
+                         f"e.g. {near}")
     return height, width
 
 

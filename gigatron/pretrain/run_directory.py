@@ -124,6 +124,9 @@ class RunLock:
 def acquire(output_dir: Path, log=print) -> RunLock:
     """Take the lock on `output_dir` (created if missing), taking over a stale one; raise
     RunDirectoryBusy naming the holder of a live one."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir {output_dir} is a file, not a directory; give the run a directory "
+                          "(it holds checkpoints/, metrics.jsonl and tensorboard/)")
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / LOCK_NAME
     holder = _holder()
