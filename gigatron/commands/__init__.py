@@ -45,9 +45,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Third-party messages every run printed that say nothing a user can act on: megatron-core's notes
+# that it runs without Transformer Engine/Apex (it falls back to PyTorch, which is what gigatron
+# uses), and deprecations inside DeepSpeed's calls to torch.distributed. Everything else still shows.
+_QUIET_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    (UserWarning, r"Transformer Engine and Apex are not installed"),
+    (FutureWarning, r"`torch\.distributed\.\w+` is deprecated"),
+)
+
+
+def quiet_third_party_noise() -> None:
+    """Filter the warnings above, and let DeepSpeed use the CPU without a warning when there is
+    no GPU (it warns while guessing the accelerator)."""
+    import warnings
+
+    for category, message in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    if os.environ.get("GIGATRON_DEVICE") == "cpu" or not _cuda_visible():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def _cuda_visible() -> bool:
+    # Without importing torch (slow): a GPU node has /dev/nvidia0 unless CUDA_VISIBLE_DEVICES hides it.
+    return os.path.exists("/dev/nvidia0") and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` and run the chosen command; returns its exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    quiet_third_party_noise()
     # Only import the chosen command's module when we can tell which it is: keeps `--help` cheap
     # for everything else and keeps the launcher light.
     try:

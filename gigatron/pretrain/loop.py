@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gigatron.checkpoint.files import tag_for_step
+from gigatron.checkpoint.files import atomic_write_text, tag_for_step
 from gigatron.checkpoint.resume import (
     ResumePlan,
     current_layout,
@@ -35,6 +35,7 @@ from gigatron.planning.measure import LiveTensorBytes
 from gigatron.pretrain.engine import TrainingEngine, build_engine, total_steps
 from gigatron.pretrain.metrics import MetricsWriter, memory_gib, reset_peak_memory
 from gigatron.pretrain.peak_flops import peak_flops
+from gigatron.pretrain.run_summary import format_duration
 
 
 @dataclass
@@ -139,7 +140,9 @@ class Trainer:
         return data
 
     def log(self, text: str) -> None:
-        """Print on rank 0 (through the progress bar when there is one)."""
+        """Print on rank 0 (through the progress bar when there is one), stamped with the time: logs
+        end up in files (SLURM output) where nothing else dates them."""
+        text = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}"
         if self.metrics is not None:
             self.metrics.write_line(text)
         elif self.env.is_main:
@@ -240,19 +243,27 @@ class Trainer:
         EXIT_SAVE_FAILED when a checkpoint could not be written."""
         cfg = self.cfg
         if self.env.is_main:
-            print(f"[config] resolved configuration:\n{self.config_yaml}", flush=True)
+            # The whole resolved config goes to the run directory, not the log (it was ~110 lines).
+            resolved = Path(cfg.output_dir) / "config.yaml"
+            resolved.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(resolved, self.config_yaml)
+            self.log(f"[config] resolved configuration written to {resolved}")
         self.maybe_resume()
         self.metrics = MetricsWriter(Path(cfg.output_dir), self.env.is_main, self.total_steps, self.state.step,
                                      cfg.logging.tensorboard, cfg.logging.progress_bar)
-        self.log(f"[run] {self.engine.num_params / 1e6:.2f}M parameters, {self.env.world_size} ranks "
+        ranks = f"{self.env.world_size} rank{'s' if self.env.world_size != 1 else ''}"
+        self.log(f"[run] {type(cfg.model).family} {self.engine.num_params / 1e6:.2f}M parameters, {ranks} "
                  f"({self.layout.describe()} zero={cfg.parallel.zero_stage}), steps {self.state.step}->{self.total_steps}, "
                  f"{self.tokens_per_step} tokens/step")
         if cfg.train.recompute != "none":
             self.log(f"[run] {self.engine.recompute.describe()} (rank 0's pipeline stage)")
         # One "start" record per invocation: `gigatron status` counts restarts and requeues from them.
-        self.metrics.log(self.state.step, {"world_size": self.env.world_size, "resumed": self.state.step > 0},
-                         kind="start")
+        self.metrics.log(self.state.step, {"world_size": self.env.world_size, "resumed": self.state.step > 0,
+                                           "total_steps": self.total_steps}, kind="start")
+        self._started = time.monotonic()
+        self._started_step = self.state.step
         stopping = StopHandler().install()
+        code = 1
         try:
             code = self._train(stopping)
             self._log_memory_trace()
@@ -260,8 +271,11 @@ class Trainer:
         except SaveFailed as exc:  # every rank raises it together; rank 0 says why
             if self.env.is_main:
                 print(f"gigatron pretrain: {exc}", file=sys.stderr, flush=True)
-            return EXIT_SAVE_FAILED
+            code = EXIT_SAVE_FAILED
+            return code
         finally:
+            # How this invocation ended, for `gigatron status` (a SIGKILL leaves none).
+            self.metrics.log(self.state.step, {"code": code}, kind="end")
             stopping.uninstall()
             self.metrics.close()
 
@@ -349,7 +363,15 @@ class Trainer:
             self.log(f"step {step}/{self.total_steps} loss {result.loss:.4f} lr {result.lr:.3e} grad_norm {gn} "
                      f"tok/s {tokens_per_s:,.0f} mfu {mfu_text} data_wait {1000 * result.data_wait_s:.1f}ms "
                      f"mem {values['memory_gib']:.2f}GiB"
-                     + "".join(f" {k} {v:.4f}" for k, v in result.extra.items()))
+                     + "".join(f" {k} {v:.4f}" for k, v in result.extra.items()) + f" eta {self._eta()}")
+
+    def _eta(self) -> str:
+        """Time to the budget at this invocation's average step time so far (h:mm:ss)."""
+        done = self.state.step - self._started_step
+        if done <= 0:
+            return "n/a"
+        seconds = (time.monotonic() - self._started) / done * (self.total_steps - self.state.step)
+        return format_duration(seconds)
 
     def _log_eval(self) -> None:
         loss = self.evaluate()
