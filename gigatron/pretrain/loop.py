@@ -34,7 +34,7 @@ from gigatron.parallel.layout import ParallelLayout, initialize_layout
 from gigatron.planning.measure import LiveTensorBytes
 from gigatron.pretrain.engine import TrainingEngine, build_engine, total_steps
 from gigatron.pretrain.metrics import MetricsWriter, memory_gib, reset_peak_memory
-from gigatron.pretrain.peak_flops import peak_flops
+from gigatron.pretrain.peak_flops import mfu_against, peak_flops
 from gigatron.pretrain.run_summary import format_duration
 
 
@@ -340,13 +340,11 @@ class Trainer:
         mfu = None
         if self.cluster_peak:
             achieved = self.flops_per_token * tokens_per_s
-            if achieved > self.cluster_peak:
-                # The CPU peak is measured once at start; on a machine busy then it comes out low. A
-                # step that beat it shows what the hardware can do: that is the ceiling from now on.
+            mfu, peak = mfu_against(achieved, self.cluster_peak)
+            if peak > self.cluster_peak:  # the CPU peak measured at start came out low (a busy machine)
                 self.log(f"[mfu] a step reached {achieved / 1e9:.1f} GFLOP/s, above the peak measured at start "
                          f"({self.cluster_peak / 1e9:.1f}); MFU is computed against it from now on")
-                self.cluster_peak = achieved
-            mfu = achieved / self.cluster_peak
+                self.cluster_peak = peak
         current_gib, peak_gib = memory_gib(self.device)
         values = {
             "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,

@@ -53,3 +53,11 @@ def peak_flops(device: str, precision: str) -> float | None:
     if device.startswith("cuda"):
         return gpu_peak_flops(torch.cuda.get_device_name(torch.device(device)), precision)
     return measured_matmul_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
+
+
+def mfu_against(achieved: float, peak: float) -> tuple[float, float]:
+    """(MFU, the peak to use from now on) for a step that reached `achieved` FLOP/s. A step faster
+    than `peak` proves the hardware can do more than the peak measured (on a machine busy at the
+    time): it becomes the peak, so MFU never passes 1."""
+    peak = max(peak, achieved)
+    return achieved / peak, peak
