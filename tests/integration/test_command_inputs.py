@@ -51,13 +51,23 @@ CASES = {
     "scaling predict with zero compute": (["scaling", "predict", "--fit", "{tmp}/fit.json", "--compute", "0"],
                                           "argument --compute: 0 must be > 0"),
     "checkpoint that does not exist": (["generate", "--ckpt", "{tmp}/nope", "--prompt", "hi"], "does not exist"),
+    "status of a directory that is not a run": (["status", "{tmp}"], "is {tmp} the output_dir of a gigatron run?"),
+    "import-hf of a directory without a model": (["import-hf", "{tmp}", "{tmp}/out"], "no config.json"),
+    "launch with no ranks": (["launch", "--nproc", "0", "--", "true"], "--nproc must be >= 1, got 0"),
+    "data inspect of a directory that is not a dataset": (["data", "inspect", "{tmp}"], "manifest.json not found"),
+    "data shard of inputs that match nothing": (["data", "shard", "--input", "{tmp}/none.txt", "--tokenizer", "bytes",
+                                                 "--seq-len", "16", "--out", "{tmp}/sh"], "matches no files"),
+    "sweep summary of a directory that is not a sweep": (["sweep", "summary", "{tmp}"], "sweep.json not found"),
+    "plan for no GPUs": (["plan", "--config", str(SMOKE), "--gpus", "0"], "a plan needs at least 1 GPU"),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_gets_one_clear_line_and_exit_2(case, runs, tmp_path):
     args, message = CASES[case]
-    args = [a.format(tmp=tmp_path, **{k: str(v) for k, v in runs.items()}) for a in args]
+    values = {"tmp": tmp_path, **{k: str(v) for k, v in runs.items()}}
+    args = [a.format(**values) for a in args]
+    message = message.format(**values)
     proc = subprocess.run([*GIGATRON, *args], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 2, (case, proc.returncode, proc.stderr[-3000:])
     assert message in proc.stderr, proc.stderr[-3000:]
@@ -71,3 +81,9 @@ def test_a_reader_closing_the_pipe_ends_quietly(runs):
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert "status=141" in proc.stdout and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, (
         proc.stdout[-2000:], proc.stderr[-2000:])
+
+
+def test_launch_of_a_command_that_does_not_exist_says_so(tmp_path):
+    proc = subprocess.run([*GIGATRON, "launch", "--nproc", "2", "--", str(tmp_path / "no-such-command")],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 127 and "cannot start" in proc.stderr and "Traceback" not in proc.stderr
