@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 import traceback
 
 from gigatron.config import ConfigError, load_config, validate_config
@@ -61,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
     if plan is not None and env.is_main:
         from gigatron.planning.report import size_text
 
-        print(f"[plan] {size_text(plan.peak.total)} per rank planned (largest: pipeline stage {plan.peak.stage}) "
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [plan] {size_text(plan.peak.total)} per rank planned (largest: pipeline stage {plan.peak.stage}) "
               f"of {size_text(plan.target.memory_bytes)}; `gigatron plan --config {args.config}` for the breakdown",
               flush=True)
     init_distributed(env)

@@ -4,6 +4,7 @@ refuse a layout that cannot fit, with the breakdown and the nearest layouts that
 from __future__ import annotations
 
 import os
+import time
 
 from gigatron.config import ConfigError
 from gigatron.config.schema import Config
@@ -40,7 +41,7 @@ def check_memory(cfg: Config, env: DistEnv) -> RunPlan | None:
         plan = plan_run(cfg, target)
     except UnplannableModel as exc:
         if env.is_main:
-            print(f"[plan] no memory check: {exc}", flush=True)
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [plan] no memory check: {exc}", flush=True)
         return None
     if plan.fits:
         return plan
