@@ -118,16 +118,18 @@ def _previous_size(ckpt_dir: Path) -> int | None:
 
 
 def _failure(tag_dir: Path, reason: str) -> SaveFailed:
-    """The one message a failed save ends with; on rank 0, also removes the partial directory
-    (after measuring it and the free space it took)."""
+    """The one message a failed save ends with. Rank 0, which prints it, measures the partial
+    directory and the free space, then removes the directory; the other ranks only raise (measuring
+    there too would race with the removal)."""
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return SaveFailed(f"could not save checkpoint {tag_dir}: {reason}")
     ckpt_dir = tag_dir.parent
     written = sum(f.stat().st_size for f in tag_dir.rglob("*") if f.is_file()) if tag_dir.is_dir() else 0
     try:
         free = _size_text(shutil.disk_usage(ckpt_dir).free)
     except OSError:
         free = "unknown"
-    if (not dist.is_initialized() or dist.get_rank() == 0) and tag_dir.is_dir():
-        shutil.rmtree(tag_dir, ignore_errors=True)
+    shutil.rmtree(tag_dir, ignore_errors=True)
     previous = _previous_size(ckpt_dir)
     if previous:
         needed = f"~{_size_text(previous)} (the size of the previous checkpoint)"
