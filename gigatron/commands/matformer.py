@@ -52,11 +52,13 @@ def _extract(args: argparse.Namespace) -> None:
     from gigatron.inference.matformer_extract import extract
     from gigatron.inference.mixnmatch import choose
 
+    # Opened (and its files hashed) once, for choosing the widths and for extracting.
+    source = open_checkpoint(args.ckpt, not args.skip_checksums)
     if args.widths is not None:
         widths = _floats(args.widths, "--widths")
         fractions: float | list[float] = widths[0] if len(widths) == 1 else widths
     else:
-        model_cfg = open_checkpoint(args.ckpt, not args.skip_checksums).cfg.model
+        model_cfg = source.cfg.model
         if getattr(model_cfg, "matformer", None) is None:
             raise ValueError(f"{args.ckpt}: no model.matformer section; only MatFormer checkpoints have submodels")
         chosen, considered = choose(model_cfg, int(args.target_params), args.tolerance)
@@ -67,7 +69,7 @@ def _extract(args: argparse.Namespace) -> None:
             gap = 100 * (1 - cand.params / args.target_params)
             print(f"  {mark} span {cand.span}: {cand.describe():40s} {cand.params:>14,} ({gap:.1f}% below)")
         fractions = list(chosen.fractions)
-    extract(args.ckpt, fractions, args.out, checksums=not args.skip_checksums)
+    extract(source, fractions, args.out)
 
 
 def _evaluate(args: argparse.Namespace) -> None:

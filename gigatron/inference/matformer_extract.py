@@ -110,11 +110,12 @@ def verify_extraction(source: LogicalCheckpoint, result: LogicalCheckpoint, frac
     return diff
 
 
-def extract(ckpt: str | Path, fractions: float | Sequence[float], out: str | Path, tolerance: float = 1e-5,
-            log=print, checksums: bool = True) -> Path:
+def extract(ckpt: str | Path | LogicalCheckpoint, fractions: float | Sequence[float], out: str | Path,
+            tolerance: float = 1e-5, log=print, checksums: bool = True) -> Path:
     """Write the submodel at `fractions` (one value, or one per FFN layer) as consolidated `out`, verified.
-    `checksums`: check the source's sha256s against its manifest (its sizes always)."""
-    source = open_checkpoint(ckpt, checksums)
+    `ckpt` is a path (checked against its manifest: sha256 too with `checksums`) or a checkpoint
+    the caller opened (and so checked) already."""
+    source = open_checkpoint(ckpt, checksums) if isinstance(ckpt, (str, Path)) else ckpt
     if getattr(source.cfg.model, "matformer", None) is None:
         raise ValueError(f"{source.path}: model.family={type(source.cfg.model).family} without model.matformer; "
                          "only MatFormer checkpoints have nested submodels to extract")
