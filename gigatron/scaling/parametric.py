@@ -180,15 +180,16 @@ def _bootstrap_chunk(args: tuple[Points, np.ndarray, float, list[int]]) -> list[
 def bootstrap(points: Points, best: ParametricFit, samples: int, delta: float = 1e-3, seed: int = 0,
               workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """[samples, 5] refits (E, A, B, alpha, beta) on resampled points, started from `best`.
-    `progress(done, samples)` is called about ten times as the refits finish."""
+    `progress(done, samples)` is called at least ten times (for up to ten workers) as the refits finish."""
     seeds = [seed * 1_000_003 + i for i in range(samples)]
     report = progress or (lambda _done, _total: None)
-    # ~10 reports: chunks of a tenth of the seeds, interleaved so each chunk costs about the same.
-    parts = max(1, min(10, samples))
+    workers = _workers(workers, samples)
+    # ~10 reports: chunks of about a tenth of the seeds, interleaved so each chunk costs about the
+    # same, and as many chunks as a multiple of the workers so that none waits on a last one.
+    parts = max(1, min(samples, workers * -(-10 // workers)))
     chunks = [(points, best.theta, delta, seeds[i::parts]) for i in range(parts)]
     results: dict[int, list[np.ndarray]] = {}
     done = 0
-    workers = _workers(workers, samples)
     if workers <= 1:
         for i, chunk in enumerate(chunks):
             results[i] = _bootstrap_chunk(chunk)
