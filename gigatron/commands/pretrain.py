@@ -6,7 +6,6 @@ import argparse
 import os
 import signal
 import sys
-import time
 import traceback
 
 from gigatron.config import ConfigError, load_config, validate_config
@@ -61,10 +60,11 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG_ERROR
     if plan is not None and env.is_main:
         from gigatron.planning.report import size_text
+        from gigatron.pretrain.log_format import stamped
 
-        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [plan] {size_text(plan.peak.total)} per rank planned (largest: pipeline stage {plan.peak.stage}) "
-              f"of {size_text(plan.target.memory_bytes)}; `gigatron plan --config {args.config}` for the breakdown",
-              flush=True)
+        print(stamped(f"[plan] {size_text(plan.peak.total)} per rank planned (largest: pipeline stage "
+                      f"{plan.peak.stage}) of {size_text(plan.target.memory_bytes)}; `gigatron plan --config "
+                      f"{args.config}` for the breakdown"), flush=True)
     init_distributed(env)
     from gigatron.checkpoint.resume import ResumeError
     from gigatron.pretrain.loop import Trainer

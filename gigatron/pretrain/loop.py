@@ -33,9 +33,9 @@ from gigatron.objectives import StepContext, batch_to, build_features, build_tas
 from gigatron.parallel.layout import ParallelLayout, initialize_layout
 from gigatron.planning.measure import LiveTensorBytes
 from gigatron.pretrain.engine import TrainingEngine, build_engine, total_steps
+from gigatron.pretrain.log_format import format_duration, stamped
 from gigatron.pretrain.metrics import MetricsWriter, memory_gib, reset_peak_memory
 from gigatron.pretrain.peak_flops import mfu_against, peak_flops
-from gigatron.pretrain.run_summary import format_duration
 
 
 @dataclass
@@ -140,9 +140,8 @@ class Trainer:
         return data
 
     def log(self, text: str) -> None:
-        """Print on rank 0 (through the progress bar when there is one), stamped with the time: logs
-        end up in files (SLURM output) where nothing else dates them."""
-        text = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}"
+        """Print on rank 0 (through the progress bar when there is one), stamped with the time."""
+        text = stamped(text)
         if self.metrics is not None:
             self.metrics.write_line(text)
         elif self.env.is_main:

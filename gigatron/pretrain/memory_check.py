@@ -4,7 +4,6 @@ refuse a layout that cannot fit, with the breakdown and the nearest layouts that
 from __future__ import annotations
 
 import os
-import time
 
 from gigatron.config import ConfigError
 from gigatron.config.schema import Config
@@ -13,6 +12,7 @@ from gigatron.planning.memory import GiB
 from gigatron.planning.plan import RunPlan, Target, nearest_layouts, plan_run
 from gigatron.planning.report import plan_table, search_table, size_text
 from gigatron.planning.stage_trace import UnplannableModel
+from gigatron.pretrain.log_format import stamped
 
 
 def device_memory(cfg: Config, env: DistEnv) -> int:
@@ -41,7 +41,7 @@ def check_memory(cfg: Config, env: DistEnv) -> RunPlan | None:
         plan = plan_run(cfg, target)
     except UnplannableModel as exc:
         if env.is_main:
-            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [plan] no memory check: {exc}", flush=True)
+            print(stamped(f"[plan] no memory check: {exc}"), flush=True)
         return None
     if plan.fits:
         return plan

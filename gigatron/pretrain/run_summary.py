@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gigatron.checkpoint.files import list_tags, read_latest
+from gigatron.pretrain.log_format import format_duration
 
 _END_STATES = {2: "stopped on a configuration or input error (exit 2)",
                74: "stopped: a checkpoint could not be written (exit 74)",
@@ -97,15 +98,6 @@ def summarize_run(run_dir: str | Path) -> RunSummary:
     summary.checkpoints = list_tags(ckpt_dir)
     summary.latest = read_latest(ckpt_dir)
     return summary
-
-
-def format_duration(seconds: float) -> str:
-    """h:mm:ss (days as `Nd h:mm:ss`)."""
-    seconds = max(0, int(round(seconds)))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    text = f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
-    return f"{days}d {text}" if days else text
 
 
 def _lock_is_live(run_dir: Path) -> bool:
