@@ -100,6 +100,23 @@ def stale_reason(holder: dict[str, Any], age_s: float) -> str | None:
     return None
 
 
+def lock_state(path: Path) -> tuple[dict[str, Any], str | None]:
+    """(holder, why the lock is stale or None while it holds) of the lock file `path`. A file that
+    cannot be read (half-written by a starter that died, or removed meanwhile) is stale."""
+    try:
+        holder = json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+    except (OSError, ValueError):
+        holder, age = {}, STALE_AFTER_S + 1
+    return holder, stale_reason(holder, age)
+
+
+def is_held(output_dir: Path) -> bool:
+    """Whether a live run holds `output_dir` now."""
+    path = output_dir / LOCK_NAME
+    return path.exists() and lock_state(path)[1] is None
+
+
 @dataclass
 class RunLock:
     """The lock this process holds on `path`; `release()` removes it (if it is still ours)."""
@@ -134,12 +151,7 @@ def acquire(output_dir: Path, log=print) -> RunLock:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                current = json.loads(path.read_text())
-                age = time.time() - path.stat().st_mtime
-            except (OSError, ValueError):  # half-written by a starter that died, or removed meanwhile
-                current, age = {}, STALE_AFTER_S + 1
-            reason = stale_reason(current, age)
+            current, reason = lock_state(path)
             if reason is None:
                 raise RunDirectoryBusy(
                     f"output_dir {output_dir} is in use by another run: {describe_holder(current)} ({path}). "

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gigatron.checkpoint.files import list_tags, read_latest
 from gigatron.pretrain.log_format import format_duration
+from gigatron.pretrain.run_directory import is_held
 
 _END_STATES = {2: "stopped on a configuration or input error (exit 2)",
                74: "stopped: a checkpoint could not be written (exit 74)",
@@ -93,23 +93,11 @@ def summarize_run(run_dir: str | Path) -> RunSummary:
     if recent_speeds:
         summary.tokens_per_s = statistics.median(recent_speeds)
         summary.step_time_s = statistics.median(recent_times)
-    summary.running = _lock_is_live(run_dir)
+    summary.running = is_held(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     summary.checkpoints = list_tags(ckpt_dir)
     summary.latest = read_latest(ckpt_dir)
     return summary
-
-
-def _lock_is_live(run_dir: Path) -> bool:
-    from gigatron.pretrain.run_directory import LOCK_NAME, stale_reason
-
-    lock = run_dir / LOCK_NAME
-    try:
-        holder = json.loads(lock.read_text())
-        age = time.time() - lock.stat().st_mtime
-    except (OSError, ValueError):
-        return False
-    return stale_reason(holder, age) is None
 
 
 def format_summary(s: RunSummary) -> str:
