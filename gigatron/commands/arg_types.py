@@ -38,6 +38,3 @@ def positive(kind: type = float) -> Callable[[str], float | int]:
     return parse
 
 
-def finite(text: str) -> float:
-    """A type accepting any finite number."""
-    return _number(float, text)
