@@ -36,5 +36,3 @@ def positive(kind: type = float) -> Callable[[str], float | int]:
             raise argparse.ArgumentTypeError(f"{text} must be > 0")
         return value
     return parse
-
-
