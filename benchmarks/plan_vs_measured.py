@@ -25,7 +25,7 @@ from gigatron.planning.memory import plan_memory
 
 MIB = 2**20
 REPO = Path(__file__).resolve().parents[1]
-COMMON = ["train.steps=2", "train.eval_interval=0", "checkpoint.save_final=false", "logging.memory_trace=true",
+COMMON = ["train.steps=2", "train.warmup_steps=2", "train.eval_interval=0", "checkpoint.save_final=false", "logging.memory_trace=true",
           "logging.progress_bar=false", "logging.tensorboard=false", "data.num_workers=0"]
 # name -> (config, ranks, overrides)
 RUNS: dict[str, tuple[str, int, list[str]]] = {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv if missing and install gigatron with its dependencies; a no-op when up to date.
-# Sourced by scripts/pretrain.sh and scripts/test.sh.
+# Run it alone to set up, or let scripts/pretrain.sh and scripts/test.sh source it.
 #   PYTHON=python3.11           interpreter for the new venv (default: python3)
 #   GIGATRON_TORCH_INDEX=URL    pip index for torch, e.g. https://download.pytorch.org/whl/cu128 on a cluster
 set -euo pipefail

@@ -75,11 +75,27 @@ def pretrain_command(output_dir: Path, overrides: list[str], nproc: int = 1, con
              "--set", "logging.tensorboard=false",
              # The memory check plans every run (seconds); tests/unit/test_plan.py checks it once.
              "--set", "hardware.memory_check=false"]
-    for item in overrides:
+    for item in [*overrides, *warmup_within(config, overrides)]:
         train += ["--set", item]
     if nproc == 1:
         return train
     return [*gigatron, "launch", "--nproc", str(nproc), "--grace", "10", "--", *train]
+
+
+def warmup_within(config: Path, overrides: list[str]) -> list[str]:
+    """`train.warmup_steps=<steps>` when a test shortens a run below its config's warmup (which the
+    trainer refuses), so short test runs keep warming up over their whole length."""
+    from gigatron.config import ConfigError, load_config
+
+    if any(o.startswith("train.warmup_steps=") for o in overrides):
+        return []
+    try:
+        train = load_config(config, overrides).train
+    except ConfigError:
+        return []  # a test of bad input: let the trainer report it
+    if train.steps is not None and 1 <= train.steps < train.warmup_steps:
+        return [f"train.warmup_steps={train.steps}"]
+    return []
 
 
 def _run_env(nproc: int, threads: int | None = None) -> dict[str, str]:

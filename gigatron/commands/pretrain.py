@@ -51,6 +51,10 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"checkpoint.resume={args.resume_from}")
     try:
         cfg = validate_config(load_config(args.config, overrides), env.world_size)
+        from gigatron.planning.throughput import schedule_budget_problems
+
+        if cfg.train.tokens is not None and (problems := schedule_budget_problems(cfg)):
+            raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
         # Before any process group and any allocation: the plan builds on a fake group.
         from gigatron.pretrain.memory_check import check_memory
 

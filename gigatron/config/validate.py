@@ -176,6 +176,16 @@ def optimizer_problems(cfg: Config) -> list[str]:
     return out
 
 
+def schedule_problems(train, steps: int, budget: str) -> list[str]:
+    """What is wrong with the LR schedule of a run of `steps` optimizer steps; `budget` says where
+    `steps` came from, for the message (e.g. "train.steps=3")."""
+    if train.warmup_steps > steps:
+        # The run would end still warming up: it never trains at train.lr nor decays to min_lr.
+        return [f"train.warmup_steps={train.warmup_steps} is longer than the run ({steps} steps: {budget}); "
+                f"it must be <= {steps}, e.g. --set train.warmup_steps={steps // 10}"]
+    return []
+
+
 def validate_config(cfg: Config, world_size: int) -> Config:
     """Check `cfg` for a run of `world_size` processes and fill in `parallel.dp`.
 
@@ -234,6 +244,10 @@ def validate_config(cfg: Config, world_size: int) -> Config:
         problems.append(f"train.exit_interval={t.exit_interval} must be >= 1 (or null to run to the budget)")
     if t.warmup_steps < 0:
         problems.append(f"train.warmup_steps={t.warmup_steps} must be >= 0")
+    elif t.steps is not None and t.steps >= 1:
+        # A token budget's steps depend on the family's tokens per sample: the pretrain command
+        # checks it (planning.throughput.schedule_budget_problems).
+        problems.extend(schedule_problems(t, t.steps, f"train.steps={t.steps}"))
     if not 0.0 < t.decay_fraction <= 1.0:
         problems.append(f"train.decay_fraction={t.decay_fraction} must be in (0, 1]")
     if t.min_lr > t.lr:

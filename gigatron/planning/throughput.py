@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gigatron.config.schema import Config
+from gigatron.config.validate import schedule_problems
 from gigatron.models.registry import get_model_spec
 
 # Extra compute of recomputation, relative to forward + backward (3 forward's worth): full recomputes
@@ -46,6 +47,17 @@ def total_steps(cfg: Config) -> int:
     if cfg.train.steps is not None:
         return cfg.train.steps
     return -(-cfg.train.tokens // tokens_per_step(cfg))
+
+
+def schedule_budget_problems(cfg: Config) -> list[str]:
+    """The LR schedule's problems against the run's length in steps, whether the budget is
+    `train.steps` or `train.tokens` (validate_config checks only the former: it cannot count a
+    family's tokens per sample)."""
+    t = cfg.train
+    if t.tokens is None:
+        return schedule_problems(t, total_steps(cfg), f"train.steps={t.steps}")
+    return schedule_problems(t, total_steps(cfg), f"train.tokens={t.tokens:,} at {tokens_per_step(cfg):,} tokens "
+                                                  "per step")
 
 
 def tokens_per_step(cfg: Config) -> int:

@@ -35,6 +35,7 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
 def make_plan(config: Path, grid: list[tuple[str, list[str]]], common: list[str], out: Path) -> dict[str, Any]:
     """Write `<out>/sweep.json` with one task per grid point; validates every task's config."""
     from gigatron.config import load_config
+    from gigatron.planning.throughput import schedule_budget_problems
 
     if not config.is_file():
         raise FileNotFoundError(f"--config {config} does not exist")
@@ -45,7 +46,9 @@ def make_plan(config: Path, grid: list[tuple[str, list[str]]], common: list[str]
         overrides = common + [f"{key}={value}" for (key, _), value in zip(grid, values, strict=True)]
         run_dir = out / f"task-{index:03d}"
         try:
-            load_config(config, overrides + [f"output_dir={run_dir}"])
+            cfg = load_config(config, overrides + [f"output_dir={run_dir}"])
+            if problems := schedule_budget_problems(cfg):
+                raise ValueError("; ".join(problems))
         except ValueError as exc:
             raise ValueError(f"sweep task {index} ({', '.join(overrides)}): {exc}") from exc
         tasks.append({"index": index, "overrides": overrides, "run_dir": str(run_dir)})
@@ -77,7 +80,7 @@ def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per task: its grid values, status, final losses, tokens, parameters and training FLOPs."""
     from gigatron.config import load_config
     from gigatron.models.registry import get_model_spec
-    from gigatron.pretrain.engine import total_steps
+    from gigatron.planning.throughput import total_steps
     from gigatron.pretrain.run_summary import summarize_run
 
     plan = load_plan(sweep_dir)

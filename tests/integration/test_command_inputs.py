@@ -13,7 +13,7 @@ from tests.conftest import GIGATRON, REPO, SMOKE, assert_ok, run_pretrain
 
 FIT = REPO / "configs" / "fit" / "smoke.yaml"
 T2I = REPO / "configs" / "t2i" / "smoke.yaml"
-ONE_STEP = ["train.steps=1", "train.eval_interval=0", "data.num_workers=0"]
+ONE_STEP = ["train.steps=1", "train.warmup_steps=1", "train.eval_interval=0", "data.num_workers=0"]
 SMALL_IMAGES = ["images.default_images=64", "images.valid_images=0"]
 
 
@@ -58,6 +58,10 @@ CASES = {
     "data shard of inputs that match nothing": (["data", "shard", "--input", "{tmp}/none.txt", "--tokenizer", "bytes",
                                                  "--seq-len", "16", "--out", "{tmp}/sh"], "matches no files"),
     "sweep summary of a directory that is not a sweep": (["sweep", "summary", "{tmp}"], "sweep.json not found"),
+    "sweep plan with a run shorter than its warmup": (["sweep", "plan", "--config", str(SMOKE), "--grid",
+                                                       "train.steps=10,100", "--out", "{tmp}/sw"],
+                                                      "sweep task 0 (train.steps=10): train.warmup_steps=20 is "
+                                                      "longer than the run (10 steps: train.steps=10)"),
     "plan for no GPUs": (["plan", "--config", str(SMOKE), "--gpus", "0"], "a plan needs at least 1 GPU"),
 }
 

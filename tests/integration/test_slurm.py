@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, SMOKE, assert_ok, final_weights, read_metrics, run_pretrain
+from tests.conftest import REPO, SMOKE, assert_ok, final_weights, read_metrics, run_pretrain, warmup_within
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -56,7 +56,8 @@ class Cluster:
         run_dir, log = tmp / "run", tmp / "job.out"
         extra = (f"--set train.steps={steps} --set train.eval_interval=0 "
                  "--set logging.progress_bar=false --set logging.tensorboard=false --set logging.interval=1"
-                 + "".join(f" --set {item}" for item in overrides))
+                 + "".join(f" --set {item}" for item in
+                           [*overrides, *warmup_within(config or CONFIG, [f"train.steps={steps}", *overrides])]))
         env = {**self.env, "GIGATRON_CONFIG": str(config or CONFIG), "GIGATRON_RUN_DIR": str(run_dir),
                "GIGATRON_VENV": str(Path(sys.executable).parent.parent), "GIGATRON_EXTRA": extra}
         proc = subprocess.run(
@@ -172,7 +173,7 @@ def submit_sweep(slurm, tmp: Path) -> tuple[str, Path, Path]:
     sweep = tmp / "sweep"
     plan = subprocess.run(
         [str(GIGATRON), "sweep", "plan", "--config", str(CONFIG), "--grid", "model.hidden_size=64,128",
-         "--grid", "train.steps=2,3", "--set", "train.eval_interval=0", "--set", "logging.progress_bar=false",
+         "--grid", "train.steps=2,3", "--set", "train.warmup_steps=2", "--set", "train.eval_interval=0", "--set", "logging.progress_bar=false",
          "--set", "logging.tensorboard=false", "--set", "data.num_workers=0", "--out", str(sweep)],
         capture_output=True, text=True, timeout=120, cwd=REPO)
     assert plan.returncode == 0, plan.stderr

@@ -30,6 +30,26 @@ def test_out_of_range_settings_name_the_key_and_range(override, message):
     assert message in str(info.value)
 
 
+def test_a_warmup_longer_than_the_steps_is_refused_and_one_as_long_is_not():
+    with pytest.raises(ConfigError) as info:
+        validate_config(load_config(SMOKE, ["train.steps=10", "train.warmup_steps=11", "train.lr=-1"]), 1)
+    assert "train.warmup_steps=11 is longer than the run (10 steps: train.steps=10)" in str(info.value)
+    assert "train.lr=-1" in str(info.value)  # reported with the others
+    validate_config(load_config(SMOKE, ["train.steps=10", "train.warmup_steps=10"]), 1)
+
+
+def test_a_warmup_longer_than_a_token_budget_is_refused_before_training(tmp_path):
+    # smoke: 8 samples of 128 tokens per step, so 5,000 tokens are 5 steps.
+    proc = subprocess.run([*GIGATRON, "pretrain", "--config", str(SMOKE), "--set", "train.steps=null",
+                           "--set", "train.tokens=5000", "--set", "train.warmup_steps=6",
+                           "--set", f"output_dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "train.warmup_steps=6 is longer than the run (5 steps: train.tokens=5,000 at 1,024 tokens per step)" \
+        in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_all_optimizer_problems_are_reported_together():
     with pytest.raises(ConfigError) as info:
         validate_config(load_config(SMOKE, ["train.steps=100", "train.lr=-1", "train.eps=0",

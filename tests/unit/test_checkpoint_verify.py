@@ -14,7 +14,7 @@ from gigatron.checkpoint.files import DamagedCheckpoint, verify_manifest
 from gigatron.checkpoint.reader import open_checkpoint
 from tests.conftest import GIGATRON, REPO, SMOKE, assert_ok, run_pretrain
 
-TWO_STEPS = ["train.steps=2", "train.eval_interval=0", "data.num_workers=0"]
+TWO_STEPS = ["train.steps=2", "train.warmup_steps=2", "train.eval_interval=0", "data.num_workers=0"]
 DAMAGED_FILE = "mp_rank_00_model_states.pt"
 
 
@@ -77,7 +77,7 @@ def test_skipping_the_checksums_reads_the_checkpoint(damaged, tmp_path):
     assert_ok(_gigatron("convert", "consolidate", str(damaged), str(tmp_path / "c"), "--skip-checksums", cwd=REPO))
     proc = _gigatron("pretrain", "--config", str(SMOKE), "--resume-from", str(damaged),
                      "--set", f"output_dir={tmp_path / 'run'}", "--set", "checkpoint.verify_checksums=false",
-                     "--set", "train.steps=3", "--set", "train.eval_interval=0", "--set", "data.num_workers=0",
+                     "--set", "train.steps=3", "--set", "train.warmup_steps=3", "--set", "train.eval_interval=0", "--set", "data.num_workers=0",
                      "--set", "hardware.memory_check=false", "--set", "logging.progress_bar=false",
                      "--set", "logging.tensorboard=false", cwd=REPO)
     assert_ok(proc)

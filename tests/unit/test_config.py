@@ -24,7 +24,7 @@ def test_smoke_config_loads_with_typed_overrides() -> None:
 
 
 def test_round_trip_through_plain_data() -> None:
-    cfg = validate_config(smoke("train.steps=7"), world_size=1)
+    cfg = validate_config(smoke("train.steps=7", "train.warmup_steps=7"), world_size=1)
     assert config_from_dict(config_to_dict(cfg)) == cfg
 
 

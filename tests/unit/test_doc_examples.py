@@ -1,10 +1,13 @@
 """The shell examples in README.md and docs/*.md stay true: every `gigatron ...` command line in a
 ```bash block parses with the command's own parser, every shipped config it names exists, and its
-`--set` overrides load onto that config; the plan and help examples, which take seconds on a CPU,
-run for real (the training examples run in the suites of their features)."""
+`--set` overrides load onto that config (a training run's warmup fitting its length). The plan and
+help examples run for real, and so does every whole block marked `<!-- doc-test: run -->` (the
+examples that take seconds on a CPU: short training runs, the data pipeline, the scaling fit), in a
+scratch directory that sees the repository's .venv, configs and test data."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -13,14 +16,18 @@ import pytest
 
 from gigatron.commands import COMMANDS, build_parser
 from gigatron.config import ConfigError, load_config
+from gigatron.planning.throughput import schedule_budget_problems
 from tests.conftest import GIGATRON, REPO
 
+RUN_MARKER = "<!-- doc-test: run -->"
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+MAIN_JOB_CONFIG = "configs/hybrid/smoke.yaml"  # scripts/pretrain.sh's default
 BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)
 
 
 def _command_lines() -> list[tuple[str, int, list[str]]]:
-    """(doc, line number, argv after `gigatron`) of each gigatron command in the docs' bash blocks."""
+    """(doc, line number, argv after `gigatron`) of each gigatron command in the docs' bash blocks, and of
+    each scripts/pretrain.sh line as the `pretrain` command it runs."""
     found = []
     for doc in DOCS:
         text = doc.read_text()
@@ -34,11 +41,17 @@ def _command_lines() -> list[tuple[str, int, list[str]]]:
                     words = shlex.split(line, comments=True)
                 except ValueError:
                     continue
+                env = {}
                 while words and re.match(r"^[A-Z_]+=", words[0]):  # VAR=value prefixes
-                    words = words[1:]
+                    key, _, value = words.pop(0).partition("=")
+                    env[key] = value
                 for i, word in enumerate(words):
+                    argv = None
                     if word.endswith("gigatron") and i + 1 < len(words) and words[i + 1] in COMMANDS:
                         argv = words[i + 1:]
+                    elif word.endswith("scripts/pretrain.sh"):  # the main job: pretrain on $CONFIG
+                        argv = ["pretrain", "--config", env.get("CONFIG", MAIN_JOB_CONFIG), *words[i + 1:]]
+                    if argv is not None:
                         for stop in ("|", "&&", ";", ">", "2>"):
                             if stop in argv:
                                 argv = argv[:argv.index(stop)]
@@ -72,9 +85,11 @@ def test_each_documented_command_parses_and_its_config_loads(doc, line, argv):
         path = REPO / config
         assert path.is_file(), f"{doc}:{line}: {config} does not exist"
         try:
-            load_config(path, list(getattr(args, "overrides", []) or []))
+            cfg = load_config(path, list(getattr(args, "overrides", []) or []))
         except ConfigError as exc:
             pytest.fail(f"{doc}:{line}: `gigatron {shlex.join(argv)}`: {exc}")
+        if argv[0] == "pretrain":  # e.g. a shortened run whose config warms up for longer
+            assert not schedule_budget_problems(cfg), f"{doc}:{line}: {schedule_budget_problems(cfg)}"
 
 
 # `plan --search` of an 8B model plans dozens of layouts (a minute or two): tests/unit/test_plan.py
@@ -91,3 +106,38 @@ def test_the_quick_examples_run(doc, line, argv):
     # `plan` exits 3 when a layout does not fit: the docs show such examples on purpose.
     assert proc.returncode in (0, 3), f"{doc}:{line}: exit {proc.returncode}\n{proc.stderr[-2000:]}"
     assert "Traceback" not in proc.stderr
+
+
+def _marked_blocks() -> list[tuple[str, int, str]]:
+    """(doc, line number, script) of each bash block right after a RUN_MARKER line."""
+    found = []
+    for doc in DOCS:
+        text = doc.read_text()
+        for block in BLOCK.finditer(text):
+            if text[:block.start()].rstrip().endswith(RUN_MARKER):
+                found.append((doc.relative_to(REPO).as_posix(), text[:block.start()].count("\n") + 2, block.group(1)))
+    return found
+
+
+MARKED = _marked_blocks()
+
+
+def test_the_docs_mark_their_quick_examples():
+    assert len(MARKED) >= 5, f"only {len(MARKED)} blocks are marked {RUN_MARKER}"
+
+
+@pytest.mark.slow  # short training runs and fits: seconds each
+@pytest.mark.parametrize("doc, line, script", MARKED, ids=[f"{d}:{n}" for d, n, _ in MARKED])
+def test_the_marked_examples_run(doc, line, script, tmp_path):
+    # Relative paths in the docs (.venv/bin/gigatron, configs/, runs/, fits/) resolve as in a checkout,
+    # while what the example writes stays in tmp_path, its /tmp/ paths included; bare `gigatron` and
+    # `python` are the venv's.
+    for name in (".venv", "configs", "tests", "scripts", "slurm"):
+        (tmp_path / name).symlink_to(REPO / name)
+    (tmp_path / "tmp").mkdir()
+    script = script.replace("/tmp/", f"{tmp_path}/tmp/")
+    env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path, env=env)
+    assert proc.returncode == 0, f"{doc}:{line}: exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, f"{doc}:{line}:\n{proc.stderr[-3000:]}"

@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "objectives": {"checkpoint", "models", "data", "config"},
     "inference": {"objectives", "checkpoint", "models", "data", "config"},
     "pretrain": {"objectives", "checkpoint", "planning", "models", "parallel", "data", "config", "launcher"},
-    "scaling": {"pretrain", "checkpoint", "models", "data", "config"},
+    "scaling": {"pretrain", "planning", "checkpoint", "models", "data", "config"},
     "planning": {"objectives", "models", "parallel", "data", "config"},
     "commands": {"pretrain", "planning", "scaling", "inference", "objectives", "checkpoint", "models", "parallel", "data",
                  "config", "launcher"},
