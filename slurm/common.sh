@@ -6,7 +6,8 @@
 # gigatron_pretrain_job DEFAULT_CONFIG [ARG...]
 #   Runs `srun gigatron pretrain` with the variables below, forwards SIGUSR1/SIGTERM from the batch
 #   shell to the srun step, and requeues the job when the trainer exits 75 (saved after SIGUSR1, the
-#   preemption warning). SIGTERM (scancel) makes the trainer save and exit 143: not requeued.
+#   preemption warning; or gave up on a hung or lost rank) or a rank died of a signal (SIGKILL,
+#   SIGSEGV...). SIGTERM (scancel) makes the trainer save and exit 143: not requeued.
 #
 #   GIGATRON_CONFIG   run config                                     (default: DEFAULT_CONFIG)
 #   GIGATRON_RUN_DIR  output_dir: checkpoints, metrics, resume point (default: runs/$SLURM_JOB_NAME)
@@ -68,15 +69,29 @@ gigatron_run_step() {
     GIGATRON_STEP_STATUS=$status
 }
 
-# gigatron_finish STATUS : requeue on 75, otherwise exit with STATUS.
-gigatron_finish() {
+# gigatron_died_of STATUS : the signal name when STATUS says a rank died of a signal that is a fault
+# (SIGKILL from the OOM killer or a lost node, SIGSEGV, SIGBUS, SIGABRT...), not a request to stop.
+gigatron_died_of() {
     local status="$1"
+    ((status > 128 && status != GIGATRON_EXIT_INTERRUPTED && status != GIGATRON_EXIT_CANCELLED)) || return 1
+    kill -l "$((status - 128))" 2>/dev/null
+}
+
+# gigatron_finish STATUS : requeue on 75 (preempted, hung, or lost a rank) and when a rank died of a
+# signal (srun --kill-on-bad-exit then ends the others and reports 128 + the signal), otherwise exit
+# with STATUS.
+gigatron_finish() {
+    local status="$1" signal_name
+    if signal_name="$(gigatron_died_of "$status")"; then
+        gigatron_log "a rank died of SIG$signal_name (srun exit $status; srun's lines above name the task): the run resumes from its last checkpoint"
+        status=$GIGATRON_EXIT_PREEMPTED
+    fi
     if ((status == GIGATRON_EXIT_PREEMPTED)); then
         if [[ -z "${SLURM_JOB_ID:-}" ]]; then
-            gigatron_log "trainer saved and exited $status (preempted); not under SLURM, nothing to requeue"
+            gigatron_log "trainer exited $status (requeue); not under SLURM, nothing to requeue"
             exit "$status"
         fi
-        gigatron_log "trainer saved and exited $status (preempted${GIGATRON_SIGNALLED:+ by SIG$GIGATRON_SIGNALLED}): requeueing job $SLURM_JOB_ID"
+        gigatron_log "trainer exited $status (preempted, hung or lost a rank${GIGATRON_SIGNALLED:+; SIG$GIGATRON_SIGNALLED received}): requeueing job $SLURM_JOB_ID"
         if scontrol requeue "$SLURM_JOB_ID"; then
             gigatron_log "requeued; the next start resumes from the latest checkpoint"
             exit 0

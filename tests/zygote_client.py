@@ -63,7 +63,8 @@ def main() -> None:
     kind, value = reply.decode().split()
     if kind == "signal":
         signum = int(value)
-        signal.signal(signum, signal.SIG_DFL)
+        if signum not in (signal.SIGKILL, signal.SIGSTOP):  # those two cannot be caught anyway
+            signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
     sys.exit(int(value))
 

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import traceback
+from pathlib import Path
 
 from gigatron.config import ConfigError, load_config, validate_config
 from gigatron.data.errors import DataError
@@ -73,30 +74,51 @@ def _run(args: argparse.Namespace) -> int:
     from gigatron.checkpoint.resume import ResumeError
     from gigatron.pretrain.loop import Trainer
     from gigatron.pretrain.run_directory import claim_output_dir
+    from gigatron.pretrain.watchdog import collective_failed, mark_failed
 
-    lock = None
+    lock = watchdog = None
     try:
         # One run per output_dir, before anything reads or writes there.
         lock = claim_output_dir(cfg, log=print if env.is_main else (lambda _text: None))
-        code = Trainer(cfg, env).run()
+        watchdog = _start_watchdog(cfg, env)
+        code = Trainer(cfg, env, watchdog).run()
     except (ConfigError, DataError, FileNotFoundError, ResumeError) as exc:
         # Input problems found once data and checkpoints are visible: a message, not a traceback.
+        mark_failed(Path(cfg.output_dir), env.rank, str(exc))
         print(f"gigatron pretrain (rank {env.rank}): {exc}", file=sys.stderr, flush=True)
         _release(lock)
         os._exit(EXIT_CONFIG_ERROR)
     except KeyboardInterrupt:
         _release(lock)
         raise
-    except BaseException:  # noqa: BLE001 - any crash must end the process, not hang it
+    except BaseException as exc:  # noqa: BLE001 - any crash must end the process, not hang it
         # Loader workers, TensorBoard's writer thread or a pending collective can keep a crashed
         # rank alive forever after a normal exit; the scheduler must see the failure at once.
+        if watchdog is not None and collective_failed(exc):
+            _release(lock)
+            os._exit(watchdog.peer_lost(exc))
+        mark_failed(Path(cfg.output_dir), env.rank, f"{type(exc).__name__}: {exc}")
         traceback.print_exc()
         sys.stderr.flush()
         _release(lock)
         os._exit(1)
     # Every rank has finished writing (the trainer's last save ends with a barrier).
+    watchdog.stop()
     _release(lock)
     exit_distributed(code)
+
+
+def _start_watchdog(cfg, env):
+    """This rank's hang watchdog (train.hang_timeout), writing into output_dir's health/ and faults/."""
+    import time
+
+    from gigatron.launcher.dist_env import broadcast_from_first_rank
+    from gigatron.pretrain.watchdog import Watchdog
+
+    # Names this invocation's faults/ directory, the same on every rank.
+    run_id = broadcast_from_first_rank(time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+    return Watchdog(Path(cfg.output_dir), env.rank, env.world_size, cfg.train.hang_timeout,
+                    cfg.train.hang_allowance, str(run_id)).start()
 
 
 def _release(lock) -> None:

@@ -80,6 +80,12 @@ class TrainConfig:
     # --exit-interval: splits a run into fixed-length jobs. None runs to the budget.
     exit_interval: int | None = None
     eval_batches: int = 4  # global batches of the validation split per evaluation
+    # Hang detection (docs/fault-tolerance.md): seconds a training step after the first may make no
+    # progress before every rank dumps its stacks and exits 75 (requeue). None derives it from the
+    # steps seen (20x the slowest recent step, at least 180 s); 0 turns the watchdog off.
+    hang_timeout: float | None = None
+    # The same limit for start-up through the first step, evaluations and checkpoint saves.
+    hang_allowance: float = 1800.0
     # Activation recomputation (docs/memory.md), as Megatron-LM's --recompute-*: none; selective
     # (the modules named in recompute_modules); full (whole layers, by recompute_method).
     recompute: Literal["none", "selective", "full"] = "none"

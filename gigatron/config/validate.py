@@ -154,6 +154,7 @@ def hardware_problems(cfg: Config) -> list[str]:
 
 
 MIN_SEQ_LEN = 16
+MIN_HANG_TIMEOUT_S = 10.0
 
 
 def optimizer_problems(cfg: Config) -> list[str]:
@@ -242,6 +243,11 @@ def validate_config(cfg: Config, world_size: int) -> Config:
         problems.append(f"train.tokens={t.tokens} must be >= 1")
     if t.exit_interval is not None and t.exit_interval < 1:
         problems.append(f"train.exit_interval={t.exit_interval} must be >= 1 (or null to run to the budget)")
+    if t.hang_timeout is not None and t.hang_timeout != 0 and not t.hang_timeout >= MIN_HANG_TIMEOUT_S:
+        problems.append(f"train.hang_timeout={t.hang_timeout:g} must be >= {MIN_HANG_TIMEOUT_S:g} seconds (a frozen rank "
+                        "is told apart by its heartbeat stopping for 8 s), 0 (no watchdog) or null (derived)")
+    if not t.hang_allowance >= MIN_HANG_TIMEOUT_S:
+        problems.append(f"train.hang_allowance={t.hang_allowance:g} must be >= {MIN_HANG_TIMEOUT_S:g} seconds")
     if t.warmup_steps < 0:
         problems.append(f"train.warmup_steps={t.warmup_steps} must be >= 0")
     elif t.steps is not None and t.steps >= 1:

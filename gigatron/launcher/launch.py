@@ -73,12 +73,26 @@ def normalise_returncode(code: int) -> int:
 ORDERLY_EXITS: tuple[int, ...] = (EXIT_OK, EXIT_PREEMPTED, EXIT_CANCELLED, EXIT_INTERRUPTED)
 
 
+def died_of(code: int) -> signal.Signals | None:
+    """The signal a rank with (normalised) exit code `code` died of, when that is a fault: SIGKILL
+    (the OOM killer, a lost node), SIGSEGV, SIGBUS, SIGABRT... but not SIGINT or SIGTERM, which are
+    requests to stop."""
+    if code <= 128:
+        return None
+    try:
+        sig = signal.Signals(code - 128)
+    except ValueError:
+        return None
+    return None if sig in (signal.SIGINT, signal.SIGTERM) else sig
+
+
 def combine_exit_codes(codes: Sequence[int]) -> int:
     """The strongest of ORDERLY_EXITS when every rank ended in order (0 when all 0; 75 when the
-    others are 0; 143 over 75; 130 over all); else the first other code, in observed order."""
+    others are 0; 143 over 75; 130 over all); else the first other code, in observed order, except
+    that a rank dead of a signal (`died_of`) gives EXIT_PREEMPTED: the job is worth requeueing."""
     for code in codes:
         if code not in ORDERLY_EXITS:
-            return code
+            return EXIT_PREEMPTED if died_of(code) is not None else code
     return max(codes, key=ORDERLY_EXITS.index, default=EXIT_OK)
 
 
@@ -90,7 +104,9 @@ class LocalLauncher:
         self.envs = list(envs)
         self.grace_s = grace_s
         self.procs: list[subprocess.Popen] = []
-        self.codes: list[int] = []  # normalised exit codes in the order they were observed
+        # Normalised exit codes in the order they were observed, without those of ranks the
+        # launcher killed itself (their code says nothing about the run).
+        self.codes: list[int] = []
 
     def run(self) -> int:
         """Spawn, supervise and reap all ranks; returns the combined exit code."""
@@ -125,32 +141,52 @@ class LocalLauncher:
 
     def _supervise(self) -> int:
         live = set(range(len(self.procs)))
-        term_at: float | None = None
+        killed: set[int] = set()
         kill_at: float | None = None
+        first = 0
         while live:
             for rank in sorted(live):
                 code = self.procs[rank].poll()
                 if code is None:
                     continue
                 live.discard(rank)
+                if rank in killed:
+                    continue
                 code = normalise_returncode(code)
                 self.codes.append(code)
-                if code not in ORDERLY_EXITS and term_at is None and live:
-                    # A crashed rank leaves the others stuck in a collective: give them a chance to
-                    # notice and exit on their own, then stop them.
-                    term_at = time.monotonic() + self.grace_s
-                    print(f"gigatron launch: rank {rank} exited with {code}; stopping the other ranks "
-                          f"in {self.grace_s:g} s", file=sys.stderr, flush=True)
-            now = time.monotonic()
-            if term_at is not None and kill_at is None and now >= term_at and live:
-                self._signal_live(signal.SIGTERM)
-                kill_at = now + self.grace_s
-            if kill_at is not None and now >= kill_at and live:
+                if kill_at is None and live:
+                    # Ranks that stop in order stop together; the others of a rank that failed, died
+                    # or gave up on a hang are stuck in a collective, or frozen: they get grace_s to
+                    # notice and exit, then SIGKILL (SIGTERM would ask them to save, which they cannot
+                    # with a peer gone; a stopped process only obeys SIGKILL).
+                    kill_at = time.monotonic() + self.grace_s
+                    first = rank
+                    if code not in ORDERLY_EXITS:
+                        print(f"gigatron launch: {self._describe_exit(rank, code)}; the other ranks get "
+                              f"{self.grace_s:g} s to exit, then SIGKILL", file=sys.stderr, flush=True)
+            if kill_at is not None and time.monotonic() >= kill_at and live:
+                print(f"gigatron launch: rank(s) {', '.join(map(str, sorted(live)))} still running "
+                      f"{self.grace_s:g} s after rank {first} ended: SIGKILL", file=sys.stderr,
+                      flush=True)
+                killed |= live
                 self._signal_live(signal.SIGKILL)
                 kill_at = float("inf")
             if live:
                 time.sleep(POLL_INTERVAL_S)
-        return combine_exit_codes(self.codes)
+        code = combine_exit_codes(self.codes)
+        failure = next((c for c in self.codes if c not in ORDERLY_EXITS), None)
+        if failure is not None and died_of(failure) is not None:
+            print(f"gigatron launch: exiting with {code} so the job can be requeued: a rank died of "
+                  f"{died_of(failure).name}, which a restart from the last checkpoint survives", file=sys.stderr,
+                  flush=True)
+        return code
+
+    @staticmethod
+    def _describe_exit(rank: int, code: int) -> str:
+        sig = died_of(code)
+        if sig is not None:
+            return f"rank {rank} died of {sig.name} (exit {code})"
+        return f"rank {rank} exited with {code}"
 
     def _reap_all(self) -> None:
         for proc in self.procs:

@@ -36,6 +36,7 @@ from gigatron.pretrain.engine import TrainingEngine, build_engine, total_steps
 from gigatron.pretrain.log_format import format_duration, stamped
 from gigatron.pretrain.metrics import MetricsWriter, memory_gib, reset_peak_memory
 from gigatron.pretrain.peak_flops import mfu_against, peak_flops
+from gigatron.pretrain.watchdog import Watchdog, collective_failed
 
 
 @dataclass
@@ -57,10 +58,16 @@ def _as_float(value) -> float | None:
 
 
 class Trainer:
-    """One rank's run. Build with `Trainer(cfg, env)`, then `run()` returns the exit code."""
+    """One rank's run. Build with `Trainer(cfg, env)`, then `run()` returns the exit code.
 
-    def __init__(self, cfg: Config, env: DistEnv) -> None:
+    `watchdog`, started by the caller before the trainer is built (so that a hang while building is
+    caught too), is told the loop's progress; without one nothing watches the run.
+    """
+
+    def __init__(self, cfg: Config, env: DistEnv, watchdog: Watchdog | None = None) -> None:
         self.cfg, self.env = cfg, env
+        self.watchdog = watchdog or Watchdog(Path(cfg.output_dir), env.rank, env.world_size, hang_timeout=0,
+                                             allowance=cfg.train.hang_allowance, run_id="")
         self.device = env.device
         self.layout: ParallelLayout = initialize_layout(cfg.parallel)
         spec = get_model_spec(type(cfg.model).family)
@@ -175,9 +182,11 @@ class Trainer:
         ds = self.engine.engine
         task = self.engine.task
         lr = float(ds.get_lr()[0])
+        self.watchdog.beat(self.state.step + 1, "data")
         wait_start = time.perf_counter()
         micro_batches = self.loader.next_batch()
         data_wait = time.perf_counter() - wait_start
+        self.watchdog.beat(self.state.step + 1, "compute")
         for feature in self.features:
             taken = feature.train_step(self.state.step, self.context, micro_batches)
             if taken is not None:
@@ -232,6 +241,7 @@ class Trainer:
 
     def save(self) -> None:
         """Checkpoint the current state (all ranks)."""
+        self.watchdog.beat(self.state.step, "save")
         self.state.loader = self.loader.state_dict()
         save_checkpoint(self.engine.engine, self.ckpt_dir, self.state, self.config_yaml,
                         self.cfg.checkpoint.keep_last, log=self.log)
@@ -261,8 +271,11 @@ class Trainer:
                                            "total_steps": self.total_steps}, kind="start")
         self._started = time.monotonic()
         self._started_step = self.state.step
+        # A hang or a lost peer ends the process without unwinding: the status record says why.
+        self.watchdog.on_fault = lambda line, code: self.metrics.log(self.state.step, {"code": code, "fault": line},
+                                                                     kind="end")
         stopping = StopHandler().install()
-        code = 1
+        code: int | None = None
         try:
             code = self._train(stopping)
             self._log_memory_trace()
@@ -272,9 +285,18 @@ class Trainer:
                 print(f"gigatron pretrain: {exc}", file=sys.stderr, flush=True)
             code = EXIT_SAVE_FAILED
             return code
+        except BaseException as exc:
+            if collective_failed(exc):
+                # Named and recorded (on_fault) while the metrics are open; the caller exits with
+                # the same code (peer_lost answers it again).
+                self.watchdog.peer_lost(exc)
+            else:
+                code = 1
+            raise
         finally:
             # How this invocation ended, for `gigatron status` (a SIGKILL leaves none).
-            self.metrics.log(self.state.step, {"code": code}, kind="end")
+            if code is not None:
+                self.metrics.log(self.state.step, {"code": code}, kind="end")
             stopping.uninstall()
             self.metrics.close()
 
@@ -296,6 +318,7 @@ class Trainer:
             started = time.perf_counter()
             result = self.train_step()
             elapsed = time.perf_counter() - started
+            self.watchdog.step_done(elapsed)
             self.state.step += 1
             self.state.tokens += self.tokens_per_step
             step = self.state.step
@@ -371,6 +394,7 @@ class Trainer:
         return format_duration(seconds)
 
     def _log_eval(self) -> None:
+        self.watchdog.beat(self.state.step, "evaluate")
         loss = self.evaluate()
         if loss is None:
             return

@@ -49,7 +49,8 @@ def describe_holder(holder: dict[str, Any]) -> str:
     return f"pid {holder.get('pid')} on host {holder.get('host')}{job}, since {holder.get('started')}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (a stopped process does; so does an unreaped zombie)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -84,7 +85,7 @@ def stale_reason(holder: dict[str, Any], age_s: float) -> str | None:
     if ours and job == ours:
         return f"it was taken by an earlier attempt of this SLURM job ({ours}, requeued)"
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-        if not _pid_alive(holder["pid"]):
+        if not pid_alive(holder["pid"]):
             return f"pid {holder['pid']} is no longer running on this host"
         if age_s > STALE_AFTER_S:  # the pid was reused by another process
             return f"pid {holder['pid']} is another process now (no heartbeat for {age_s:.0f} s)"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gigatron.launcher.exit_codes import EXIT_PREEMPTED
-from gigatron.launcher.launch import child_environ, combine_exit_codes, normalise_returncode
+from gigatron.launcher.launch import child_environ, combine_exit_codes, died_of, normalise_returncode
 
 PREAMBLE = """
 import os, sys, time
@@ -139,10 +139,18 @@ def test_forwarded_sigusr1_is_agreed_and_exits_75(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("codes", "expected"),
     [([0, 0], 0), ([0, 75], 75), ([75, 75], 75), ([75, 3, 1], 3), ([143, 3], 3), ([75, 143], 143),
-     ([143, 130, 0], 130), ([139, 143], 139), ([], 0)],
+     ([143, 130, 0], 130), ([], 0),
+     # A rank dead of a fault signal (SIGSEGV, SIGKILL) makes the job worth requeueing; the
+     # survivors' codes that follow do not matter.
+     ([139, 143], 75), ([137, 75, 75], 75), ([137, 1], 75), ([1, 137], 1)],
 )
 def test_combine_exit_codes(codes: list[int], expected: int) -> None:
     assert combine_exit_codes(codes) == expected
+
+
+def test_died_of_names_fault_signals_only() -> None:
+    assert died_of(137) == signal.SIGKILL and died_of(139) == signal.SIGSEGV and died_of(134) == signal.SIGABRT
+    assert died_of(143) is None and died_of(130) is None and died_of(75) is None and died_of(1) is None
 
 
 def test_signal_deaths_map_to_shell_codes() -> None:
