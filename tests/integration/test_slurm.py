@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gigatron.pretrain.watchdog import heartbeat_path
 from tests.conftest import REPO, SMOKE, assert_ok, final_weights, read_metrics, run_pretrain, warmup_within
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -229,8 +231,8 @@ def test_usr1_and_scontrol_requeue_each_save_requeue_and_resume_bitwise(slurm, u
     steps = 30
     job, run_dir, log = slurm.submit(tmp_path, steps=steps, minutes=8)
     wait_for_steps(slurm, job, run_dir, log, new_steps=3, restarts=0)
-    signal = slurm.run("scancel", "--signal=USR1", "--batch", job)
-    assert signal.returncode == 0, signal.stderr
+    usr1 = slurm.run("scancel", "--signal=USR1", "--batch", job)
+    assert usr1.returncode == 0, usr1.stderr
     # The requeued job resumes from the USR1 checkpoint; let it train 3 steps of its own, then requeue it.
     wait_for_steps(slurm, job, run_dir, log, new_steps=3, restarts=1)
     requeue = slurm.run("scontrol", "requeue", job)
@@ -331,6 +333,28 @@ def test_a_run_lock_holds_while_its_slurm_job_runs_and_is_taken_over_once_it_end
     notes: list[str] = []
     acquire(tmp_path, log=notes.append).release()
     assert f"SLURM job {job} is no longer queued or running" in notes[0]
+
+
+def test_a_rank_killed_under_srun_requeues_the_job_which_resumes_and_finishes(slurm, tmp_path):
+    """SIGKILL of a rank (the OOM killer, a lost node): srun --kill-on-bad-exit ends the other, the
+    script sees a rank dead of SIGKILL and requeues, and the requeued job resumes from its last
+    checkpoint and finishes. Two ranks: the local cluster's node has 2 CPUs, and SLURM refuses more
+    tasks per node than CPUs even with --overcommit (4 ranks: tests/integration/test_rank_faults.py)."""
+    steps = 12
+    job, run_dir, log = slurm.submit(tmp_path, steps=steps, minutes=8,
+                                     overrides=("checkpoint.interval=2", "data.num_workers=0"))
+    wait_for_steps(slurm, job, run_dir, log, new_steps=5, restarts=0)
+    victim = json.loads(heartbeat_path(run_dir, 1).read_text())["pid"]
+    os.kill(victim, signal.SIGKILL)
+    info = slurm.wait_final(job, timeout=360, log=log, min_restarts=1)
+    text = log.read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), tail(log)
+    assert "a rank died of SIGKILL" in text and f"requeueing job {job}" in text, tail(log)
+    assert "task 1: Killed" in text, tail(log)  # srun names the rank
+    resumed = [int(step) for step in re.findall(r"\[resume\] \S+: step (\d+)", text)]
+    assert len(resumed) == 1 and 4 <= resumed[0] < steps, tail(log)
+    assert f"[done] step {steps}" in text and latest(run_dir) == f"step_{steps:08d}", tail(log)
+    assert consumed_samples(run_dir) == steps * 8  # nothing skipped, nothing read twice
 
 
 def test_scancel_saves_and_cancels_without_requeue(slurm, tmp_path):
