@@ -9,7 +9,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,10 @@ class TrainerState:
     tokens: int = 0
     loader: dict[str, Any] | None = None
     tokenizer_fingerprint: str = ""
+    # Numerical faults (pretrain/numerics.py): the recent applied losses a spike is judged against,
+    # and how many steps so far were not applied.
+    recent_losses: list[float] = field(default_factory=list)
+    rejected_steps: int = 0
 
     def to_json(self) -> str:
         """Serialised form stored in trainer_state.json."""

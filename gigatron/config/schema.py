@@ -206,6 +206,22 @@ class LoggingConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """Section `faults:` — numerical faults (docs/fault-tolerance.md). A step whose loss or gradient
+    norm is not finite, or whose loss exceeds spike_factor x the median of the last spike_window
+    steps' losses, is not applied; then `policy` decides: skip (go on with the next batch), rollback
+    (reload the latest checkpoint and skip the batches from it through the bad step) or stop (write
+    diagnostics, exit 3, not requeued)."""
+
+    policy: Literal["stop", "skip", "rollback"] = "stop"
+    spike_factor: float = 0.0  # 0: no spike detection, only non-finite values
+    spike_window: int = 50
+    # rollback: after this many rollbacks in one invocation the run stops instead (a spike that
+    # comes back after each reload needs a person, not another reload).
+    max_rollbacks: int = 3
+
+
+@dataclass
 class HardwareConfig:
     """The machines a run is laid out for: what `gigatron plan` plans against by default, and what
     the trainer's memory check holds a run to (docs/memory.md)."""
@@ -238,6 +254,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     output_dir: str = "runs/default"
 
     @property

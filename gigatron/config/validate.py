@@ -282,6 +282,14 @@ def validate_config(cfg: Config, world_size: int) -> Config:
         problems.append(f"checkpoint.keep_last={cfg.checkpoint.keep_last} must be >= 1")
     if cfg.checkpoint.interval < 0:
         problems.append(f"checkpoint.interval={cfg.checkpoint.interval} must be >= 0")
+    f = cfg.faults
+    if not (f.spike_factor == 0 or f.spike_factor > 1):
+        problems.append(f"faults.spike_factor={f.spike_factor} must be > 1 (a multiple of the recent median loss) "
+                        "or 0 (no spike detection)")
+    if f.spike_window < 2:
+        problems.append(f"faults.spike_window={f.spike_window} must be >= 2")
+    if f.max_rollbacks < 0:
+        problems.append(f"faults.max_rollbacks={f.max_rollbacks} must be >= 0")
     problems.extend(recompute_problems(cfg))
     problems.extend(sequence_parallel_problems(cfg))
     problems.extend(hardware_problems(cfg))

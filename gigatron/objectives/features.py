@@ -34,6 +34,9 @@ class StepContext:
     is_pipeline: bool
     dp_mean: Callable[[torch.Tensor], torch.Tensor]  # mean over the data-parallel (and CP) ranks
     validation_loss: Callable[[list], float]  # the trainer's loss over validation micro-batches
+    # Report each micro-batch's (weighted) loss before the step that applies it: the numerical-fault
+    # guard judges the step by it (pretrain/numerics.py).
+    observe_loss: Callable[[torch.Tensor], None] = lambda _loss: None
 
     @property
     def module(self) -> torch.nn.Module:

@@ -77,6 +77,7 @@ class MatFormerTraining(TrainingFeature):
         sums = torch.zeros(len(plan), device=ctx.device)
         for i, mb in enumerate(micro_batches):
             mb = batch_to(mb, ctx.device)
+            weighted = torch.zeros((), device=ctx.device)
             for j, (granularity, weight) in enumerate(plan):
                 if len(plan) > 1:
                     # Several backward passes per micro-batch: DeepSpeed must reduce and step only
@@ -87,6 +88,8 @@ class MatFormerTraining(TrainingFeature):
                     micro_loss = task.forward_loss(ds, mb)
                     ds.backward(micro_loss * weight)
                 sums[j] += micro_loss.detach().float()
+                weighted += weight * micro_loss.detach().float()
+            ctx.observe_loss(weighted)
             ds.step()
         means = ctx.dp_mean(sums / len(micro_batches))
         weights = torch.tensor([w for _, w in plan], device=ctx.device)

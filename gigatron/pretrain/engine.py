@@ -24,7 +24,8 @@ from gigatron.parallel.zero_buckets import (
     zero_bucket_elements,
 )
 from gigatron.planning.throughput import total_steps
-from gigatron.pretrain.optimizer import ClippedAdamW, param_groups
+from gigatron.pretrain.numerics import StepGuard
+from gigatron.pretrain.optimizer import ClippedAdamW, GuardedAdamW, param_groups
 from gigatron.pretrain.schedule import lr_at
 
 
@@ -38,6 +39,7 @@ class TrainingEngine:
     is_pipeline: bool
     num_params: int  # logical (unsharded) parameter count, from the model spec
     recompute: RecomputePlan  # what this rank recomputes in the backward pass
+    guard: StepGuard  # asked by the optimizer before each update (numerical faults)
 
     @property
     def module(self) -> nn.Module:
@@ -113,16 +115,17 @@ def build_engine(cfg: Config, layout: ParallelLayout, device: str, init_from: Lo
 
     zero0 = cfg.parallel.zero_stage == 0
     groups = param_groups(model, cfg.train.weight_decay, with_names=zero0)
+    guard = StepGuard(cfg.faults, "cpu" if device == "cpu" else device)
     if zero0:
         optimizer: torch.optim.Optimizer = ClippedAdamW(
             groups, cfg.train,
             tp_rank=layout.tp_rank,
             tp_group=layout.tp_group if layout.tp_size > 1 else None,
             pp_group=layout.pp_group if layout.pp_size > 1 else None,
+            guard=guard,
         )
     else:
-        optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=cfg.train.betas, eps=cfg.train.eps,
-                                      weight_decay=cfg.train.weight_decay)
+        optimizer = GuardedAdamW(groups, cfg.train, guard=guard)
     steps = total_steps(cfg)
     base_lr = cfg.train.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, steps, cfg.train) / base_lr)
@@ -134,5 +137,13 @@ def build_engine(cfg: Config, layout: ParallelLayout, device: str, init_from: Lo
     )
     if init_from is not None:
         load_optimizer_state(engine, init_from, layout.tp_rank, layout.tp_size)
+    # DeepSpeed reads `.overflow` of the optimizer it holds: a rejected step then neither counts as
+    # applied nor advances the LR schedule.
+    guard.overflow_target = engine.optimizer
+    if is_pipeline:
+        # The pipeline engine runs forward, backward and step in one call: the last stage's summed
+        # micro-batch losses are what the guard judges.
+        guard.loss_source = lambda: ((engine.total_loss, engine.micro_batches)
+                                     if engine.is_last_stage() and engine.total_loss is not None else None)
     return TrainingEngine(engine=engine, task=task, factory=factory, is_pipeline=is_pipeline,
-                          num_params=spec.num_params(cfg.model), recompute=recompute)
+                          num_params=spec.num_params(cfg.model), recompute=recompute, guard=guard)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import time
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gigatron.checkpoint.files import atomic_write_text, tag_for_step
+from gigatron.checkpoint.files import atomic_write_text, read_latest, tag_for_step
 from gigatron.checkpoint.resume import (
     ResumePlan,
     current_layout,
@@ -26,7 +27,7 @@ from gigatron.config import Config, ConfigError, config_to_yaml
 from gigatron.data.build import TrainingData
 from gigatron.data.loader import GlobalBatchLoader
 from gigatron.launcher.dist_env import DistEnv
-from gigatron.launcher.exit_codes import EXIT_OK, EXIT_PREEMPTED, EXIT_SAVE_FAILED
+from gigatron.launcher.exit_codes import EXIT_NUMERICAL_FAULT, EXIT_OK, EXIT_PREEMPTED, EXIT_SAVE_FAILED
 from gigatron.launcher.signals import StopHandler, agree_on_stop, stop_exit_code
 from gigatron.models.registry import get_model_spec
 from gigatron.objectives import StepContext, batch_to, build_features, build_task_data
@@ -35,8 +36,9 @@ from gigatron.planning.measure import LiveTensorBytes
 from gigatron.pretrain.engine import TrainingEngine, build_engine, total_steps
 from gigatron.pretrain.log_format import format_duration, stamped
 from gigatron.pretrain.metrics import MetricsWriter, memory_gib, reset_peak_memory
+from gigatron.pretrain.numerics import Fault, NonFiniteState, loss_injections, state_nonfinite
 from gigatron.pretrain.peak_flops import mfu_against, peak_flops
-from gigatron.pretrain.watchdog import Watchdog, collective_failed
+from gigatron.pretrain.watchdog import FAULTS_DIR, ROLLBACKS, Watchdog, collective_failed
 
 
 @dataclass
@@ -49,6 +51,7 @@ class StepResult:
     data_wait_s: float
     # Metrics a training feature adds to the step (e.g. one loss per trained submodel).
     extra: dict[str, float] = field(default_factory=dict)
+    fault: Fault | None = None  # set when the step was not applied (pretrain/numerics.py)
 
 
 def _as_float(value) -> float | None:
@@ -123,8 +126,11 @@ class Trainer:
         for feature in self.features:
             self.flops_per_token = feature.flops_per_token(spec.flops_per_token) or self.flops_per_token
         self.valid_extra: dict[str, float] = {}
+        self.guard = self.engine.guard
+        self.rollbacks = 0
+        self.injected_losses = loss_injections()
         self.context = StepContext(self.engine.engine, self.engine.task, self.device, self.engine.is_pipeline,
-                                   self._dp_mean, self._validation_loss)
+                                   self._dp_mean, self._validation_loss, self.guard.observe)
         # Building drew from torch's generator differently per layout (nn.Linear's default init at
         # TP=1, none at TP>1) and per rank (the peak measurement): start training from one state, so
         # that dropout masks agree across TP ranks and layouts. A resumed run then restores its own.
@@ -171,9 +177,11 @@ class Trainer:
             )
         if state.loader is not None:  # an imported or extracted model starts at the data's beginning
             self.loader.load_state_dict(state.loader)
+            self._skip_rolled_back_samples()
         else:
             state.loader = self.loader.state_dict()
         self.state = state
+        self.guard.load_state_dict(state.recent_losses)
         self.log(f"[resume] {path}: step {state.step}, {state.tokens} tokens")
 
     # ---- one step -----------------------------------------------------------------------------
@@ -182,6 +190,8 @@ class Trainer:
         ds = self.engine.engine
         task = self.engine.task
         lr = float(ds.get_lr()[0])
+        self.guard.begin_step()
+        skipped_before = ds.skipped_steps
         self.watchdog.beat(self.state.step + 1, "data")
         wait_start = time.perf_counter()
         micro_batches = self.loader.next_batch()
@@ -192,20 +202,25 @@ class Trainer:
             if taken is not None:
                 loss, extra = taken
                 return StepResult(loss=loss, grad_norm=_as_float(ds.get_global_grad_norm()), lr=lr,
-                                  data_wait_s=data_wait, extra=extra)
+                                  data_wait_s=data_wait, extra=extra,
+                                  fault=self.guard.rejected(ds.skipped_steps > skipped_before))
         if self.engine.is_pipeline:
             pairs = iter([task.pipeline_pairs(mb.to(self.device)) for mb in micro_batches])
             loss = ds.train_batch(data_iter=pairs).detach().float()
         else:
             total = torch.zeros((), device=self.device)
+            factor = self.injected_losses.pop(self.state.step + 1, None)
             for mb in micro_batches:
                 micro_loss = task.forward_loss(ds, batch_to(mb, self.device))
+                if factor is not None:
+                    micro_loss = micro_loss * factor
+                self.guard.observe(micro_loss)
                 ds.backward(micro_loss)
                 ds.step()
                 total += micro_loss.detach().float()
             loss = self._dp_mean(total / len(micro_batches))
         return StepResult(loss=float(loss), grad_norm=_as_float(ds.get_global_grad_norm()), lr=lr,
-                          data_wait_s=data_wait)
+                          data_wait_s=data_wait, fault=self.guard.rejected(ds.skipped_steps > skipped_before))
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -240,9 +255,14 @@ class Trainer:
         return float(self._dp_mean(total / len(batches)))
 
     def save(self) -> None:
-        """Checkpoint the current state (all ranks)."""
+        """Checkpoint the current state (all ranks); never one whose weights or optimizer state
+        hold NaN or infinity (NonFiniteState, exit 3)."""
         self.watchdog.beat(self.state.step, "save")
+        if state_nonfinite(self.engine.engine, self.device):
+            raise NonFiniteState(f"refusing to save step {self.state.step}: weights or optimizer moments hold NaN "
+                                 f"or infinity; `latest` still names the last good checkpoint in {self.ckpt_dir}")
         self.state.loader = self.loader.state_dict()
+        self.state.recent_losses = self.guard.state_dict()
         save_checkpoint(self.engine.engine, self.ckpt_dir, self.state, self.config_yaml,
                         self.cfg.checkpoint.keep_last, log=self.log)
 
@@ -285,6 +305,10 @@ class Trainer:
                 print(f"gigatron pretrain: {exc}", file=sys.stderr, flush=True)
             code = EXIT_SAVE_FAILED
             return code
+        except NonFiniteState as exc:  # every rank raises it together
+            self.log(f"[fault] {exc}")
+            code = EXIT_NUMERICAL_FAULT
+            return code
         except BaseException as exc:
             if collective_failed(exc):
                 # Named and recorded (on_fault) while the metrics are open; the caller exits with
@@ -322,7 +346,16 @@ class Trainer:
             self.state.step += 1
             self.state.tokens += self.tokens_per_step
             step = self.state.step
+            if result.fault is not None:
+                self.state.rejected_steps += 1
             self._log_step(result, elapsed)
+            if result.fault is not None:
+                code = self._on_fault(result.fault)
+                if code is not None:
+                    return code
+                if self.state.step < step:  # rolled back
+                    last_saved = self.state.step
+                    continue
             if cfg.train.eval_interval and step % cfg.train.eval_interval == 0:
                 self._log_eval()
             if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
@@ -356,6 +389,87 @@ class Trainer:
         self.log(f"[done] step {self.state.step}, {self.state.tokens} tokens")
         return EXIT_OK
 
+    def _on_fault(self, fault: Fault) -> int | None:
+        """After a step that was not applied: go on (skip), reload the latest checkpoint past the bad
+        batches (rollback), or stop with diagnostics (stop); an exit code when the run must end."""
+        policy = self.cfg.faults.policy
+        step = self.state.step
+        what = f"step {step}: {fault.reason} ({fault.detail}); the update was not applied"
+        if policy == "skip":
+            self.log(f"[fault] {what}; faults.policy=skip: going on with the next batch "
+                     f"({self.state.rejected_steps} steps skipped so far)")
+            return None
+        if policy == "rollback":
+            tag = read_latest(self.ckpt_dir)
+            if tag is not None and self.rollbacks < self.cfg.faults.max_rollbacks:
+                self._rollback(tag, fault, what)
+                return None
+            why = ("no checkpoint to roll back to" if tag is None else
+                   f"faults.max_rollbacks={self.cfg.faults.max_rollbacks} rollbacks already done")
+            what += f"; cannot roll back: {why}"
+        where = self._write_fault_report(fault)
+        self.log(f"[fault] {what}; stopping with exit {EXIT_NUMERICAL_FAULT} (not requeued); diagnostics in {where}. "
+                 "Resuming meets the same batch: set faults.policy=skip or rollback to train past it")
+        return EXIT_NUMERICAL_FAULT
+
+    def _batch_samples(self) -> list[int]:
+        """The global sample range [first, end) of the step just taken, for this run's
+        loader position before any rollback of this invocation moved it."""
+        end = self.loader.consumed_samples
+        return [end - self.cfg.train.global_batch_size, end]
+
+    def _write_fault_report(self, fault: Fault) -> Path:
+        report = {"step": self.state.step, "reason": fault.reason, "detail": fault.detail, "loss": fault.loss,
+                  "samples": self._batch_samples(), "recent_losses": self.guard.state_dict(),
+                  "policy": self.cfg.faults.policy}
+        path = Path(self.cfg.output_dir) / FAULTS_DIR / f"numerical-step_{self.state.step:08d}.json"
+        if self.env.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(report, indent=1))
+        return path
+
+    def _rollback(self, tag: str, fault: Fault, what: str) -> None:
+        """Reload checkpoint `tag` (model, optimizer, schedule, RNG, counters) and move the loader
+        past every batch from it through the bad step; the skipped range goes to
+        <output_dir>/faults/rollbacks.jsonl, which a later resume honours too."""
+        bad_step = self.state.step
+        bad_end = self.loader.consumed_samples
+        state = load_checkpoint(self.engine.engine, self.ckpt_dir, tag)
+        first = int(state.loader["consumed_samples"])
+        self.loader.load_state_dict({**state.loader, "consumed_samples": bad_end})
+        state.rejected_steps = self.state.rejected_steps
+        self.state = state
+        self.guard.load_state_dict(state.recent_losses)
+        self.rollbacks += 1
+        record = {"step": bad_step, "reason": fault.reason, "detail": fault.detail, "restored": tag,
+                  "restored_step": state.step, "skipped_samples": [first, bad_end]}
+        if self.env.is_main:
+            path = Path(self.cfg.output_dir) / FAULTS_DIR / ROLLBACKS
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        self.log(f"[fault] {what}; faults.policy=rollback: reloaded {tag} (step {state.step}) and skipped samples "
+                 f"{first}..{bad_end - 1} ({(bad_end - first) // self.cfg.train.global_batch_size} batches), "
+                 f"recorded in {FAULTS_DIR}/{ROLLBACKS}")
+
+    def _skip_rolled_back_samples(self) -> None:
+        """On resume: a batch range an earlier rollback skipped is skipped again (the checkpoint
+        before the rollback points into it)."""
+        path = Path(self.cfg.output_dir) / FAULTS_DIR / ROLLBACKS
+        if not path.is_file():
+            return
+        ranges = {}
+        for line in path.read_text().splitlines():
+            first, end = json.loads(line)["skipped_samples"]
+            ranges[int(first)] = int(end)
+        position = self.loader.consumed_samples
+        while position in ranges:
+            position = ranges.pop(position)
+        if position != self.loader.consumed_samples:
+            self.log(f"[resume] skipping samples {self.loader.consumed_samples}..{position - 1}, as a rollback did "
+                     f"({FAULTS_DIR}/{ROLLBACKS})")
+            self.loader.load_state_dict({**self.loader.state_dict(), "consumed_samples": position})
+
     def _log_step(self, result: StepResult, elapsed: float) -> None:
         step = self.state.step
         tokens_per_s = self.tokens_per_step / elapsed
@@ -372,6 +486,7 @@ class Trainer:
             "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
             "tokens": self.state.tokens, "tokens_per_s": tokens_per_s, "step_time_s": elapsed,
             "data_wait_s": result.data_wait_s, "data_skipped": self.loader.skipped_samples,
+            "rejected": int(result.fault is not None), "rejected_steps": self.state.rejected_steps,
             "mfu": mfu, "memory_gib": peak_gib, "memory_current_gib": current_gib, **result.extra,
         }
         assert self.metrics is not None

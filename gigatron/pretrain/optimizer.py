@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 
 from gigatron.config.schema import TrainConfig
 from gigatron.models.layers.init import NO_DECAY_ATTR
+from gigatron.pretrain.numerics import StepGuard, grads_nonfinite
 
 
 def param_groups(model: nn.Module, weight_decay: float, with_names: bool = False) -> list[dict]:
@@ -55,25 +57,52 @@ def global_grad_norm(params: Iterable[nn.Parameter], tp_rank: int, tp_group=None
     return squares.sqrt()
 
 
+class GuardedAdamW(torch.optim.AdamW):
+    """AdamW that asks a StepGuard (pretrain/numerics.py) before updating: the optimizer DeepSpeed's
+    ZeRO stages 1-3 step on each rank's partition, after they reduced and clipped the gradients."""
+
+    def __init__(self, groups: list[dict], train: TrainConfig, guard: StepGuard | None = None) -> None:
+        super().__init__(groups, lr=train.lr, betas=train.betas, eps=train.eps, weight_decay=train.weight_decay)
+        self.guard = guard
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if self.guard is not None and self.guard.decide(self._nonfinite()):
+            return None
+        return super().step(closure)
+
+    def _nonfinite(self) -> bool:
+        # ZeRO computed the global gradient norm before stepping group by group; a group's own
+        # gradients are all this step can see (the others are assigned when their turn comes).
+        norm = getattr(self.guard.overflow_target, "_global_grad_norm", None)
+        if norm is not None:
+            return not math.isfinite(float(norm))
+        return grads_nonfinite(p for group in self.param_groups for p in group["params"])
+
+
 class ClippedAdamW(torch.optim.AdamW):
     """AdamW that clips by the global gradient norm before each step and records the norm.
 
     DeepSpeed clips fp32 ZeRO-0 runs without exposing the norm; ZeRO >= 1 clips and reports it
     itself, so this is used only for stage 0. DeepSpeed reads `_global_grad_norm` after the step.
+    With a `guard`, a step the guard rejects (pretrain/numerics.py) changes nothing.
     """
 
     def __init__(self, groups: list[dict], train: TrainConfig, tp_rank: int = 0, tp_group=None,
-                 pp_group=None) -> None:
+                 pp_group=None, guard: StepGuard | None = None) -> None:
         super().__init__(groups, lr=train.lr, betas=train.betas, eps=train.eps, weight_decay=train.weight_decay)
         self.max_norm = train.clip_grad
         self._tp_rank, self._tp_group, self._pp_group = tp_rank, tp_group, pp_group
         self._global_grad_norm: float | None = None
+        self.guard = guard
 
     @torch.no_grad()
     def step(self, closure=None):
         params = [p for group in self.param_groups for p in group["params"]]
         norm = global_grad_norm(params, self._tp_rank, self._tp_group, self._pp_group)
         self._global_grad_norm = float(norm)
+        if self.guard is not None and self.guard.decide(not math.isfinite(self._global_grad_norm)):
+            return None
         if self.max_norm > 0:
             coef = (self.max_norm / (norm + 1e-6)).clamp(max=1.0)
             for p in params:

@@ -186,13 +186,15 @@ def start_fresh(cfg: Config, log=print) -> None:
             f"checkpoint.resume=none, but {ckpt_dir} holds checkpoints of an earlier run ({', '.join(tags[-3:])}); "
             "a fresh run there would mix the two runs in `latest` and pruning. Give this run a new output_dir, "
             "resume with checkpoint.resume=auto, or set checkpoint.overwrite=true to move the earlier run's "
-            "checkpoints, metrics and TensorBoard logs aside (nothing is deleted)")
+            "checkpoints, metrics, TensorBoard logs and fault records aside (nothing is deleted)")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     aside = ckpt_dir.with_name(f"{ckpt_dir.name}.previous-{stamp}")
     os.replace(ckpt_dir, aside)
     moved = [f"{ckpt_dir} -> {aside}"]
     output_dir = Path(cfg.output_dir)
-    logs = [p for p in (output_dir / "metrics.jsonl", output_dir / "tensorboard") if p.exists()]
+    # faults/ too: its rollback records would make the new run skip the old run's bad batches.
+    logs = [p for p in (output_dir / "metrics.jsonl", output_dir / "tensorboard", output_dir / "faults")
+            if p.exists()]
     if logs:
         previous = output_dir / f"previous-{stamp}"
         previous.mkdir()

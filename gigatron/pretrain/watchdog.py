@@ -43,6 +43,7 @@ from gigatron.pretrain.run_directory import pid_alive
 
 HEALTH_DIR = "health"
 FAULTS_DIR = "faults"
+ROLLBACKS = "rollbacks.jsonl"  # under FAULTS_DIR: the sample ranges rollbacks skipped
 HEARTBEAT_S = 2.0
 # A heartbeat this old (four missed writes) means its writer thread is not running: the process is
 # frozen (SIGSTOP, a node swapping to death) or gone. Clocks of NTP-synchronised hosts agree far better.
