@@ -207,7 +207,7 @@ class LoggingConfig:
 
 @dataclass
 class FaultsConfig:
-    """Section `faults:` — numerical faults (docs/fault-tolerance.md). A step whose loss or gradient
+    """Section `faults:` — numerical faults and stragglers (docs/fault-tolerance.md). A step whose loss or gradient
     norm is not finite, or whose loss exceeds spike_factor x the median of the last spike_window
     steps' losses, is not applied; then `policy` decides: skip (go on with the next batch), rollback
     (reload the latest checkpoint and skip the batches from it through the bad step) or stop (write
@@ -219,6 +219,10 @@ class FaultsConfig:
     # rollback: after this many rollbacks in one invocation the run stops instead (a spike that
     # comes back after each reload needs a person, not another reload).
     max_rollbacks: int = 3
+    # Stragglers: every straggler_interval steps (0: never) the ranks compare their own work per
+    # step (data wait + forward); a rank above straggler_factor x the median is named.
+    straggler_interval: int = 100
+    straggler_factor: float = 1.5
 
 
 @dataclass

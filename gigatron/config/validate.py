@@ -290,6 +290,10 @@ def validate_config(cfg: Config, world_size: int) -> Config:
         problems.append(f"faults.spike_window={f.spike_window} must be >= 2")
     if f.max_rollbacks < 0:
         problems.append(f"faults.max_rollbacks={f.max_rollbacks} must be >= 0")
+    if f.straggler_interval < 0:
+        problems.append(f"faults.straggler_interval={f.straggler_interval} must be >= 0 (0: no straggler check)")
+    if not f.straggler_factor > 1:
+        problems.append(f"faults.straggler_factor={f.straggler_factor} must be > 1")
     problems.extend(recompute_problems(cfg))
     problems.extend(sequence_parallel_problems(cfg))
     problems.extend(hardware_problems(cfg))

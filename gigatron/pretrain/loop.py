@@ -38,6 +38,8 @@ from gigatron.pretrain.log_format import format_duration, stamped
 from gigatron.pretrain.metrics import MetricsWriter, memory_gib, reset_peak_memory
 from gigatron.pretrain.numerics import Fault, NonFiniteState, loss_injections, state_nonfinite
 from gigatron.pretrain.peak_flops import mfu_against, peak_flops
+from gigatron.pretrain.stragglers import StragglerDetector, injected_sleep
+from gigatron.pretrain.stragglers import describe as describe_stragglers
 from gigatron.pretrain.watchdog import FAULTS_DIR, ROLLBACKS, Watchdog, collective_failed
 
 
@@ -52,6 +54,7 @@ class StepResult:
     # Metrics a training feature adds to the step (e.g. one loss per trained submodel).
     extra: dict[str, float] = field(default_factory=dict)
     fault: Fault | None = None  # set when the step was not applied (pretrain/numerics.py)
+    forward_s: float = 0.0  # time in the forward passes (the trainer's own step only)
 
 
 def _as_float(value) -> float | None:
@@ -129,6 +132,9 @@ class Trainer:
         self.guard = self.engine.guard
         self.rollbacks = 0
         self.injected_losses = loss_injections()
+        self.injected_sleep = injected_sleep(env.rank)
+        f = cfg.faults
+        self.stragglers = StragglerDetector(f.straggler_interval, f.straggler_factor, self.device)
         self.context = StepContext(self.engine.engine, self.engine.task, self.device, self.engine.is_pipeline,
                                    self._dp_mean, self._validation_loss, self.guard.observe)
         # Building drew from torch's generator differently per layout (nn.Linear's default init at
@@ -204,6 +210,7 @@ class Trainer:
                 return StepResult(loss=loss, grad_norm=_as_float(ds.get_global_grad_norm()), lr=lr,
                                   data_wait_s=data_wait, extra=extra,
                                   fault=self.guard.rejected(ds.skipped_steps > skipped_before))
+        forward_s = 0.0  # the pipeline engine's forward passes are not timed apart
         if self.engine.is_pipeline:
             pairs = iter([task.pipeline_pairs(mb.to(self.device)) for mb in micro_batches])
             loss = ds.train_batch(data_iter=pairs).detach().float()
@@ -211,7 +218,11 @@ class Trainer:
             total = torch.zeros((), device=self.device)
             factor = self.injected_losses.pop(self.state.step + 1, None)
             for mb in micro_batches:
+                forward_start = time.perf_counter()
+                if self.injected_sleep:
+                    time.sleep(self.injected_sleep)
                 micro_loss = task.forward_loss(ds, batch_to(mb, self.device))
+                forward_s += time.perf_counter() - forward_start
                 if factor is not None:
                     micro_loss = micro_loss * factor
                 self.guard.observe(micro_loss)
@@ -220,7 +231,8 @@ class Trainer:
                 total += micro_loss.detach().float()
             loss = self._dp_mean(total / len(micro_batches))
         return StepResult(loss=float(loss), grad_norm=_as_float(ds.get_global_grad_norm()), lr=lr,
-                          data_wait_s=data_wait, fault=self.guard.rejected(ds.skipped_steps > skipped_before))
+                          data_wait_s=data_wait, fault=self.guard.rejected(ds.skipped_steps > skipped_before),
+                          forward_s=forward_s)
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -349,6 +361,7 @@ class Trainer:
             if result.fault is not None:
                 self.state.rejected_steps += 1
             self._log_step(result, elapsed)
+            self._check_stragglers(result, elapsed)
             if result.fault is not None:
                 code = self._on_fault(result.fault)
                 if code is not None:
@@ -469,6 +482,17 @@ class Trainer:
             self.log(f"[resume] skipping samples {self.loader.consumed_samples}..{position - 1}, as a rollback did "
                      f"({FAULTS_DIR}/{ROLLBACKS})")
             self.loader.load_state_dict({**self.loader.state_dict(), "consumed_samples": position})
+
+    def _check_stragglers(self, result: StepResult, elapsed: float) -> None:
+        self.stragglers.add(elapsed, result.data_wait_s, result.data_wait_s + result.forward_s)
+        report = self.stragglers.maybe_report(self.state.step)
+        if report is None:
+            return
+        assert self.metrics is not None
+        self.metrics.log(self.state.step, {"median_own_s": report.median_own_s, "slow_ranks": report.slow,
+                                           "ranks": report.ranks}, kind="stragglers")
+        if report.slow:
+            self.log(describe_stragglers(report, self.cfg.faults.straggler_interval))
 
     def _log_step(self, result: StepResult, elapsed: float) -> None:
         step = self.state.step

@@ -67,7 +67,11 @@ def test_consolidated_state_matches_the_single_process_run(runs, layout, tmp_pat
     ours = ConsolidatedCheckpoint(consolidate(step5(runs[layout]), tmp_path / layout, log=lambda _: None))
     ref = ConsolidatedCheckpoint(reference)
     assert ours.optimizer_step == ref.optimizer_step == 5
-    assert ours.trainer_state == ref.trainer_state  # step, tokens, loader counters: layout-free
+    # Step, tokens, loader counters: layout-free. The recent losses (the spike test's window) are
+    # losses, which other layouts round differently in the last bits.
+    ours_state, ref_state = dict(ours.trainer_state), dict(ref.trainer_state)
+    assert ours_state.pop("recent_losses") == pytest.approx(ref_state.pop("recent_losses"), rel=1e-5)
+    assert ours_state == ref_state
     for name in ref.plans:
         for key in (None, *MOMENTS):
             a, b = ours.tensor(name, key), ref.tensor(name, key)

@@ -101,3 +101,25 @@ def test_fault_settings_out_of_range_are_config_errors(override, message):
     with pytest.raises(ConfigError) as info:
         validate_config(load_config(SMOKE, ["train.steps=100", override]), 1)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("faults.straggler_interval=-1", "faults.straggler_interval=-1 must be >= 0"),
+    ("faults.straggler_factor=1", "faults.straggler_factor=1.0 must be > 1"),
+])
+def test_straggler_settings_out_of_range_are_config_errors(override, message):
+    with pytest.raises(ConfigError) as info:
+        validate_config(load_config(SMOKE, ["train.steps=100", override]), 1)
+    assert message in str(info.value)
+
+
+def test_the_straggler_detector_names_the_slow_rank_of_one_process():
+    from gigatron.pretrain.stragglers import StragglerDetector, injected_sleep
+
+    detector = StragglerDetector(interval=2, factor=1.5, device="cpu")
+    detector.add(1.0, 0.1, 0.3)
+    assert detector.maybe_report(1) is None
+    detector.add(1.0, 0.1, 0.3)
+    report = detector.maybe_report(2)
+    assert report.slow == [] and report.ranks[0]["own_s"] == pytest.approx(0.3)  # one rank: no yardstick
+    assert injected_sleep(2, "1:0.5,2:0.25") == 0.25 and injected_sleep(0, "1:0.5") == 0.0
