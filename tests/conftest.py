@@ -62,12 +62,12 @@ def one_thread_per_run():
 
 
 def pretrain_command(output_dir: Path, overrides: list[str], nproc: int = 1, config: Path = SMOKE,
-                     fresh: bool = False) -> list[str]:
+                     fresh: bool = False, grace: float = 10) -> list[str]:
     """The command line of a smoke run writing to `output_dir` (under `gigatron launch` when nproc > 1).
 
     fresh: a new interpreter, not a zygote fork: for tests that SIGKILL the process group of a run
     (a zygote's command lives outside the client's group and dies only when the zygote sees the
-    client gone).
+    client gone). grace: the launcher's --grace (seconds the other ranks get after one ends).
     """
     gigatron = [sys.executable, "-m", "gigatron"] if fresh else GIGATRON
     train = [*gigatron, "pretrain", "--config", str(config),
@@ -79,7 +79,7 @@ def pretrain_command(output_dir: Path, overrides: list[str], nproc: int = 1, con
         train += ["--set", item]
     if nproc == 1:
         return train
-    return [*gigatron, "launch", "--nproc", str(nproc), "--grace", "10", "--", *train]
+    return [*gigatron, "launch", "--nproc", str(nproc), "--grace", f"{grace:g}", "--", *train]
 
 
 def warmup_within(config: Path, overrides: list[str]) -> list[str]:

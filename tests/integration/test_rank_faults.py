@@ -49,7 +49,8 @@ def _rank_pid(run_dir: Path, rank: int) -> int:
 
 
 def _start_and_wait_for_step(run_dir: Path, step: int) -> subprocess.Popen:
-    launcher = subprocess.Popen(pretrain_command(run_dir, BASE, nproc=RANKS), stdout=subprocess.PIPE,
+    # A short --grace: the frozen rank is SIGKILLed that long after the others gave up.
+    launcher = subprocess.Popen(pretrain_command(run_dir, BASE, nproc=RANKS, grace=3), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=_run_env(RANKS), cwd=REPO)
     deadline = time.monotonic() + 240
     metrics = run_dir / "metrics.jsonl"

@@ -2,8 +2,10 @@
 ```bash block parses with the command's own parser, every shipped config it names exists, and its
 `--set` overrides load onto that config (a training run's warmup fitting its length). The plan and
 help examples run for real, and so does every whole block marked `<!-- doc-test: run -->` (the
-examples that take seconds on a CPU: short training runs, the data pipeline, the scaling fit), in a
-scratch directory that sees the repository's .venv, configs and test data."""
+examples that take a few seconds on a CPU: short training runs, the data pipeline, the launcher),
+in a scratch directory that sees the repository's .venv, configs and test data. Blocks of ~20 s
+(memory.md's two recompute runs, scaling.md's full-grid Chinchilla fit) are left unmarked: the
+suites of their features run the same commands (test_recompute, test_scaling)."""
 
 from __future__ import annotations
 
@@ -123,7 +125,7 @@ MARKED = _marked_blocks()
 
 
 def test_the_docs_mark_their_quick_examples():
-    assert len(MARKED) >= 5, f"only {len(MARKED)} blocks are marked {RUN_MARKER}"
+    assert len(MARKED) >= 4, f"only {len(MARKED)} blocks are marked {RUN_MARKER}"
 
 
 @pytest.mark.slow  # short training runs and fits: seconds each
