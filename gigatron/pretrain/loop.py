@@ -36,7 +36,14 @@ from gigatron.planning.measure import LiveTensorBytes
 from gigatron.pretrain.engine import TrainingEngine, build_engine, total_steps
 from gigatron.pretrain.log_format import format_duration, stamped
 from gigatron.pretrain.metrics import MetricsWriter, memory_gib, reset_peak_memory
-from gigatron.pretrain.numerics import Fault, NonFiniteState, loss_injections, state_nonfinite
+from gigatron.pretrain.numerics import (
+    Fault,
+    NonFiniteState,
+    loss_injections,
+    past_rolled_back_samples,
+    record_rollback,
+    state_nonfinite,
+)
 from gigatron.pretrain.peak_flops import mfu_against, peak_flops
 from gigatron.pretrain.stragglers import StragglerDetector, injected_sleep
 from gigatron.pretrain.stragglers import describe as describe_stragglers
@@ -454,13 +461,10 @@ class Trainer:
         self.state = state
         self.guard.load_state_dict(state.recent_losses)
         self.rollbacks += 1
-        record = {"step": bad_step, "reason": fault.reason, "detail": fault.detail, "restored": tag,
-                  "restored_step": state.step, "skipped_samples": [first, bad_end]}
         if self.env.is_main:
-            path = Path(self.cfg.output_dir) / FAULTS_DIR / ROLLBACKS
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            record_rollback(Path(self.cfg.output_dir), {
+                "step": bad_step, "reason": fault.reason, "detail": fault.detail, "restored": tag,
+                "restored_step": state.step, "skipped_samples": [first, bad_end]})
         self.log(f"[fault] {what}; faults.policy=rollback: reloaded {tag} (step {state.step}) and skipped samples "
                  f"{first}..{bad_end - 1} ({(bad_end - first) // self.cfg.train.global_batch_size} batches), "
                  f"recorded in {FAULTS_DIR}/{ROLLBACKS}")
@@ -468,16 +472,7 @@ class Trainer:
     def _skip_rolled_back_samples(self) -> None:
         """On resume: a batch range an earlier rollback skipped is skipped again (the checkpoint
         before the rollback points into it)."""
-        path = Path(self.cfg.output_dir) / FAULTS_DIR / ROLLBACKS
-        if not path.is_file():
-            return
-        ranges = {}
-        for line in path.read_text().splitlines():
-            first, end = json.loads(line)["skipped_samples"]
-            ranges[int(first)] = int(end)
-        position = self.loader.consumed_samples
-        while position in ranges:
-            position = ranges.pop(position)
+        position = past_rolled_back_samples(Path(self.cfg.output_dir), self.loader.consumed_samples)
         if position != self.loader.consumed_samples:
             self.log(f"[resume] skipping samples {self.loader.consumed_samples}..{position - 1}, as a rollback did "
                      f"({FAULTS_DIR}/{ROLLBACKS})")

@@ -18,17 +18,20 @@ guard is asked; the loop treats that as the same fault (`StepGuard.rejected`).
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from gigatron.config.schema import FaultsConfig
+from gigatron.pretrain.watchdog import FAULTS_DIR, ROLLBACKS
 
 
 @dataclass
@@ -150,6 +153,30 @@ def state_nonfinite(engine: Any, device: Any) -> bool:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(flag)
     return bool(flag.item() > 0)
+
+
+def record_rollback(output_dir: Path, record: dict[str, Any]) -> None:
+    """Append a rollback (its `skipped_samples`: [first, end) global sample numbers) to
+    <output_dir>/faults/rollbacks.jsonl."""
+    path = output_dir / FAULTS_DIR / ROLLBACKS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def past_rolled_back_samples(output_dir: Path, position: int) -> int:
+    """Where a loader at global sample `position` continues: past every range the run's rollbacks
+    skipped that starts there (chained); `position` itself when none does."""
+    path = output_dir / FAULTS_DIR / ROLLBACKS
+    if not path.is_file():
+        return position
+    ranges = {}
+    for line in path.read_text().splitlines():
+        first, end = json.loads(line)["skipped_samples"]
+        ranges[int(first)] = int(end)
+    while position in ranges:
+        position = ranges.pop(position)
+    return position
 
 
 class NonFiniteState(RuntimeError):

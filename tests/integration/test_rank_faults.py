@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 RANKS = 4
 HANG_TIMEOUT = 10
-STEPS = 40
+STEPS = 24
 BASE = [f"train.steps={STEPS}", "train.eval_interval=0", "data.num_workers=0", "train.micro_batch_size=2",
         "checkpoint.interval=4", "logging.interval=1", f"train.hang_timeout={HANG_TIMEOUT}"]
 

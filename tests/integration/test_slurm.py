@@ -24,7 +24,14 @@ import pytest
 import torch
 
 from gigatron.pretrain.watchdog import heartbeat_path
-from tests.conftest import REPO, SMOKE, assert_ok, final_weights, read_metrics, run_pretrain, warmup_within
+from tests.conftest import (
+    REPO,
+    SMOKE,
+    BackgroundRun,
+    final_weights,
+    read_metrics,
+    warmup_within,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -192,13 +199,13 @@ def submit_sweep(slurm, tmp: Path) -> tuple[str, Path, Path]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, corpus_ready):
-    """The same 2-rank runs launched locally, for exact comparison (6 and 30 steps)."""
-    runs = {}
-    for steps in (6, 30):
-        out = tmp_path_factory.mktemp(f"local-{steps}")
-        assert_ok(run_pretrain(out, [f"train.steps={steps}", *LOCAL_OVERRIDES], nproc=2, config=CONFIG))
-        runs[steps] = out
-    return runs
+    """The same 2-rank runs launched locally, for exact comparison (6 and 30 steps): started when the
+    module starts, they train while the tests wait on the cluster; `.wait()` gives their output_dir."""
+    runs = {steps: BackgroundRun(tmp_path_factory.mktemp(f"local-{steps}"), [f"train.steps={steps}", *LOCAL_OVERRIDES],
+                                 nproc=2, config=CONFIG) for steps in (6, 30)}
+    yield runs
+    for run in runs.values():
+        run.kill()
 
 
 def consumed_samples(run_dir: Path) -> int:
@@ -256,7 +263,7 @@ def test_usr1_and_scontrol_requeue_each_save_requeue_and_resume_bitwise(slurm, u
     assert train_steps(run_dir) == list(range(1, steps + 1)), "every step logged exactly once across the requeues"
     # No sample repeated or skipped: the loader consumed exactly steps x global batch.
     assert consumed_samples(run_dir) == steps * 8
-    reference = final_weights(uninterrupted[steps])
+    reference = final_weights(uninterrupted[steps].wait())
     weights = final_weights(run_dir)
     assert weights.keys() == reference.keys()
     for name in reference:
@@ -272,7 +279,7 @@ def test_sbatch_trains_checkpoints_and_equals_a_local_run(slurm, batch, uninterr
     assert "2 ranks" in text, tail(log)
     assert latest(run_dir) == "step_00000006"
     assert train_steps(run_dir) == list(range(1, 7))
-    assert read_metrics(run_dir)[-1]["loss"] == read_metrics(uninterrupted[6])[-1]["loss"]
+    assert read_metrics(run_dir)[-1]["loss"] == read_metrics(uninterrupted[6].wait())[-1]["loss"]
 
 
 def test_long_context_script_trains_with_context_parallelism(slurm, batch):
