@@ -59,14 +59,15 @@ class StepGuard:
 
     def begin_step(self) -> None:
         """Forget the previous step's losses and verdict."""
-        self._loss_sum = torch.zeros((), dtype=torch.float64)
+        self._loss_sum: torch.Tensor | None = None  # on the loss's device: no sync per micro-batch
         self._count = 0
         self.fault: Fault | None = None
         self.decided = False
 
     def observe(self, loss: torch.Tensor) -> None:
         """One micro-batch's loss, before the step that applies it."""
-        self._loss_sum = self._loss_sum + loss.detach().double().cpu()
+        loss = loss.detach().double()
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         self._count += 1
 
     def decide(self, local_nonfinite: bool) -> bool:
@@ -78,8 +79,9 @@ class StepGuard:
         if self.loss_source is not None:
             held = self.loss_source()
             if held is not None:
-                loss_sum, count = held[0].detach().double().cpu(), held[1]
-        numbers = torch.tensor([float(local_nonfinite), float(loss_sum), float(count)], dtype=torch.float64)
+                loss_sum, count = held[0].detach().double(), held[1]
+        total = 0.0 if loss_sum is None else float(loss_sum)
+        numbers = torch.tensor([float(local_nonfinite), total, float(count)], dtype=torch.float64)
         if dist.is_initialized() and dist.get_world_size() > 1:
             numbers = numbers.to(self.device)
             dist.all_reduce(numbers)
@@ -113,7 +115,7 @@ class StepGuard:
         if self.fault is not None:
             return self.fault
         if engine_skipped and not self.decided:
-            loss = float(self._loss_sum / self._count) if self._count else float("nan")
+            loss = float(self._loss_sum) / self._count if self._count else float("nan")
             return Fault("non-finite gradient", loss, "DeepSpeed found the gradient norm non-finite")
         return None
 

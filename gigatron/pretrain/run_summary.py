@@ -13,6 +13,7 @@ from gigatron.pretrain.log_format import format_duration
 from gigatron.pretrain.run_directory import is_held
 
 _END_STATES = {2: "stopped on a configuration or input error (exit 2)",
+               3: "stopped on a numerical fault (exit 3); diagnostics in <output_dir>/faults/",
                74: "stopped: a checkpoint could not be written (exit 74)",
                75: "preempted: saved and exited 75 for a requeue",
                130: "stopped by Ctrl-C after saving (exit 130)",
@@ -35,6 +36,7 @@ class RunSummary:
     total_steps: int | None = None  # the budget, from the newest start record
     step_time_s: float | None = None  # median of the last 20 steps
     end_code: int | None = None  # how the newest invocation ended; None: it has not (running, or killed)
+    end_fault: str | None = None  # the one-line report of a hang or a lost rank that ended it
     running: bool = False  # the run's lock is held by a live process
 
     @property
@@ -52,6 +54,9 @@ class RunSummary:
         if self.end_code == 0:
             done = self.total_steps is not None and self.step >= self.total_steps
             return "finished" if done else "stopped at train.exit_interval (exit 0); run again to continue"
+        if self.end_fault:
+            then = "for a requeue" if self.end_code == 75 else "on a failed rank"
+            return f"ended itself {then} (exit {self.end_code}): {self.end_fault}"
         return _END_STATES.get(self.end_code, f"crashed (exit {self.end_code})")
 
     @property
@@ -81,9 +86,10 @@ def summarize_run(run_dir: str | Path) -> RunSummary:
         if kind == "start":
             summary.starts += 1
             summary.total_steps = record.get("total_steps", summary.total_steps)
-            summary.end_code = None
+            summary.end_code = summary.end_fault = None
         elif kind == "end":
             summary.end_code = record.get("code")
+            summary.end_fault = record.get("fault")
         elif kind == "train":
             summary.step, summary.tokens, summary.loss = record["step"], record["tokens"], record["loss"]
             recent_speeds = (recent_speeds + [record["tokens_per_s"]])[-20:]

@@ -31,6 +31,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -301,6 +302,16 @@ class Watchdog:
             return self.exit_code
         report, peer_failed = peer_report(self.output_dir, self.world_size, self.rank)
         code = self.exit_code = 1 if peer_failed else EXIT_PREEMPTED
+        # Where this rank was when the collective failed: the exception's traceback, then every
+        # thread (a rank whose peer gave up on a hang first leaves here, not through _hang).
+        directory = self.fault_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / f"rank-{self.rank:05d}.txt", "w") as handle:
+            handle.write(f"rank {self.rank} pid {os.getpid()} on {socket.gethostname()}: a collective failed in step "
+                         f"{self.step} phase {self.phase}: {report}\n\n")
+            handle.write("".join(traceback.format_exception(exc)) + "\n")
+            handle.flush()
+            faulthandler.dump_traceback(file=handle, all_threads=True)
         mark_failed(self.output_dir, self.rank, f"lost a peer: {report}", state="gave up")
         error = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:160]
         then = ("exiting with 1: see that rank's error" if peer_failed else
