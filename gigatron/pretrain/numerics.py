@@ -141,16 +141,16 @@ def grads_nonfinite(params: Iterable[torch.nn.Parameter]) -> bool:
 def state_nonfinite(engine: Any, device: Any) -> bool:
     """Whether any rank's weights or optimizer state (AdamW moments, fp32 masters) hold NaN or
     infinity; a collective, so call it on every rank."""
-    tensors = [p.detach() for p in engine.module.parameters()]
+    # By identity: at ZeRO-0 the optimizer holds the module's own parameters; checked once.
+    tensors = {id(p): p.detach() for p in engine.module.parameters()}
     optimizer = engine.optimizer
     for holder in (optimizer, getattr(optimizer, "optimizer", None)):
         for state in getattr(holder, "state", {}).values():
             if isinstance(state, dict):
-                tensors += [v for v in state.values() if torch.is_tensor(v) and v.is_floating_point()]
-    for holder in (optimizer, getattr(optimizer, "optimizer", None)):
+                tensors.update((id(v), v) for v in state.values() if torch.is_tensor(v) and v.is_floating_point())
         for group in getattr(holder, "param_groups", []):
-            tensors += [p.detach() for p in group["params"] if torch.is_tensor(p)]
-    bad = any(not bool(t.isfinite().all()) for t in tensors if t.numel())
+            tensors.update((id(p), p.detach()) for p in group["params"] if torch.is_tensor(p))
+    bad = any(not bool(t.isfinite().all()) for t in tensors.values() if t.numel())
     flag = torch.tensor([float(bad)], device=device)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(flag)

@@ -270,21 +270,25 @@ class Watchdog:
         """Where this invocation's hang or peer-loss report and stack dumps go."""
         return self.output_dir / FAULTS_DIR / self.run_id
 
-    def _hang(self) -> None:
-        waited = time.monotonic() - self._since
+    def _dump_stacks(self, header: str) -> Path:
+        """Write `header`, then every thread's Python stack, to this rank's file in fault_dir()."""
         directory = self.fault_dir()
         directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / f"rank-{self.rank:05d}.txt", "w") as handle:
+            handle.write(f"rank {self.rank} pid {os.getpid()} on {socket.gethostname()}: {header}\n\n")
+            handle.flush()
+            faulthandler.dump_traceback(file=handle, all_threads=True)
+        return directory
+
+    def _hang(self) -> None:
+        waited = time.monotonic() - self._since
         # Let the other ranks' heartbeats catch up to the same moment before judging them.
         time.sleep(HEARTBEAT_S)
         health = read_health(self.output_dir, self.world_size)
         stuck, why = stuck_ranks(health)
         named = ", ".join(h.describe() for h in stuck)
-        with open(directory / f"rank-{self.rank:05d}.txt", "w") as handle:
-            handle.write(f"rank {self.rank} pid {os.getpid()} on {socket.gethostname()}: no progress for "
-                         f"{waited:.0f} s (limit {self.limit():.0f} s) in step {self.step} phase {self.phase}\n"
-                         f"stuck: {named} ({why})\n\n")
-            handle.flush()
-            faulthandler.dump_traceback(file=handle, all_threads=True)
+        directory = self._dump_stacks(f"no progress for {waited:.0f} s (limit {self.limit():.0f} s) in step "
+                                      f"{self.step} phase {self.phase}\nstuck: {named} ({why})")
         mark_failed(self.output_dir, self.rank, f"no progress for {waited:.0f} s", state="gave up")
         line = (f"[hang] no progress for {waited:.0f} s at step {self.step} ({self.phase}); stuck: {named} "
                 f"({why}); stacks in {directory}; exiting with {EXIT_PREEMPTED} so the job is requeued and "
@@ -304,19 +308,13 @@ class Watchdog:
         code = self.exit_code = 1 if peer_failed else EXIT_PREEMPTED
         # Where this rank was when the collective failed: the exception's traceback, then every
         # thread (a rank whose peer gave up on a hang first leaves here, not through _hang).
-        directory = self.fault_dir()
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / f"rank-{self.rank:05d}.txt", "w") as handle:
-            handle.write(f"rank {self.rank} pid {os.getpid()} on {socket.gethostname()}: a collective failed in step "
-                         f"{self.step} phase {self.phase}: {report}\n\n")
-            handle.write("".join(traceback.format_exception(exc)) + "\n")
-            handle.flush()
-            faulthandler.dump_traceback(file=handle, all_threads=True)
+        directory = self._dump_stacks(f"a collective failed in step {self.step} phase {self.phase}: {report}\n\n"
+                                      + "".join(traceback.format_exception(exc)).rstrip())
         mark_failed(self.output_dir, self.rank, f"lost a peer: {report}", state="gave up")
         error = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:160]
         then = ("exiting with 1: see that rank's error" if peer_failed else
                 f"exiting with {code} so the job is requeued and resumes from the last checkpoint")
-        self._report(self.fault_dir(), f"[peer lost] rank {self.rank}'s collective failed ({error}): {report}; "
+        self._report(directory, f"[peer lost] rank {self.rank}'s collective failed ({error}): {report}; "
                                        f"{then}", read_health(self.output_dir, self.world_size), code)
         return code
 

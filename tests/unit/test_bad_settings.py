@@ -1,5 +1,6 @@
 """Settings out of range are errors that name the key (or flag) and the valid range, all at once,
-before anything starts: optimizer keys, tiny sequence lengths, scaling predict's numbers; an interrupted or killed dataset build leaves nothing behind."""
+before anything starts: optimizer keys, tiny sequence lengths, hang limits, fault handling,
+scaling predict's numbers; an interrupted or killed dataset build leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ from tests.conftest import GIGATRON, REPO, SMOKE
     ("train.eps=0", "train.eps=0"),
     ("train.clip_grad=-1", "train.clip_grad=-1"),
     ("data.seq_len=1", "data.seq_len=1 must be >= 16"),
+    ("train.hang_timeout=5", "train.hang_timeout=5 must be >= 10 seconds"),
+    ("train.hang_timeout=-1", "train.hang_timeout=-1 must be >= 10 seconds"),
+    ("train.hang_allowance=0", "train.hang_allowance=0 must be >= 10 seconds"),
+    ("faults.spike_factor=0.5", "faults.spike_factor=0.5 must be > 1"),
+    ("faults.spike_window=1", "faults.spike_window=1 must be >= 2"),
+    ("faults.max_rollbacks=-1", "faults.max_rollbacks=-1 must be >= 0"),
+    ("faults.straggler_interval=-1", "faults.straggler_interval=-1 must be >= 0"),
+    ("faults.straggler_factor=1", "faults.straggler_factor=1.0 must be > 1"),
 ])
 def test_out_of_range_settings_name_the_key_and_range(override, message):
     with pytest.raises(ConfigError, match="invalid configuration") as info:

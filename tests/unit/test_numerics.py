@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gigatron.config import ConfigError, load_config, validate_config
+from gigatron.config import ConfigError, load_config
 from gigatron.config.schema import FaultsConfig
 from gigatron.pretrain.numerics import StepGuard, loss_injections, state_nonfinite
 from tests.conftest import SMOKE
@@ -91,18 +91,9 @@ def test_loss_injections():
         loss_injections("7")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("faults.policy=retry", "faults.policy"),
-    ("faults.spike_factor=0.5", "faults.spike_factor=0.5 must be > 1"),
-    ("faults.spike_window=1", "faults.spike_window=1 must be >= 2"),
-    ("faults.max_rollbacks=-1", "faults.max_rollbacks=-1 must be >= 0"),
-    ("faults.straggler_interval=-1", "faults.straggler_interval=-1 must be >= 0"),
-    ("faults.straggler_factor=1", "faults.straggler_factor=1.0 must be > 1"),
-])
-def test_fault_settings_out_of_range_are_config_errors(override, message):
-    with pytest.raises(ConfigError) as info:
-        validate_config(load_config(SMOKE, ["train.steps=100", override]), 1)
-    assert message in str(info.value)
+def test_an_unknown_fault_policy_is_refused_when_the_config_loads():
+    with pytest.raises(ConfigError, match="faults.policy"):
+        load_config(SMOKE, ["faults.policy=retry"])
 
 
 def test_the_straggler_detector_names_the_slow_rank_of_one_process():

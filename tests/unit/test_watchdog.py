@@ -10,9 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
-from gigatron.config import ConfigError, load_config, validate_config
+from gigatron.config import load_config, validate_config
 from gigatron.pretrain.watchdog import (
     DERIVED_FACTOR,
     DERIVED_MIN_S,
@@ -116,17 +114,6 @@ def test_collective_failures_are_told_from_a_ranks_own_errors():
         assert collective_failed(exc)
     assert not collective_failed(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not collective_failed(ValueError("bad value"))
-
-
-@pytest.mark.parametrize("override, message", [
-    ("train.hang_timeout=5", "train.hang_timeout=5 must be >= 10 seconds"),
-    ("train.hang_timeout=-1", "train.hang_timeout=-1 must be >= 10 seconds"),
-    ("train.hang_allowance=0", "train.hang_allowance=0 must be >= 10 seconds"),
-])
-def test_hang_settings_out_of_range_are_config_errors(override, message):
-    with pytest.raises(ConfigError) as info:
-        validate_config(load_config(SMOKE, ["train.steps=100", override]), 1)
-    assert message in str(info.value)
 
 
 def test_hang_settings_that_are_valid():
