@@ -143,7 +143,15 @@ class DataConfig:
     on_error: Literal["raise", "skip"] = "raise"
     # Shard check at start: size only, sha256 too, or auto (sha256 below 1 GiB of shards).
     verify: Literal["auto", "size", "sha256"] = "auto"
+    # Root of gigatron's caches: the default dataset, and shards of datasets given by URL (under
+    # remote/). Null: $GIGATRON_CACHE, else ~/.cache/gigatron. Put it on node-local disk for URLs.
     cache_dir: str | None = None
+    # Remote datasets: most bytes of shards cached per node and dataset ("200GB", "512MiB", bytes);
+    # null: no limit. Least recently used shards are evicted first.
+    cache_limit: str | None = None
+    prefetch_shards: int = 8  # remote shards each rank fetches ahead of its loader, in read order
+    retries: int = 8  # attempts per remote request; transient errors back off 1, 2, 4... s (max 30)
+    retry_backoff_s: float = 1.0
 
 
 @dataclass

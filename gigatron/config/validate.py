@@ -6,6 +6,7 @@ import math
 
 from gigatron.config.errors import ConfigError
 from gigatron.config.schema import RECOMPUTE_MODULES, Config
+from gigatron.config.units import parse_byte_size
 
 
 def divisibility_problems(checks: list[tuple[str, int, str, int]]) -> list[str]:
@@ -278,6 +279,7 @@ def validate_config(cfg: Config, world_size: int) -> Config:
             problems.append(f"data.datasets[{i}].weight={spec.weight} must be > 0")
     if cfg.data.num_workers < 0:
         problems.append(f"data.num_workers={cfg.data.num_workers} must be >= 0")
+    problems.extend(remote_data_problems(cfg.data))
     if cfg.checkpoint.keep_last < 1:
         problems.append(f"checkpoint.keep_last={cfg.checkpoint.keep_last} must be >= 1")
     if cfg.checkpoint.interval < 0:
@@ -303,3 +305,20 @@ def validate_config(cfg: Config, world_size: int) -> Config:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     p.dp = dp
     return cfg
+
+
+def remote_data_problems(data) -> list[str]:
+    """The remote-dataset keys of the `data` section (cache_limit, prefetch_shards, retries)."""
+    out = []
+    if data.cache_limit is not None:
+        try:
+            parse_byte_size(data.cache_limit, "data.cache_limit")
+        except ValueError as exc:
+            out.append(str(exc))
+    if data.prefetch_shards < 0:
+        out.append(f"data.prefetch_shards={data.prefetch_shards} must be >= 0 (0: fetch each shard when first read)")
+    if data.retries < 1:
+        out.append(f"data.retries={data.retries} must be >= 1 (attempts per remote request)")
+    if not data.retry_backoff_s >= 0:
+        out.append(f"data.retry_backoff_s={data.retry_backoff_s} must be >= 0")
+    return out

@@ -7,8 +7,11 @@ from pathlib import Path
 
 from gigatron.config.errors import ConfigError
 from gigatron.config.schema import DataConfig, ImagesConfig
+from gigatron.config.units import parse_byte_size
 from gigatron.data.loader import SampleSource
 from gigatron.data.manifest import TextDataset, load_text_dataset
+from gigatron.data.remote import RemoteStore, RetryPolicy, is_url
+from gigatron.data.shard_cache import ShardCache, cache_dir_for
 from gigatron.data.token_source import TokenShardSource
 
 
@@ -23,12 +26,12 @@ class TrainingData:
     valid_weights: list[float]
     vocab_size: int | None
     tokenizer_fingerprint: str
-    roots: list[Path]
+    roots: list[Path | str]
 
 
-def dataset_roots(cfg: DataConfig, images: ImagesConfig | None = None) -> tuple[list[Path], list[float]]:
-    """Dataset directories and weights; builds the default dataset on first use (the shapes image set
-    of `images` for image models, Shakespeare tokens otherwise)."""
+def dataset_roots(cfg: DataConfig, images: ImagesConfig | None = None) -> tuple[list[Path | str], list[float]]:
+    """Dataset directories (or URLs) and weights; builds the default dataset on first use (the shapes
+    image set of `images` for image models, Shakespeare tokens otherwise)."""
     if cfg.source == "default" and images is not None:
         from gigatron.data.default_images import ensure_default_images
 
@@ -37,7 +40,17 @@ def dataset_roots(cfg: DataConfig, images: ImagesConfig | None = None) -> tuple[
         from gigatron.data.default_dataset import ensure_default_dataset
 
         return [ensure_default_dataset(cfg.cache_dir, cfg.seq_len, cfg.default_vocab_size)], [1.0]
-    return [Path(d.path) for d in cfg.datasets], [d.weight for d in cfg.datasets]
+    return [d.path if is_url(d.path) else Path(d.path) for d in cfg.datasets], [d.weight for d in cfg.datasets]
+
+
+def shard_cache(cfg: DataConfig, url: str) -> ShardCache:
+    """The node-local cache of the dataset at `url`, as the `data` section configures it."""
+    from gigatron.data.corpus import resolve_cache_dir
+
+    store = RemoteStore(url, RetryPolicy(cfg.retries, cfg.retry_backoff_s))
+    limit = None if cfg.cache_limit is None else parse_byte_size(cfg.cache_limit, "data.cache_limit")
+    return ShardCache(store, cache_dir_for(resolve_cache_dir(cfg.cache_dir), url), limit,
+                      checksum=cfg.verify != "size")
 
 
 def _check_consistent(cfg: DataConfig, datasets: list[TextDataset]) -> None:
@@ -62,9 +75,10 @@ def build_lm_data(cfg: DataConfig) -> TrainingData:
     roots, weights = dataset_roots(cfg)
     datasets = [load_text_dataset(root) for root in roots]
     _check_consistent(cfg, datasets)
-    train = [TokenShardSource(ds, "train", cfg.verify) for ds in datasets]
+    caches = {str(ds.root): shard_cache(cfg, str(ds.root)) for ds in datasets if is_url(str(ds.root))}
+    train = [TokenShardSource(ds, "train", cfg.verify, caches.get(str(ds.root))) for ds in datasets]
     with_valid = [(ds, w) for ds, w in zip(datasets, weights, strict=True) if ds.num_samples("valid") > 0]
-    valid = [TokenShardSource(ds, "valid", cfg.verify) for ds, _ in with_valid]
+    valid = [TokenShardSource(ds, "valid", cfg.verify, caches.get(str(ds.root))) for ds, _ in with_valid]
     return TrainingData(
         train=train, train_weights=weights, valid=valid, valid_weights=[w for _, w in with_valid],
         vocab_size=max(ds.vocab_size for ds in datasets), tokenizer_fingerprint=datasets[0].fingerprint,
@@ -83,6 +97,10 @@ def build_image_data(cfg: DataConfig, images: ImagesConfig, captions: bool = Fal
     from gigatron.data.image_source import ImageShardSource
 
     roots, weights = dataset_roots(cfg, images)
+    remote = [str(root) for root in roots if is_url(str(root))]
+    if remote:
+        raise ConfigError(f"data.datasets: {remote[0]} is a URL; image datasets are read from disk only "
+                          "(copy them to a shared or local path first)")
     tokenizer = None
     if captions:
         from gigatron.data.caption_tokenizer import caption_tokenizer

@@ -80,7 +80,7 @@ class ImageShardSource:
         if not 0 <= i < len(self):
             raise IndexError(f"sample {i} outside [0, {len(self)})")
         index, local = self.tars.find(self.start + i)
-        where = f"{index.path}:{index.keys[local]}"
+        where = f"{index.label}:{index.keys[local]}"
         if self.latents:
             values, caption = self._latent(index.read(local), where)
         else:

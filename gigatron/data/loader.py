@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gigatron.data.errors import DataError
+from gigatron.data.errors import DataError, RemoteDataError
 from gigatron.data.global_order import GlobalOrder
+from gigatron.data.prefetch import ShardPrefetcher, shard_caches
 
 SKIPPED = -1  # token id filling a sample that on_error=skip dropped; the LM task ignores it
 
@@ -47,6 +48,8 @@ class OrderedSamples(Dataset):
         for number, d, i in zip(numbers, datasets.tolist(), samples.tolist(), strict=True):
             try:
                 sample = self.sources[d][i]
+            except RemoteDataError:
+                raise  # a whole shard: skipping its samples one by one would hide an outage
             except DataError:
                 if self.on_error == "raise":
                     raise
@@ -131,6 +134,7 @@ class GlobalBatchLoader:
         weights: Sequence[float] | None = None,
         num_workers: int = 0,
         on_error: str = "raise",
+        prefetch_shards: int = 8,
     ) -> None:
         if dp_size < 1 or not 0 <= dp_rank < dp_size:
             raise ValueError(f"dp_rank must be in [0, dp_size) with dp_size >= 1, got {dp_rank}, {dp_size}")
@@ -146,11 +150,15 @@ class GlobalBatchLoader:
         self.global_batch_size, self.micro_batch_size = global_batch_size, micro_batch_size
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.seed, self.shuffle, self.num_workers, self.on_error = seed, shuffle, num_workers, on_error
+        self.prefetch_shards = prefetch_shards
+        self.caches = shard_caches(self.sources)
+        self._prefetcher: ShardPrefetcher | None = None
         self.consumed_samples = 0
         self.skipped_samples = 0
         self._build_order()
 
     def _build_order(self) -> None:
+        self.close()
         self._order = GlobalOrder(self.sizes, self.weights, self.seed, self.shuffle)
         self._dataset = OrderedSamples(self.sources, self._order, self.on_error)
         self._iterator: Iterator[Batch] | None = None
@@ -174,6 +182,12 @@ class GlobalBatchLoader:
             self._iterator = iter(DataLoader(self._dataset, batch_sampler=sampler, num_workers=self.num_workers,
                                              collate_fn=_stack, generator=torch.Generator().manual_seed(self.seed),
                                              **extra))
+            if self.caches and self.prefetch_shards > 0:
+                # Started after the workers are forked: a fork copies no running thread.
+                ahead = _RankBatches(self.consumed_samples, self.global_batch_size, self.micro_batch_size,
+                                     self.dp_rank, self.dp_size)
+                self._prefetcher = ShardPrefetcher(self.sources, self._order, ahead,
+                                                   lambda: self.consumed_samples, self.prefetch_shards).start()
         return self._iterator
 
     def next_batch(self) -> list[Batch]:
@@ -182,6 +196,8 @@ class GlobalBatchLoader:
         batches = self._batches()
         micro = [next(batches) for _ in range(self.micro_batches_per_step)]
         self.consumed_samples += self.global_batch_size
+        if self._prefetcher is not None:
+            self._prefetcher.advanced()
         self.skipped_samples += sum(skipped_in(mb) for mb in micro)
         return micro
 
@@ -202,6 +218,18 @@ class GlobalBatchLoader:
         self.consumed_samples = int(state["consumed_samples"])
         self._build_order()
 
+    def remote_counters(self) -> dict[str, int]:
+        """Retries, downloads and evictions of the remote datasets' caches on this node so far, as
+        this rank's process tree saw them (empty when every dataset is local)."""
+        if not self.caches:
+            return {}
+        return {"data_retries": sum(c.store.retries.value for c in self.caches),
+                "data_downloads": sum(c.downloads.value for c in self.caches),
+                "data_evictions": sum(c.evictions.value for c in self.caches)}
+
     def close(self) -> None:
-        """Stop worker processes."""
+        """Stop worker processes and the shard prefetcher."""
+        if getattr(self, "_prefetcher", None) is not None:
+            self._prefetcher.stop()
+            self._prefetcher = None
         self._iterator = None

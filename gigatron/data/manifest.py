@@ -42,9 +42,10 @@ class ShardInfo:
 
 @dataclass(frozen=True)
 class TextDataset:
-    """A parsed, checked manifest."""
+    """A parsed, checked manifest. `root` is a local directory, or a URL (then each shard's `path`
+    is its bare file name, relative to the URL)."""
 
-    root: Path
+    root: Path | str
     seq_len: int
     dtype: str
     vocab_size: int
@@ -71,7 +72,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _require(raw: dict, key: str, kind: type | tuple[type, ...], where: Path) -> Any:
+def _require(raw: dict, key: str, kind: type | tuple[type, ...], where: str | Path) -> Any:
     if key not in raw:
         raise ValueError(f"{where}: missing key '{key}'")
     if not isinstance(raw[key], kind):
@@ -79,16 +80,39 @@ def _require(raw: dict, key: str, kind: type | tuple[type, ...], where: Path) ->
     return raw[key]
 
 
-def load_text_dataset(root: str | Path) -> TextDataset:
-    """Read and check `<root>/manifest.json`; errors name the file and key."""
-    root = Path(root)
-    path = root / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {root} a directory written by `gigatron data shard`?")
+def read_manifest_json(root: str | Path) -> tuple[dict[str, Any], str]:
+    """(parsed manifest.json, its path or URL for messages) of a dataset directory or URL."""
+    from gigatron.data.remote import RemoteStore, is_url
+
+    if is_url(str(root)):
+        store = RemoteStore(str(root))
+        path = store.locate(MANIFEST_NAME)
+        if store.size(MANIFEST_NAME) is None:
+            raise FileNotFoundError(f"{path} not found: is {root} a directory written by `gigatron data shard`?")
+        data = store.read_bytes(MANIFEST_NAME)
+    else:
+        local = Path(root) / MANIFEST_NAME
+        path = str(local)
+        if not local.is_file():
+            raise FileNotFoundError(f"{local} not found: is {root} a directory written by `gigatron data shard`?")
+        data = local.read_bytes()
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(data)
     except ValueError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return raw, path
+
+
+def load_text_dataset(root: str | Path) -> TextDataset:
+    """Read and check `<root>/manifest.json` (root: a directory or a URL); errors name the file and key."""
+    from gigatron.data.remote import is_url
+
+    raw, path = read_manifest_json(root)
+    remote = is_url(str(root))
+    base = Path("") if remote else Path(root)
+    root = str(root).rstrip("/") if remote else Path(root)
     if raw.get("format") != TEXT_FORMAT:
         raise ValueError(f"{path}: format is {raw.get('format')!r}, expected {TEXT_FORMAT!r}")
     seq_len = _require(raw, "seq_len", int, path)
@@ -104,7 +128,7 @@ def load_text_dataset(root: str | Path) -> TextDataset:
         shards = []
         for i, entry in enumerate(split.get("shards", [])):
             try:
-                shards.append(ShardInfo(root / entry["file"], int(entry["samples"]), int(entry["bytes"]),
+                shards.append(ShardInfo(base / entry["file"], int(entry["samples"]), int(entry["bytes"]),
                                         str(entry["sha256"])))
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{path}: splits.{name}.shards[{i}] is malformed ({exc!r})") from exc

@@ -26,8 +26,10 @@ def split_member_name(name: str) -> tuple[str, str]:
 class TarIndex:
     """Keys of a tar in file order, and for each key its members' (offset, size)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, label: str | None = None) -> None:
         self.path = Path(path)
+        # What messages call the shard: its URL when `path` is a cached copy.
+        self.label = label or str(self.path)
         self.keys: list[str] = []
         self.members: dict[str, dict[str, tuple[int, int]]] = {}
         file_size = self.path.stat().st_size
@@ -37,18 +39,18 @@ class TarIndex:
                     if not info.isfile():
                         continue
                     if info.offset_data + info.size > file_size:
-                        raise DataError(f"{self.path}: member {info.name!r} is cut off at byte {file_size} "
+                        raise DataError(f"{self.label}: member {info.name!r} is cut off at byte {file_size} "
                                         "(truncated shard)")
                     try:
                         key, ext = split_member_name(info.name)
                     except ValueError:
-                        raise DataError(f"{self.path}: member {info.name!r} is not named <key>.<ext>") from None
+                        raise DataError(f"{self.label}: member {info.name!r} is not named <key>.<ext>") from None
                     if key not in self.members:
                         self.members[key] = {}
                         self.keys.append(key)
                     self.members[key][ext] = (info.offset_data, info.size)
         except tarfile.TarError as exc:
-            raise DataError(f"{self.path}: not a readable tar ({exc}); the shard is corrupt or truncated") from exc
+            raise DataError(f"{self.label}: not a readable tar ({exc}); the shard is corrupt or truncated") from exc
         self._fd: int | None = None
         self._pid: int | None = None
 
@@ -69,16 +71,22 @@ class TarIndex:
         members = self.members[key]
         if ext is not None:
             if ext not in members:
-                raise DataError(f"{self.path}: sample {key!r} has no '.{ext}' member (has {sorted(members)})")
+                raise DataError(f"{self.label}: sample {key!r} has no '.{ext}' member (has {sorted(members)})")
             members = {ext: members[ext]}
         fd = self._descriptor()
         out = {}
         for name, (offset, size) in members.items():
             data = os.pread(fd, size, offset)
             if len(data) != size:
-                raise DataError(f"{self.path}: member {key}.{name} is cut off (truncated shard)")
+                raise DataError(f"{self.label}: member {key}.{name} is cut off (truncated shard)")
             out[name] = data
         return out
+
+    def close(self) -> None:
+        """Close this process's descriptor (the next read opens it again)."""
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = self._pid = None
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 
 from gigatron.data.errors import DataError
 from gigatron.data.manifest import SAMPLE_SUFFIX, TextDataset
+from gigatron.data.shard_cache import ShardCache
 from gigatron.data.sharded_tars import ShardedTars
 from gigatron.data.tar_index import TarIndex
 
@@ -16,12 +16,12 @@ from gigatron.data.tar_index import TarIndex
 class TokenShardSource:
     """`source[i]` is sample i (int64 array of seq_len + 1 ids) of `split`, shards in manifest order.
 
-    Shards are checked against the manifest when the source is built (size always; sha256 with
-    verify="sha256", or "auto" for datasets under 1 GiB). Tar headers are indexed lazily, per
-    process, on first access to each shard.
+    Local shards are checked against the manifest when the source is built (size always; sha256
+    with verify="sha256", or "auto" for datasets under 1 GiB); a remote dataset's shards are checked
+    as `cache` downloads them. Tar headers are indexed lazily, per process, on first access.
     """
 
-    def __init__(self, dataset: TextDataset, split: str, verify: str = "auto") -> None:
+    def __init__(self, dataset: TextDataset, split: str, verify: str = "auto", cache: ShardCache | None = None) -> None:
         if split not in dataset.splits or not dataset.splits[split]:
             raise DataError(f"{dataset.root}: the manifest has no '{split}' split with shards")
         self.dataset = dataset
@@ -29,16 +29,11 @@ class TokenShardSource:
         self.shards = dataset.splits[split]
         self.sample_len = dataset.seq_len + 1
         self.dtype = np.dtype(dataset.dtype)
-        self.tars = ShardedTars(self.shards, verify)
+        self.tars = ShardedTars(self.shards, verify, cache)
         self._header: bytes | None = None
 
     def __len__(self) -> int:
         return len(self.tars)
-
-    def locate(self, i: int) -> tuple[Path, str]:
-        """(shard path, member key) of sample i, for messages."""
-        index, local = self.tars.find(i)
-        return index.path, index.keys[local]
 
     def __getitem__(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self):
@@ -51,7 +46,7 @@ class TokenShardSource:
         expected_bytes = self.sample_len * self.dtype.itemsize
         header_len = len(raw) - expected_bytes
         # Fast path: every member of a shard has the same .npy header; compare it byte for byte.
-        where = f"{index.path}:{index.keys[local]}.{SAMPLE_SUFFIX}"
+        where = f"{index.label}:{index.keys[local]}.{SAMPLE_SUFFIX}"
         if header_len > 0 and self._header is not None and raw[:header_len] == self._header:
             return self._checked(np.frombuffer(raw, dtype=self.dtype, offset=header_len), where)
         try:

@@ -126,7 +126,7 @@ class Trainer:
         self.loader = GlobalBatchLoader(self.data.train, t.global_batch_size, t.micro_batch_size,
                                         self.layout.data_rank, self.layout.data_size, t.seed, cfg.data.shuffle,
                                         weights=self.data.train_weights, num_workers=cfg.data.num_workers,
-                                        on_error=cfg.data.on_error)
+                                        on_error=cfg.data.on_error, prefetch_shards=cfg.data.prefetch_shards)
         self.total_steps = total_steps(cfg)
         self.state = TrainerState(tokenizer_fingerprint=self.data.tokenizer_fingerprint)
         self.config_yaml = config_to_yaml(cfg)
@@ -251,8 +251,10 @@ class Trainer:
         # curves compare across runs and across DP sizes.
         valid = GlobalBatchLoader(self.data.valid, t.global_batch_size, t.micro_batch_size,
                                   self.layout.data_rank, self.layout.data_size, t.seed, shuffle=False,
-                                  weights=self.data.valid_weights, on_error=self.cfg.data.on_error)
+                                  weights=self.data.valid_weights, on_error=self.cfg.data.on_error,
+                                  prefetch_shards=0)
         batches = [batch_to(mb, self.device) for _ in range(t.eval_batches) for mb in valid.next_batch()]
+        valid.close()
         self.valid_extra = {}
         for feature in self.features:
             taken = feature.evaluate(self.context, batches)
@@ -507,6 +509,7 @@ class Trainer:
             "data_wait_s": result.data_wait_s, "data_skipped": self.loader.skipped_samples,
             "rejected": int(result.fault is not None), "rejected_steps": self.state.rejected_steps,
             "mfu": mfu, "memory_gib": peak_gib, "memory_current_gib": current_gib, **result.extra,
+            **self.loader.remote_counters(),
         }
         assert self.metrics is not None
         self.metrics.log(step, values)
