@@ -60,15 +60,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(\"text\" column) files; globs are expanded in order")
     shard.add_argument("--tokenizer", required=True, help="'bytes' or a sentencepiece .model file")
     shard.add_argument("--seq-len", type=int, required=True, help="each sample holds seq_len + 1 tokens")
-    shard.add_argument("--out", type=Path, required=True, help="dataset directory to create")
+    shard.add_argument("--out", required=True,
+                       help="dataset directory to create, or a URL (s3://, gs://, https://...: built locally, "
+                            "then uploaded)")
     shard.add_argument("--shard-size", type=int, default=4096, metavar="SAMPLES",
                        help="samples per tar (default: %(default)s)")
+    shard.add_argument("--task-index", type=int, default=None, metavar="I",
+                       help="array build: this task's index in [0, --num-tasks); each input file is packed on "
+                            "its own and task I takes files I, I+N, ...; `gigatron data merge` then writes the "
+                            "manifest. Default: from SLURM_ARRAY_TASK_ID in a SLURM array job")
+    shard.add_argument("--num-tasks", type=int, default=None, metavar="N",
+                       help="array build: the number of tasks (default: SLURM_ARRAY_TASK_COUNT)")
     shard.add_argument("--valid-fraction", type=float, default=0.01)
     shard.add_argument("--workers", type=int, default=_default_workers(),
                        help="tokenizer processes (default: %(default)s); the output does not depend on it")
     shard.add_argument("--on-error", choices=ON_ERROR, default="raise",
                        help="bad documents: stop with an error (raise) or leave them out and count them (skip)")
     shard.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+
+    merge = sub.add_parser("merge", help="after an array build: check every task finished and write the manifest")
+    merge.add_argument("out", help="the --out of the array tasks (a directory or a URL)")
 
     images = sub.add_parser("shard-images", help="write captioned images as WebDataset shards")
     images.add_argument("--input", required=True,
@@ -119,9 +130,26 @@ def _tokenizer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _array_task(args: argparse.Namespace) -> tuple[int, int] | None:
+    """(index, count) of an array build from the flags, else from SLURM's array variables, else None."""
+    from gigatron.data.shard_tasks import task_from_environment
+
+    if (args.task_index is None) != (args.num_tasks is None):
+        raise ValueError("--task-index and --num-tasks go together (or neither, outside a SLURM array job)")
+    if args.task_index is not None:
+        return args.task_index, args.num_tasks
+    task = task_from_environment()
+    if task is not None:
+        print(f"[shard] array task {task[0]} of {task[1]} (from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT)")
+    return task
+
+
 def _shard(args: argparse.Namespace) -> int:
     from gigatron.data.text_shards import write_text_shards
 
+    task = _array_task(args)
+    if task is not None:
+        return _shard_task(args, *task)
     start = time.perf_counter()
     manifest = write_text_shards(args.input, args.tokenizer, args.seq_len, args.out,
                                  samples_per_shard=args.shard_size, valid_fraction=args.valid_fraction,
@@ -136,6 +164,29 @@ def _shard(args: argparse.Namespace) -> int:
         print(f"  skipped: {example}")
     rate = manifest["total_tokens"] / elapsed if elapsed > 0 else float("inf")
     print(f"wrote {args.out} in {elapsed:.1f} s ({rate:,.0f} tokens/s)")
+    return EXIT_OK
+
+
+def _shard_task(args: argparse.Namespace, index: int, count: int) -> int:
+    from gigatron.data.shard_tasks import write_shard_task
+
+    if args.overwrite:
+        raise ValueError("--overwrite does not apply to an array build: its tasks write into a new --out")
+    record = write_shard_task(args.input, args.tokenizer, args.seq_len, args.out, index, count,
+                              samples_per_shard=args.shard_size, valid_fraction=args.valid_fraction,
+                              workers=args.workers, on_error=args.on_error)
+    rate = record["total_tokens"] / record["seconds"] if record["seconds"] > 0 else float("inf")
+    print(f"task {index} of {count}: {len(record['units'])} input files, {record['total_tokens']} tokens in "
+          f"{record['seconds']:.1f} s ({rate:,.0f} tokens/s); run `gigatron data merge {args.out}` after the last task")
+    return EXIT_OK
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from gigatron.data.shard_tasks import merge_shard_tasks
+
+    manifest = merge_shard_tasks(args.out)
+    for split, entry in manifest["splits"].items():
+        print(f"{split}: {entry['num_samples']} samples, {entry['num_tokens']} tokens, {len(entry['shards'])} shards")
     return EXIT_OK
 
 
@@ -213,7 +264,8 @@ def _check_shards(shards: dict[str, list[ShardInfo]], verify: bool,
             if problem:
                 problems.append(problem)
             if verify and shard.path.is_file():
-                problems += _check_shard_members(split, shard, index, check_member, group)
+                first = index if shard.first_index is None else shard.first_index
+                problems += _check_shard_members(split, shard, first, check_member, group)
             index += shard.samples
     return problems
 
@@ -225,7 +277,10 @@ def _check_shard_members(split: str, shard: ShardInfo, start: int,
     last = "(none)"
     try:
         for name, data in _members(shard):
-            problem = check_member(split, start + seen // group, name, data)
+            if name.startswith(shard.key_prefix):
+                problem = check_member(split, start + seen // group, name[len(shard.key_prefix):], data)
+            else:
+                problem = f"expected a key starting with {shard.key_prefix!r} (its input file's prefix)"
             if problem and len(found) < _MAX_PROBLEMS_PER_SHARD:
                 found.append(f"{shard.path.name} member {name}: {problem}")
             seen += 1
@@ -376,6 +431,7 @@ def _inspect_images(args: argparse.Namespace) -> list[str]:
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "tokenizer": _tokenizer,
     "shard": _shard,
+    "merge": _merge,
     "shard-images": _shard_images,
     "default": _default,
     "inspect": _inspect,

@@ -38,6 +38,10 @@ class ShardInfo:
     samples: int
     bytes: int
     sha256: str
+    # Member keys are key_prefix + a 10-digit index, counted from first_index (None: from the
+    # shard's position in its split). Array builds number samples per input file (shard_tasks.py).
+    key_prefix: str = ""
+    first_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,10 @@ def load_text_dataset(root: str | Path) -> TextDataset:
         shards = []
         for i, entry in enumerate(split.get("shards", [])):
             try:
+                first = entry.get("first_index")
                 shards.append(ShardInfo(base / entry["file"], int(entry["samples"]), int(entry["bytes"]),
-                                        str(entry["sha256"])))
+                                        str(entry["sha256"]), str(entry.get("key_prefix", "")),
+                                        None if first is None else int(first)))
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{path}: splits.{name}.shards[{i}] is malformed ({exc!r})") from exc
         splits[name] = shards

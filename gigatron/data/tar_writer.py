@@ -16,15 +16,17 @@ _TAR_OWNER = "gigatron"
 
 
 class RollingTarWriter:
-    """Writes samples into `<split>-NNNNNN.tar`, `samples_per_shard` per file.
+    """Writes samples into `<prefix>-NNNNNN.tar` (prefix: the split's name unless given),
+    `samples_per_shard` per file.
 
     Each tar is written under a `.tmp` name, fsynced and renamed when full (or on `close`), so a
     crash never leaves a half-written file under a final name. `shards` lists
     {file, samples, bytes, sha256} for the manifest.
     """
 
-    def __init__(self, directory: Path, split: str, samples_per_shard: int) -> None:
+    def __init__(self, directory: Path, split: str, samples_per_shard: int, prefix: str | None = None) -> None:
         self.directory, self.split, self.samples_per_shard = directory, split, samples_per_shard
+        self.prefix = prefix or split
         self.shards: list[dict[str, Any]] = []
         self.count = 0
         self._in_shard = 0
@@ -34,7 +36,7 @@ class RollingTarWriter:
     def write(self, sample: dict[str, Any]) -> None:
         """One sample: {"__key__": key, "<ext>": bytes, ...} (already encoded)."""
         if self._tar is None:
-            name = f"{self.split}-{len(self.shards):06d}.tar"
+            name = f"{self.prefix}-{len(self.shards):06d}.tar"
             # Stays open across write() calls until the shard is full; close()/abort() release it.
             self._handle = open(self.directory / f"{name}.tmp", "wb")  # noqa: SIM115
             self._tar = wds.TarWriter(self._handle, encoder=False, mtime=_TAR_MTIME, user=_TAR_OWNER,

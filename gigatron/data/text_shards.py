@@ -26,6 +26,7 @@ import numpy as np
 from gigatron.data.documents import ON_ERROR, iter_documents
 from gigatron.data.errors import DataError
 from gigatron.data.manifest import MANIFEST_NAME, SAMPLE_SUFFIX, TEXT_FORMAT
+from gigatron.data.remote import is_url
 from gigatron.data.sp_tokenizer import Tokenizer, load_tokenizer, tokenizer_manifest_entry
 from gigatron.data.tar_writer import RollingTarWriter
 
@@ -95,20 +96,29 @@ def _chunks(documents: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, st
         yield chunk
 
 
-def _token_stream(tok: Tokenizer, documents: Iterable[tuple[str, str]], workers: int) -> Iterator[np.ndarray]:
+def tokenizer_pool(tok: Tokenizer, workers: int) -> Any:
+    """Worker processes holding `tok`, for `_token_stream` (a context manager)."""
+    return multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=(tok,))
+
+
+def _token_stream(tok: Tokenizer, documents: Iterable[tuple[str, str]], workers: int,
+                  pool: Any = None) -> Iterator[np.ndarray]:
     """Encoded chunks in input order. At most 2 chunks per worker are in flight, bounding memory."""
     if workers == 1:
         for chunk in _chunks(documents):
             yield encode_documents(tok, chunk)
         return
-    with multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=(tok,)) as pool:
-        pending: deque[Any] = deque()
-        for chunk in _chunks(documents):
-            pending.append(pool.apply_async(_encode_in_worker, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
+    if pool is None:
+        with tokenizer_pool(tok, workers) as own:
+            yield from _token_stream(tok, documents, workers, own)
+        return
+    pending: deque[Any] = deque()
+    for chunk in _chunks(documents):
+        pending.append(pool.apply_async(_encode_in_worker, (chunk,)))
+        if len(pending) >= 2 * workers:
             yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def _samples(arrays: Iterable[np.ndarray], sample_len: int, counts: dict[str, int]) -> Iterator[np.ndarray]:
@@ -129,8 +139,10 @@ def _samples(arrays: Iterable[np.ndarray], sample_len: int, counts: dict[str, in
 class _ShardWriter(RollingTarWriter):
     """One split's token samples as `<key>.tokens.npy` members."""
 
-    def __init__(self, directory: Path, split: str, samples_per_shard: int, sample_len: int, dtype: str) -> None:
-        super().__init__(directory, split, samples_per_shard)
+    def __init__(self, directory: Path, split: str, samples_per_shard: int, sample_len: int, dtype: str,
+                 prefix: str | None = None, key_prefix: str = "") -> None:
+        super().__init__(directory, split, samples_per_shard, prefix)
+        self.key_prefix = key_prefix
         self.dtype = np.dtype(dtype).newbyteorder("<")
         # Every member has the same shape and dtype, hence the same .npy header: build it once.
         header = io.BytesIO()
@@ -140,27 +152,32 @@ class _ShardWriter(RollingTarWriter):
 
     def write(self, sample: np.ndarray) -> None:  # type: ignore[override]
         payload = self._npy_header + np.ascontiguousarray(sample, dtype=self.dtype).tobytes()
-        super().write({"__key__": f"{self.count:010d}", SAMPLE_SUFFIX: payload})
+        super().write({"__key__": f"{self.key_prefix}{self.count:010d}", SAMPLE_SUFFIX: payload})
 
 
 PROGRESS_EVERY = 100_000  # samples between progress reports
 
 
 def _route(samples: Iterator[np.ndarray], writers: dict[str, _ShardWriter], valid_fraction: float,
-           progress: Callable[[int], None] | None = None) -> None:
-    # One sample is held back so the last can still go to "valid" if the hash chose none.
+           progress: Callable[[int], None] | None = None, hash_base: int | None = None) -> None:
+    """Send sample i to the split _split_of(i) (of hash_base + i for one unit of an array build).
+
+    A whole-stream build holds the last sample back so that it can go to "valid" when the hash
+    chose none; a unit (hash_base given) does not: its neighbours may hold the valid samples.
+    """
     threshold = _split_threshold(valid_fraction)
+    base = hash_base or 0
     pending: np.ndarray | None = None
     index = -1
     for index, sample in enumerate(samples):
         if pending is not None:
-            writers[_split_of(index - 1, threshold)].write(pending)
+            writers[_split_of(base + index - 1, threshold)].write(pending)
         if progress is not None and index and index % PROGRESS_EVERY == 0:
             progress(index)
         pending = sample
     if pending is not None:
-        forced = valid_fraction > 0 and writers["valid"].count == 0
-        writers["valid" if forced else _split_of(index, threshold)].write(pending)
+        forced = hash_base is None and valid_fraction > 0 and writers["valid"].count == 0
+        writers["valid" if forced else _split_of(base + index, threshold)].write(pending)
 
 
 def _split_of(index: int, threshold: int) -> str:
@@ -229,7 +246,22 @@ def _check_arguments(seq_len: int, samples_per_shard: int, valid_fraction: float
         raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
 
 
-def write_text_shards(inputs: list[str], tokenizer: str, seq_len: int, out: Path, *,
+def _write_to_url(inputs: list[str], tokenizer: str, seq_len: int, url: str, overwrite: bool,
+                  **options: Any) -> dict[str, Any]:
+    """Build in a local scratch directory, then upload: shards first, manifest last."""
+    from gigatron.data.remote import RemoteStore
+    from gigatron.data.shard_tasks import publish
+
+    if RemoteStore(url).size(MANIFEST_NAME) is not None and not overwrite:  # before hours of tokenizing
+        raise FileExistsError(f"{url}: already holds a dataset (manifest.json); pass overwrite=True (--overwrite) "
+                              "to replace it")
+    with tempfile.TemporaryDirectory(prefix="gigatron-shard-") as scratch:
+        manifest = write_text_shards(inputs, tokenizer, seq_len, Path(scratch) / "dataset", **options)
+        publish(Path(scratch) / "dataset", url, overwrite)
+    return manifest
+
+
+def write_text_shards(inputs: list[str], tokenizer: str, seq_len: int, out: Path | str, *,
                       samples_per_shard: int = 4096, valid_fraction: float = 0.01, workers: int = 4,
                       on_error: str = "raise", overwrite: bool = False,
                       progress: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -239,10 +271,14 @@ def write_text_shards(inputs: list[str], tokenizer: str, seq_len: int, out: Path
     samples of seq_len + 1 ids (the remainder is dropped and counted), and each sample goes to
     "train" or "valid" by a hash of its index (see SPLIT_RULE). `tokenizer` is "bytes" or a
     sentencepiece .model path. An existing dataset in `out` is replaced only with overwrite=True.
+    `out` may be a URL: the dataset is built in a local scratch directory and uploaded, manifest last.
     `progress(samples)` is called every PROGRESS_EVERY samples. A failure or interrupt removes what
     was written. Returns the manifest written to `out/manifest.json`.
     """
     _check_arguments(seq_len, samples_per_shard, valid_fraction, workers, on_error)
+    if is_url(str(out)):
+        return _write_to_url(inputs, tokenizer, seq_len, str(out), overwrite, samples_per_shard=samples_per_shard,
+                             valid_fraction=valid_fraction, workers=workers, on_error=on_error, progress=progress)
     out = Path(out).expanduser().absolute()
     _check_destination(out, overwrite)
     tok = load_tokenizer(tokenizer)
