@@ -173,7 +173,34 @@ def batch(slurm, tmp_path_factory) -> dict[str, tuple[str, Path, Path]]:
         jobs[script] = slurm.submit(root / script, steps=3, script=REPO / "slurm" / script, config=REPO / config,
                                     overrides=overrides)
     jobs["sweep"] = submit_sweep(slurm, root / "sweep")
+    jobs["shard"] = submit_shard_array(slurm, root / "shard")
     return jobs
+
+
+SHARD_TASKS = 3
+
+
+def shard_arguments(out: Path) -> list[str]:
+    """`gigatron data shard` arguments of the array-build test: six plays, byte tokens."""
+    from gigatron.data.corpus import default_corpus_files
+
+    plays = sorted(str(p) for p in default_corpus_files())[:6]
+    return ["--input", *plays, "--tokenizer", "bytes", "--seq-len", "255", "--shard-size", "256",
+            "--valid-fraction", "0.05", "--out", str(out)]
+
+
+def submit_shard_array(slurm, tmp: Path) -> tuple[str, Path, Path]:
+    """slurm/shard.sh: an array of SHARD_TASKS tokenizing tasks and the dependent merge; (merge job, out, logs)."""
+    tmp.mkdir(parents=True)
+    env = {**slurm.env, "GIGATRON_VENV": str(Path(sys.executable).parent.parent)}
+    proc = subprocess.run(
+        ["bash", str(REPO / "slurm" / "shard.sh"), "--tasks", str(SHARD_TASKS), "--cpus-per-task=1", "--time=5",
+         f"--output={tmp}/shard-%A_%a.out", "--", *shard_arguments(tmp / "dataset")],
+        capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    array, merge = proc.stdout.strip().splitlines()[-1].split()
+    slurm.jobs += [array, merge]
+    return merge, tmp / "dataset", tmp
 
 
 def submit_sweep(slurm, tmp: Path) -> tuple[str, Path, Path]:
@@ -381,3 +408,21 @@ def test_scancel_saves_and_cancels_without_requeue(slurm, tmp_path):
     assert saved, tail(log)
     assert latest(run_dir) == f"step_{int(saved[0]):08d}"
     assert "requeueing job" not in text, tail(log)
+
+
+def test_an_array_build_and_its_merge_equal_a_one_task_build(slurm, batch, tmp_path):
+    from gigatron.data.shard_tasks import merge_shard_tasks, write_shard_task
+
+    merge, dataset, logs = batch["shard"]
+    info = slurm.wait_final(merge, 300, logs / "none")
+    assert info.get("JobState") == "COMPLETED", "\n".join(tail(p, 2000) for p in sorted(logs.glob("shard-*.out")))
+    arguments = shard_arguments(tmp_path / "one")
+    inputs = arguments[1:arguments.index("--tokenizer")]
+    write_shard_task(inputs, "bytes", 255, tmp_path / "one", 0, 1, samples_per_shard=256, valid_fraction=0.05,
+                     workers=1, log=lambda text: None)
+    merge_shard_tasks(tmp_path / "one", log=lambda text: None)
+    names = sorted(p.name for p in dataset.iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "one").iterdir())
+    for name in names:
+        assert (dataset / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    assert sum(1 for p in logs.glob("shard-*.out") if "shard task" in p.read_text()) == SHARD_TASKS
