@@ -63,6 +63,13 @@ class StoreServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that stops reading early (a benchmark's break) is not an error worth a traceback."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
     @property
     def url(self) -> str:
         """The URL of the served directory."""

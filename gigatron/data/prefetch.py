@@ -66,23 +66,42 @@ class ShardPrefetcher:
 
     def _run(self) -> None:
         ahead: deque[tuple[int, tuple[int, int]]] = deque()  # (first sample number needing it, shard)
+        remote = [remote_tars(source) for source in self.sources]
+        # Without a size limit nothing is ever evicted: once every shard is in, the work is done.
+        everything = sum(len(t.shards) for t in remote if t is not None) if all(
+            t.cache.limit is None for t in remote if t is not None) else None
+        fetched: set[tuple[int, int]] = set()
         try:
             for batch in self.numbers:
-                datasets, samples = self.order(np.asarray(batch, dtype=np.int64))
-                for number, d, i in zip(batch, datasets.tolist(), samples.tolist(), strict=True):
-                    tars = remote_tars(self.sources[d])
-                    if tars is None:
-                        continue
-                    key = (d, tars.shard_of(i))
+                if everything is not None and len(fetched) == everything:
+                    return
+                for number, key in self._shards_of(batch):
                     if any(k == key for _, k in ahead):
                         continue
                     if not self._wait_for_room(ahead):
                         return
+                    tars = remote_tars(self.sources[key[0]])
                     tars.cache.fetch(tars.shards[key[1]])
                     ahead.append((number, key))
+                    fetched.add(key)
         except DataError as exc:
             # The reader meets the same shard and raises the same error, at the sample that needs it.
             self.error = exc
+
+    def _shards_of(self, batch: list[int]) -> list[tuple[int, tuple[int, int]]]:
+        """(first sample number, (dataset, shard)) of each remote shard `batch` reads, in read order."""
+        numbers = np.asarray(batch, dtype=np.int64)
+        datasets, samples = self.order(numbers)
+        found: dict[tuple[int, int], int] = {}
+        for d in np.unique(datasets).tolist():
+            tars = remote_tars(self.sources[d])
+            if tars is None:
+                continue
+            where = datasets == d
+            shards = np.searchsorted(tars.starts, samples[where], side="right") - 1
+            for number, shard in zip(numbers[where].tolist(), shards.tolist(), strict=True):
+                found.setdefault((d, shard), number)
+        return sorted(((n, k) for k, n in found.items()), key=lambda item: item[0])
 
     def _wait_for_room(self, ahead: deque) -> bool:
         with self._advanced:

@@ -26,6 +26,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from gigatron.data.remote import RemoteStore, SharedCounter
 _OK = ".ok"
 _LOCK = ".lock"
 _PART = ".part"
+_TOUCH_EVERY_S = 5.0
+_WARN_WAIT_S = 120.0
 
 
 def cache_dir_for(root: Path, url: str) -> Path:
@@ -57,6 +60,10 @@ class ShardCache:
         if not url_file.exists():
             url_file.write_text(store.url + "\n")
         self._pins: dict[str, tuple[int, int]] = {}  # file -> (lock descriptor, holders in this process)
+        # file -> (inode, size) this process saw verified, and when it last marked it used: a copy
+        # held again is checked with one stat, not by reading its .ok.
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._touched: dict[str, float] = {}
         self._mutex_pid = -1
         self._warned_over = False
         self.downloads = SharedCounter()
@@ -65,6 +72,7 @@ class ShardCache:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_pins"], state["_mutex_pid"], state["log"] = {}, -1, None
+        state["_seen"], state["_touched"] = {}, {}
         state.pop("_lock", None)
         return state
 
@@ -102,14 +110,17 @@ class ShardCache:
                 if self._is_valid(shard):
                     break
                 # Upgrade to download (not atomic: someone else may have downloaded meanwhile).
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._lock_exclusive(fd, name)
                 if not self._is_valid(shard):
                     self._download(shard)
                 # Downgrade, then check again: an evictor may slip in between the two locks.
                 fcntl.flock(fd, fcntl.LOCK_SH)
                 if self._is_valid(shard):
                     break
-            os.utime(self.local_path(shard))  # most recently used
+            now = time.monotonic()
+            if now - self._touched.get(name, -_TOUCH_EVERY_S) >= _TOUCH_EVERY_S:
+                os.utime(self.local_path(shard))  # most recently used (to within _TOUCH_EVERY_S)
+                self._touched[name] = now
         except BaseException:
             os.close(fd)
             raise
@@ -121,6 +132,22 @@ class ShardCache:
             else:
                 self._pins[name] = (fd, 1)
         return self.local_path(shard)
+
+    def _lock_exclusive(self, fd: int, name: str) -> None:
+        """Wait for the exclusive lock, saying so when it takes long (rather than hang in silence)."""
+        waited_since = time.monotonic()
+        warned = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if not warned and time.monotonic() - waited_since > _WARN_WAIT_S:
+                    warned = True
+                    self.log(f"[data] {self.directory / name}: waited {_WARN_WAIT_S:.0f} s to replace it; another "
+                             "process of this node is downloading it, or holds a copy that no longer matches the "
+                             "manifest (was the dataset rewritten under the same URL?)")
+                time.sleep(0.05)
 
     def release(self, shard: ShardInfo) -> None:
         """Stop holding `shard` (it may be evicted from now on)."""
@@ -145,11 +172,17 @@ class ShardCache:
     def _is_valid(self, shard: ShardInfo) -> bool:
         path = self.local_path(shard)
         try:
-            if path.stat().st_size != shard.bytes:
+            stat = path.stat()
+            if stat.st_size != shard.bytes:
                 return False
-            return (self.directory / (path.name + _OK)).read_text().strip() == shard.sha256
+            if self._seen.get(path.name) == (stat.st_ino, stat.st_size):
+                return True
+            if (self.directory / (path.name + _OK)).read_text().strip() != shard.sha256:
+                return False
         except FileNotFoundError:
             return False
+        self._seen[path.name] = (stat.st_ino, stat.st_size)
+        return True
 
     def _download(self, shard: ShardInfo) -> None:
         """Fetch, verify and publish `shard`; called under its exclusive lock."""

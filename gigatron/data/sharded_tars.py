@@ -2,8 +2,8 @@
 
 Shared by the token and image sources. Local shards are checked against the manifest when opened
 (size always; sha256 with verify="sha256", or "auto" for splits under 1 GiB). A remote dataset's
-shards come from a `ShardCache`, which checks each as it downloads it; a process holds at most
-`MAX_OPEN_REMOTE` of them in the cache at once, so the rest can be evicted. Each tar's headers are
+shards come from a `ShardCache`, which checks each as it downloads it; a process holds a bounded
+number of them in the cache at once (`max_held`), so the rest can be evicted. Each tar's headers are
 indexed lazily, per process, on first access.
 """
 
@@ -22,8 +22,11 @@ from gigatron.data.tar_index import TarIndex
 # Splits up to this size get a sha256 check of every shard at start under verify="auto".
 AUTO_SHA256_BYTES = 1 << 30
 # Remote shards one process holds in the cache at a time (the most recently read). Taking a shard
-# again costs a lock and a stat (~0.1 ms); what each holds cannot be evicted, so keep it small.
-MAX_OPEN_REMOTE = 4
+# again costs a lock file's open, flock and a stat (~0.1 ms), and a shuffled order reads a new shard
+# nearly every sample, so hold many; but a held shard cannot be evicted, so with data.cache_limit
+# hold at most an eighth of what the cache holds (never fewer than 2).
+MAX_HELD_REMOTE = 64
+MIN_HELD_REMOTE = 2
 
 
 class ShardedTars:
@@ -40,7 +43,11 @@ class ShardedTars:
                     raise DataError(problem)
         self.shards = shards
         self.cache = cache
+        self.max_held = MAX_HELD_REMOTE
+        if cache is not None and cache.limit is not None and shards:
+            self.max_held = max(MIN_HELD_REMOTE, min(MAX_HELD_REMOTE, cache.limit // (8 * max(s.bytes for s in shards))))
         self._starts = np.cumsum([0] + [s.samples for s in shards]).tolist()
+        self.starts = np.asarray(self._starts, dtype=np.int64)  # first sample of each shard (and the end)
         self._indexes: dict[int, TarIndex] = {}
         self._held: OrderedDict[int, None] = OrderedDict()
 
@@ -70,6 +77,15 @@ class ShardedTars:
             self._indexes[shard_id] = index
         return index
 
+    def close(self) -> None:
+        """Release every remote shard this process holds and close the tars' descriptors."""
+        for index in self._indexes.values():
+            index.close()
+        if self.cache is not None:
+            while self._held:
+                shard_id, _ = self._held.popitem(last=False)
+                self.cache.release(self.shards[shard_id])
+
     def _hold(self, shard_id: int) -> None:
         """Keep a remote shard's local copy from eviction while it is read (the last few, LRU).
 
@@ -85,7 +101,7 @@ class ShardedTars:
         index = self._indexes.get(shard_id)
         if index is not None:
             index.close()  # the file may be a new copy: read through a new descriptor
-        if len(self._held) > MAX_OPEN_REMOTE:
+        if len(self._held) > self.max_held:
             oldest, _ = self._held.popitem(last=False)
             if oldest in self._indexes:
                 self._indexes[oldest].close()

@@ -73,9 +73,11 @@ def test_a_restarted_job_reuses_verified_files_and_refetches_changed_ones(datase
     with StoreServer(dataset) as server:
         first = _source(server.url, tmp_path / "cache")
         [first[i] for i in range(95)]
+        first.tars.close()  # the job ends
         assert server.tar_gets() == 10
         again = _source(server.url, tmp_path / "cache")  # a new process: the files are on disk
         [again[i] for i in range(95)]
+        again.tars.close()
         assert server.tar_gets() == 10 and again.tars.cache.downloads.value == 0
         # A cached copy that no longer matches the manifest (a partial file left by a crash, or
         # a dataset rewritten under the same URL) is downloaded again.
