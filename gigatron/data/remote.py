@@ -187,6 +187,10 @@ class RemoteStore:
         """Write `data` as file `name` (one object: atomic on object stores)."""
         self.call(self.locate(name), lambda: self._filesystem()[0].pipe_file(self._path(name), data))
 
+    def remove(self, prefix: str) -> None:
+        """Delete `prefix` of this directory and everything under it."""
+        self.call(self.locate(prefix), lambda: self._filesystem()[0].rm(self._path(prefix), recursive=True))
+
     def list(self, prefix: str = "") -> list[str]:
         """Names of the files directly under `prefix` of this directory (empty when it is missing)."""
         def ls() -> list[str]:

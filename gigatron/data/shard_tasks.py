@@ -118,8 +118,7 @@ class _Destination:
 
     def remove_tasks(self) -> None:
         if self.store is not None:
-            fs, _ = self.store._filesystem()
-            self.store.call(self.store.locate(TASKS_DIR), lambda: fs.rm(self.store._path(TASKS_DIR), recursive=True))
+            self.store.remove(TASKS_DIR)
         else:
             shutil.rmtree(self.local / TASKS_DIR, ignore_errors=True)
 

@@ -10,6 +10,7 @@ indexed lazily, per process, on first access.
 from __future__ import annotations
 
 import bisect
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -50,6 +51,7 @@ class ShardedTars:
         self.starts = np.asarray(self._starts, dtype=np.int64)  # first sample of each shard (and the end)
         self._indexes: dict[int, TarIndex] = {}
         self._held: OrderedDict[int, None] = OrderedDict()
+        self._held_pid = os.getpid()
 
     def __len__(self) -> int:
         return self._starts[-1]
@@ -93,6 +95,8 @@ class ShardedTars:
         same bytes, so its index still holds.
         """
         assert self.cache is not None
+        if self._held_pid != os.getpid():  # a forked worker inherits the list, not the holds
+            self._held, self._held_pid = OrderedDict(), os.getpid()
         if shard_id in self._held:
             self._held.move_to_end(shard_id)
             return
