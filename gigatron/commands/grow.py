@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="preserve: same function after growth (default); random: the reference code's")
     parser.add_argument("--optimizer", choices=["keep", "reset"], default="keep",
                         help="AdamW moments of the existing tokens (new tokens always start at zero)")
+    parser.add_argument("--schedule", choices=["continue", "restart"], default="continue",
+                        help="continue: keep the step, data position and AdamW state (default); restart: weights "
+                             "only, step 0 (the authors' incremental scaling)")
     parser.add_argument("--out", required=True, help="new directory for the grown (consolidated) checkpoint")
     add_skip_checksums(parser)
 
@@ -30,5 +33,6 @@ def run(args: argparse.Namespace) -> int:
     from gigatron.objectives.growth import GrowthError, grow
 
     return run_verified("grow", lambda: grow(args.ckpt, args.out, args.qkv_tokens, args.proj_tokens, args.ffn_tokens,
-                                             args.init, args.optimizer, checksums=not args.skip_checksums),
+                                             args.init, args.optimizer, checksums=not args.skip_checksums,
+                                             schedule=args.schedule),
                         (GrowthError, FileNotFoundError, FileExistsError, ValueError, KeyError))

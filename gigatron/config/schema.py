@@ -104,7 +104,11 @@ class GrowConfig:
 
     checkpoint: str | None = None
     init: Literal["preserve", "random"] = "preserve"
-    optimizer: Literal["keep", "reset"] = "keep"  # AdamW moments of the existing tokens
+    optimizer: Literal["keep", "reset"] = "keep"  # AdamW moments of the existing tokens (schedule: continue)
+    # continue: the source's step, tokens, data position, LR schedule and AdamW state go on.
+    # restart: its weights only, as the authors' incremental scaling ("pretrain_partial_init"):
+    # step 0, a new warmup and schedule, fresh AdamW state, the data from its start.
+    schedule: Literal["continue", "restart"] = "continue"
 
 
 @dataclass

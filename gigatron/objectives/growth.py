@@ -34,9 +34,11 @@ class GrownCheckpoint:
     kind = "grown"
 
     def __init__(self, source: LogicalCheckpoint, target_model: Any, init: str = "preserve",
-                 optimizer: str = "keep", seed: int = 0) -> None:
+                 optimizer: str = "keep", seed: int = 0, schedule: str = "continue") -> None:
         if optimizer not in ("keep", "reset"):
             raise GrowthError(f"optimizer={optimizer!r}; valid: keep, reset")
+        if schedule not in ("continue", "restart"):
+            raise GrowthError(f"schedule={schedule!r}; valid: continue, restart")
         self.source, self.init, self.optimizer, self.seed = source, init, optimizer, seed
         self.cfg = copy.deepcopy(source.cfg)
         self.cfg.model = grown_model_config(source.cfg.model, target_model, init)
@@ -46,7 +48,11 @@ class GrownCheckpoint:
         self.has_optimizer = source.has_optimizer
         self.optimizer_step = source.optimizer_step
         self.rng = source.rng
-        self.layout = {"grown_from": str(source.path), "init": init, "optimizer": optimizer}
+        if schedule == "restart":  # weights only: a new run that starts from the grown model
+            fingerprint = source.trainer_state.get("tokenizer_fingerprint", "")
+            self.trainer_state = {"step": 0, "tokens": 0, "loader": None, "tokenizer_fingerprint": fingerprint}
+            self.has_optimizer, self.optimizer_step, self.rng = False, 0, None
+        self.layout = {"grown_from": str(source.path), "init": init, "optimizer": optimizer, "schedule": schedule}
 
     def stored_names(self) -> set[str]:
         """Every parameter of the grown model."""
@@ -88,7 +94,7 @@ class GrowthAtStart(TrainingFeature):
             source = resolve_checkpoint(g.checkpoint)
             require_intact_on_first_rank(source, cfg.checkpoint.verify_checksums)
             self.grown = GrownCheckpoint(open_checkpoint(source, verified=True), cfg.model, g.init, g.optimizer,
-                                         cfg.train.seed)
+                                         cfg.train.seed, g.schedule)
         except (GrowthError, FileNotFoundError, ValueError) as exc:
             raise ConfigError(f"grow.checkpoint={g.checkpoint}: {exc}") from exc
         cfg.model = self.grown.cfg.model
@@ -101,7 +107,8 @@ class GrowthAtStart(TrainingFeature):
 
 
 def grow(ckpt: str | Path, out: str | Path, qkv: int | None, proj: int | None, ffn: int | None, init: str,
-         optimizer: str = "keep", tolerance: float = 1e-6, log=print, checksums: bool = True) -> Path:
+         optimizer: str = "keep", tolerance: float = 1e-6, log=print, checksums: bool = True,
+         schedule: str = "continue") -> Path:
     """Write the grown checkpoint `out` (consolidated) and verify it: with `preserve`, logits equal the
     source's on a fixed batch within `tolerance` relative to their size; in any case the old tokens
     are copied bitwise. `checksums`: check the source's sha256s (its sizes always)."""
@@ -113,7 +120,7 @@ def grow(ckpt: str | Path, out: str | Path, qkv: int | None, proj: int | None, f
     # it, exactly as the same keys in a config do.
     target = dataclasses.replace(old, qkv_tokens=qkv or old.qkv_tokens, proj_tokens=proj or old.proj_tokens,
                                  ffn_tokens=ffn or old.ffn_tokens)
-    grown = GrownCheckpoint(source, target, init, optimizer, seed=source.cfg.train.seed)
+    grown = GrownCheckpoint(source, target, init, optimizer, seed=source.cfg.train.seed, schedule=schedule)
     write_consolidated(grown, Path(out), log=log)
     try:
         return _verify_growth(source, ConsolidatedCheckpoint(Path(out)), init, tolerance, log)

@@ -3,6 +3,7 @@ run, and a grown run killed after a checkpoint resumes bitwise equal to an unint
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from tests.conftest import (
     REPO,
     assert_ok,
     pretrain_command,
+    read_metrics,
     run_pretrain,
     train_losses,
 )
@@ -81,3 +83,20 @@ def test_a_grown_run_killed_after_a_checkpoint_resumes_bitwise(base, grown_run, 
     assert "holds this run's own checkpoint" not in resumed.stdout  # auto-resume of its own dir
     assert "[grow] starting from" not in resumed.stdout
     assert train_losses(out) == train_losses(grown_run)
+
+
+def test_a_restarted_growth_keeps_the_weights_and_starts_a_new_schedule(base, tmp_path):
+    # The authors' incremental scaling: the grown weights, then step 0, a new warmup, fresh AdamW
+    # state and the data from its start (grow.schedule=restart).
+    out = tmp_path / "restart"
+    proc = run_pretrain(out, [*BASE, *GROWN, "train.steps=4", f"grow.checkpoint={base}", "grow.schedule=restart"],
+                        config=TOKENFORMER)
+    assert_ok(proc)
+    records = read_metrics(out)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert records[0]["lr"] == pytest.approx(2.0e-3 / 2)  # the first of 2 warmup steps, as a new run
+    state = json.loads((out / "checkpoints" / "step_00000004" / "trainer_state.json").read_text())
+    assert state["loader"]["consumed_samples"] == 4 * 8 and state["tokens"] == 4 * 8 * 128
+    # The weights are the trained ones: the first loss is the base run's late loss, not a new model's.
+    base_losses = train_losses(base)
+    assert records[0]["loss"] < base_losses[1] - 0.2

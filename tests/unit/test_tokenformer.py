@@ -25,10 +25,10 @@ def naive_pattention(x, keys, values, normalization, scale):
     rows = []
     for row in a.reshape(-1, a.shape[-1]):
         if normalization == "l2_norm_gelu":
-            theta = F.gelu(row / math.sqrt(float((row ** 2).sum()) + 1e-6) * math.sqrt(scale))
+            theta = F.gelu(row / math.sqrt(float((row ** 2).sum())) * math.sqrt(scale))
         elif normalization == "gelu_l2_norm":
             g = F.gelu(row)
-            theta = g / math.sqrt(float((g ** 2).sum()) + 1e-6) * math.sqrt(scale)
+            theta = g / math.sqrt(float((g ** 2).sum())) * math.sqrt(scale)
         else:
             theta = torch.exp(row) / torch.exp(row).sum() * scale
         rows.append(theta)
@@ -44,6 +44,35 @@ def test_pattention_computes_its_definition(normalization, scale):
     x = torch.randn(2, 5, 12)
     expected = naive_pattention(x, layer.key_tokens, layer.value_tokens, normalization, scale or 24)
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def authors_nonlinear_norm(inputs: torch.Tensor, normalize_type: str) -> torch.Tensor:
+    """The TokenFormer authors' `Pattention.nonlinear_norm_func` (megatron/model/tokenformer.py),
+    restated: torch.norm, no epsilon, scale = the number of tokens."""
+    n = inputs.shape[-1]
+    if normalize_type == "l2_norm_gelu":
+        return F.gelu(inputs / torch.norm(inputs, p=2, dim=-1, keepdim=True) * math.sqrt(n))
+    if normalize_type == "gelu_l2_norm":
+        g = F.gelu(inputs)
+        return g / torch.norm(g, p=2, dim=-1, keepdim=True) * math.sqrt(n)
+    e = torch.exp(inputs)
+    return e / torch.norm(e, p=1, dim=-1, keepdim=True) * n
+
+
+@pytest.mark.parametrize("normalization", ["l2_norm_gelu", "gelu_l2_norm", "softmax_n"])
+def test_pattention_equals_the_authors_definition_even_for_rows_of_tiny_scores(normalization):
+    # An epsilon under the norm (this layer once had 1e-6) is invisible for ordinary rows but
+    # changes rows whose scores are all tiny: here ||A||_2 is ~1e-4.
+    layer = LayerFactory().pattention(12, 10, 24, normalization=normalization, scale_tokens=None, key_std=0.5,
+                                      value_std=0.1)
+    initialize_parameters(layer, seed=3)
+    for magnitude in (1.0, 1e-5):
+        x = torch.randn(2, 5, 12, dtype=torch.float64) * magnitude
+        layer64 = layer.double()
+        scores = x @ layer64.key_tokens.t()
+        kind = "softmax" if normalization == "softmax_n" else normalization
+        expected = authors_nonlinear_norm(scores, kind) @ layer64.value_tokens
+        torch.testing.assert_close(layer64(x), expected, rtol=1e-10, atol=1e-12)
 
 
 def small(**kw) -> TokenFormerConfig:

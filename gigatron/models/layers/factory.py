@@ -282,6 +282,13 @@ class LayerFactory:
         group = self.layout.tp_group if self.sequence_parallel else None
         return RMSNorm(dim, eps=eps, device=self.device, dtype=self.params_dtype, grad_group=group)
 
+    def layer_norm(self, dim: int, eps: float = 1e-5) -> nn.Module:
+        """LayerNorm with scale and bias of the residual stream; replicated like `norm`."""
+        from gigatron.models.layers.norms import LayerNorm
+
+        group = self.layout.tp_group if self.sequence_parallel else None
+        return LayerNorm(dim, eps=eps, device=self.device, dtype=self.params_dtype, grad_group=group)
+
     def head_norm(self, dim: int, eps: float = 1e-5) -> nn.Module:
         """RMSNorm over each attention head's `dim` channels (QK-norm), one weight for every head. At
         TP>1 each rank holds some of the heads, so the weight's gradient is summed over the TP group."""

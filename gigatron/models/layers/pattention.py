@@ -8,6 +8,9 @@
     gelu_l2_norm  GeLU(A) / ‖GeLU(A)‖₂ · √s
     softmax_n     exp(A) / ‖exp(A)‖₁ · s
 
+exactly as the authors' `nonlinear_norm_func`: no epsilon under the norms (a row of all-zero
+scores, which only an all-zero input produces, gives NaN there as here).
+
 Under tensor parallelism each rank holds n/tp key and value tokens; the row norm over all n tokens
 is summed across ranks (autograd-aware), and the partial outputs are summed like a row-parallel
 linear, so every rank computes what TP=1 computes.
@@ -24,7 +27,6 @@ from torch import nn
 
 Normalization = Literal["l2_norm_gelu", "gelu_l2_norm", "softmax_n"]
 NORMALIZATIONS: tuple[str, ...] = ("l2_norm_gelu", "gelu_l2_norm", "softmax_n")
-_EPS = 1e-6
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -89,20 +91,22 @@ class Pattention(nn.Module):
 
                 x = copy_to_tensor_model_parallel_region(x)  # replicated input: its gradient is summed
             a = x @ self.key_tokens.t()
+        # Norms in fp32 at least (bf16 sums of n squares lose digits); fp64 stays fp64.
+        wide = a.to(torch.promote_types(a.dtype, torch.float32))
         if self.normalization == "l2_norm_gelu":
-            norm = self._sum_over_ranks(a.float().pow(2).sum(-1, keepdim=True)).add(_EPS).sqrt()
-            return F.gelu((a.float() / norm * math.sqrt(self.scale_tokens)).to(a.dtype))
+            norm = self._sum_over_ranks(wide.pow(2).sum(-1, keepdim=True)).sqrt()
+            return F.gelu((wide / norm * math.sqrt(self.scale_tokens)).to(a.dtype))
         if self.normalization == "gelu_l2_norm":
-            g = F.gelu(a.float())
-            norm = self._sum_over_ranks(g.pow(2).sum(-1, keepdim=True)).add(_EPS).sqrt()
+            g = F.gelu(wide)
+            norm = self._sum_over_ranks(g.pow(2).sum(-1, keepdim=True)).sqrt()
             return (g / norm * math.sqrt(self.scale_tokens)).to(a.dtype)
         # softmax_n: shift by the row maximum over all ranks (no gradient needed: it cancels).
-        peak = a.detach().float().amax(-1, keepdim=True)
+        peak = wide.detach().amax(-1, keepdim=True)
         if self.tp_group is not None:
             import torch.distributed as dist
 
             dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=self.tp_group)
-        e = (a.float() - peak).exp()
+        e = (wide - peak).exp()
         total = self._sum_over_ranks(e.sum(-1, keepdim=True))
         return (e / total * self.scale_tokens).to(a.dtype)
 

@@ -37,6 +37,10 @@ class TokenFormerConfig:
     key_init_std: float = 0.02
     value_init_std: float | None = None  # None = 2 / (num_layers * sqrt(hidden)), as the paper
     tie_embeddings: bool = True  # the paper's choice; untie to use pipeline parallelism
+    # The norm before the output layer. The blocks' norms have no parameters; the authors' paper
+    # configs give the final one a scale and bias ("final_norm": "layernorm"), as configs/tokenformer's
+    # paper sizes do. layernorm_nonparam (the default, and the authors' code default) keeps it like the blocks'.
+    final_norm: Literal["layernorm_nonparam", "layernorm"] = "layernorm_nonparam"
 
     @property
     def head_dim(self) -> int:

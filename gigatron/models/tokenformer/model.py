@@ -130,11 +130,13 @@ class TokenFormerBlock(nn.Module):
 
 
 class TokenFormerHead(nn.Module):
-    """Final parameter-free LayerNorm and the output projection (tied to the embedding)."""
+    """Final LayerNorm (with scale and bias, as the authors' configs, or parameter-free like the
+    blocks': model.final_norm) and the output projection (tied to the embedding)."""
 
     def __init__(self, cfg: TokenFormerConfig, factory: LayerFactory) -> None:
         super().__init__()
-        self.norm = LayerNorm(cfg.norm_eps)
+        self.norm = (factory.layer_norm(cfg.hidden_size, cfg.norm_eps) if cfg.final_norm == "layernorm"
+                     else LayerNorm(cfg.norm_eps))
         self.output = factory.column_linear(cfg.hidden_size, cfg.vocab_size, std=cfg.key_init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,16 +157,19 @@ def tie_weights(cfg: TokenFormerConfig, model: nn.Sequential) -> None:
 
 
 def num_params(cfg: TokenFormerConfig) -> int:
-    """Key and value tokens of every Pattention plus the embedding (and the head when untied)."""
+    """Key and value tokens of every Pattention plus the embedding (and the head when untied) and
+    the final norm's scale and bias (final_norm: layernorm)."""
     h = cfg.hidden_size
     per_layer = 2 * h * (3 * cfg.qkv_tokens + cfg.proj_token_count + cfg.ffn_tokens)
-    return cfg.num_layers * per_layer + cfg.vocab_size * h * (1 if cfg.tie_embeddings else 2)
+    final_norm = 2 * h if cfg.final_norm == "layernorm" else 0
+    return cfg.num_layers * per_layer + cfg.vocab_size * h * (1 if cfg.tie_embeddings else 2) + final_norm
 
 
 def flops_per_token(cfg: TokenFormerConfig, seq_len: int) -> float:
     """6 × matmul parameters (every token-parameter product and the head; the input lookup of an
     untied embedding is not a matmul) plus the attention scores, 12 · L · s · h, as for the Transformer."""
-    matmul = num_params(cfg) - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size)
+    matmul = num_params(cfg) - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size) \
+        - (2 * cfg.hidden_size if cfg.final_norm == "layernorm" else 0)
     return 6.0 * matmul + 12.0 * cfg.num_layers * seq_len * cfg.hidden_size
 
 
