@@ -4,6 +4,9 @@
     gigatron scaling fit --runs runs/* --method envelope --out fits/env
     gigatron scaling fit --sweep sweeps/size-x-tokens --method isoflop --out fits/iso
     gigatron scaling fit --csv t2i.csv --method power --x-col params --y-col color_accuracy --out fits/t2i
+    gigatron scaling fit --csv runs.csv --method overtrain --out fits/overtrain     # Gadre et al.'s L(C, M)
+    gigatron scaling fit --csv evals.csv --method error --x-col loss --y-col error --out fits/err
+    gigatron scaling select --csv runs.csv --holdout-above 1e9 --out fits/select   # fit small, score big
     gigatron scaling predict --fit fits/chinchilla/fit.json --compute 5.76e23
     gigatron scaling predict --fit fits/chinchilla/fit.json --params 70e9 --tokens 1.4e12
 
@@ -25,7 +28,7 @@ import numpy as np
 from gigatron.commands.arg_types import at_least, positive
 from gigatron.scaling.points import ScalingDataError
 
-METHODS = ("parametric", "isoflop", "envelope", "power")
+METHODS = ("parametric", "overtrain", "isoflop", "envelope", "power", "error")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +58,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="power: upper bound on E, e.g. 1 for an accuracy (default: none)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--workers", type=positive(int), default=None, help="processes (default: the CPUs available)")
+    select = sub.add_parser("select", help="fit each form on the small models, score it on the large ones")
+    select.add_argument("--csv", required=True, help="CSV with N, loss and D or C columns")
+    select.add_argument("--holdout-above", type=positive(), required=True, metavar="N",
+                        help="models with at least this many parameters are held out and predicted")
+    select.add_argument("--forms", default=",".join(("parametric", "overtrain")),
+                        help="comma-separated forms to compare (default: %(default)s)")
+    select.add_argument("--bootstrap", type=at_least(0, int), default=200, help="bootstrap resamples per form")
+    select.add_argument("--starts", type=at_least(1, int), default=256,
+                        help="parametric: L-BFGS from the K best-scoring grid starts (default: %(default)s)")
+    select.add_argument("--flops-per-param-token", type=positive(), default=6.0, help="k in C = k N D")
+    select.add_argument("--seed", type=int, default=0)
+    select.add_argument("--out", default=None, help="directory for select.json and select.md (default: print only)")
+    for kind in ("n", "d", "c", "loss"):
+        select.add_argument(f"--{kind}-col", default=None, help=f"name of the {kind.upper()} column in --csv")
     predict = sub.add_parser("predict", help="predictions with 95%% intervals from a fit.json")
     predict.add_argument("--fit", required=True, help="fit.json written by `gigatron scaling fit`")
     predict.add_argument("--compute", type=positive(), default=None, help="compute budget C (FLOPs)")
@@ -102,7 +119,19 @@ def _fit(args: argparse.Namespace, log=_print_now) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result: dict[str, Any] = {"method": args.method, "bootstrap_samples": args.bootstrap}
-    if args.method == "power":
+    if args.method == "error":
+        if not (args.csv and args.x_col and args.y_col):
+            raise ScalingDataError("--method error needs --csv with --x-col (the loss) and --y-col (the error)")
+        from gigatron.scaling import overtrain
+        from gigatron.scaling.points import read_xy
+
+        x, y = read_xy(args.csv, args.x_col, args.y_col)
+        fitted = overtrain.fit_error(x, y, args.csv)
+        samples = overtrain.bootstrap_error(x, y, fitted, args.bootstrap, args.seed) if args.bootstrap else np.empty((0, 3))
+        result.update(source=args.csv, x=args.x_col, y=args.y_col, n_points=len(x), params=fitted.values(),
+                      rmse=fitted.rmse, names=list(overtrain.ERROR_NAMES), intervals=_interval(samples),
+                      samples=samples.tolist())
+    elif args.method == "power":
         if not (args.csv and args.x_col and args.y_col):
             raise ScalingDataError("--method power needs --csv with --x-col and --y-col")
         from gigatron.scaling.points import read_xy
@@ -132,6 +161,15 @@ def _fit(args: argparse.Namespace, log=_print_now) -> dict[str, Any]:
                           names=list(parametric.NAMES), intervals=_interval(samples), samples=samples.tolist(),
                           allocation=alloc, allocation_intervals=_interval(alloc_samples))
             plots.parametric_plots(data, fitted, samples, args.flops_per_param_token, out)
+        elif args.method == "overtrain":
+            from gigatron.scaling import overtrain
+
+            fitted = overtrain.fit_overtrain(data, args.flops_per_param_token)
+            samples = (overtrain.bootstrap_overtrain(data, fitted, args.bootstrap, args.seed,
+                                                     progress=lambda done, total: log(f"[bootstrap] {done}/{total} refits"))
+                       if args.bootstrap else np.empty((0, 4)))
+            result.update(params=fitted.values(), rmse=fitted.rmse, names=list(overtrain.NAMES),
+                          intervals=_interval(samples), samples=samples.tolist())
         else:
             if args.method == "isoflop":
                 fitted = isoflop.fit_isoflop(data, args.flops_per_param_token, args.budget_tolerance)
@@ -153,6 +191,30 @@ def _fit(args: argparse.Namespace, log=_print_now) -> dict[str, Any]:
     (out / "fit.json").write_text(json.dumps(result, indent=1))
     (out / "fit.md").write_text(markdown_table(result))
     log(markdown_table(result))
+    return result
+
+
+def select_command(args: argparse.Namespace, log=_print_now) -> dict[str, Any]:
+    """Fit each form on the models below --holdout-above, score it on the others; print and write the table."""
+    from threadpoolctl import threadpool_limits
+
+    from gigatron.scaling import points as pts
+    from gigatron.scaling.selection import markdown, select
+
+    data = pts.read_csv(args.csv, args.n_col, args.d_col, args.c_col, args.loss_col)
+    forms = tuple(f.strip() for f in args.forms.split(",") if f.strip())
+    started = time.perf_counter()
+    with threadpool_limits(limits=1):
+        result = select(data, args.holdout_above <= data.N, forms, args.bootstrap, args.seed, args.starts,
+                        args.flops_per_param_token, log)
+    result["seconds"] = time.perf_counter() - started
+    table = markdown(result)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "select.json").write_text(json.dumps(result, indent=1))
+        (out / "select.md").write_text(table)
+    log(table)
     return result
 
 
@@ -186,6 +248,23 @@ def predict(fit: dict[str, Any], compute: float | None = None, params: float | N
         return np.percentile(values, [2.5, 97.5]).tolist() if values else None
 
     out: dict[str, Any] = {}
+    if method == "error":
+        if x is None:
+            raise ScalingDataError("predict from an error fit needs --x (a loss)")
+        from gigatron.scaling.overtrain import error_law
+
+        out["error"], out["error_interval"] = float(error_law(fit["params"], x)), spread(
+            [float(error_law(r, x)) for r in rows])
+        return out
+    if method == "overtrain":
+        if params is None or tokens is None:
+            raise ScalingDataError("predict from an overtrain fit needs --params and --tokens")
+        from gigatron.scaling.overtrain import law as overtrain_law
+
+        k = fit.get("flops_per_param_token", 6.0)
+        out["loss"] = float(overtrain_law(fit["params"], params, tokens, k))
+        out["loss_interval"] = spread([float(overtrain_law(r, params, tokens, k)) for r in rows])
+        return out
     if method == "power":
         if x is None and params is None:
             raise ScalingDataError("predict from a power fit needs --x (or --params)")
@@ -222,6 +301,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.scaling_command == "fit":
             fit_command(args)
+        elif args.scaling_command == "select":
+            select_command(args)
         else:
             path = Path(args.fit)
             if not path.is_file():
