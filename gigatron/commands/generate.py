@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--draft-granularity", type=float, default=None,
                         help="MatFormer checkpoints: speculative decoding with the submodel at this FFN granularity "
-                             "as the draft (greedy only: needs --temperature 0)")
+                             "as the draft (greedy or sampled: the output follows the full model's distribution)")
     parser.add_argument("--draft-tokens", type=int, default=4, help="tokens drafted per round (default 4)")
     parser.add_argument("--tokenizer", help="a sentencepiece .model file or 'bytes'; default: the one recorded in "
                                             "the training data's manifest.json")
@@ -58,10 +58,9 @@ def _speculate(cfg: Config, model: Any, prompt: list[int], args: argparse.Namesp
     nesting = getattr(cfg.model, "matformer", None)
     if nesting is None:
         raise ValueError("--draft-granularity needs a MatFormer checkpoint (model.matformer); this one has none")
-    if args.temperature != 0:
-        raise ValueError(f"--draft-granularity decodes greedily; pass --temperature 0 (got {args.temperature})")
     new, stats = speculative_generate(model, prompt, args.max_new_tokens, draft_granularity=args.draft_granularity,
-                                      draft_tokens=args.draft_tokens, eos_id=eos_id)
+                                      draft_tokens=args.draft_tokens, eos_id=eos_id, temperature=args.temperature,
+                                      top_k=args.top_k if args.temperature > 0 else None, seed=args.seed)
     return new, (f"; draft granularity {args.draft_granularity:g}: {stats.accepted}/{stats.drafted} drafted tokens "
                  f"accepted ({100 * stats.acceptance_rate:.1f}%), {stats.target_passes} full-model passes")
 

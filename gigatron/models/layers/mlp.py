@@ -30,9 +30,9 @@ class SwiGLU(nn.Module):
         keep = None if self.nesting is None else self.nesting.active(x.device)
         if keep is None:
             return self.down(F.silu(self.gate(x)) * self.up(x))
-        x = self.nesting.enter(x)
-        hidden = F.silu(F.linear(x, self.gate.weight[keep])) * F.linear(x, self.up.weight[keep])
-        return self.nesting.leave(F.linear(hidden, self.down.weight[:, keep]))
+        x, n = self.nesting.enter(x), self.nesting
+        hidden = F.silu(F.linear(x, n.rows(self.gate.weight, keep))) * F.linear(x, n.rows(self.up.weight, keep))
+        return n.leave(F.linear(hidden, n.columns(self.down.weight, keep)))
 
 
 class SquaredReLUMLP(nn.Module):
@@ -51,5 +51,6 @@ class SquaredReLUMLP(nn.Module):
         keep = None if self.nesting is None else self.nesting.active(x.device)
         if keep is None:
             return self.down(F.relu(self.up(x)).square())
-        hidden = F.relu(F.linear(self.nesting.enter(x), self.up.weight[keep])).square()
-        return self.nesting.leave(F.linear(hidden, self.down.weight[:, keep]))
+        n = self.nesting
+        hidden = F.relu(F.linear(n.enter(x), n.rows(self.up.weight, keep))).square()
+        return n.leave(F.linear(hidden, n.columns(self.down.weight, keep)))

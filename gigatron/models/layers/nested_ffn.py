@@ -79,6 +79,10 @@ class Nesting:
         self.enter, self.leave = enter, leave
         self.fraction = 1.0
         self._index: dict[float, torch.Tensor] = {}
+        # Inference only (`cached_submodel_weights`): contiguous copies of the kept rows/columns per
+        # granularity, so that a submodel reads only its weights instead of gathering them each call.
+        self.cache_slices = False
+        self._slices: dict[tuple[str, float], tuple[int, int, torch.Tensor]] = {}
 
     def set_fraction(self, fraction: float) -> None:
         """Make granularity `fraction` active; it must be one the model was trained with."""
@@ -99,6 +103,48 @@ class Nesting:
             index = kept_neurons(self.local_blocks * self.block, self.local_blocks, self.fraction).to(device)
             self._index[self.fraction] = index
         return index
+
+
+    def rows(self, weight: torch.Tensor, keep: slice | torch.Tensor) -> torch.Tensor:
+        """`weight[keep]` (the kept output neurons of gate/up)."""
+        return self._sliced("rows", weight, keep)
+
+    def columns(self, weight: torch.Tensor, keep: slice | torch.Tensor) -> torch.Tensor:
+        """`weight[:, keep]` (the kept input neurons of down)."""
+        return self._sliced("columns", weight, keep)
+
+    def _sliced(self, role: str, weight: torch.Tensor, keep: slice | torch.Tensor) -> torch.Tensor:
+        def cut() -> torch.Tensor:
+            return weight[keep] if role == "rows" else weight[:, keep]
+
+        if not self.cache_slices or torch.is_grad_enabled():
+            return cut()
+        key = (f"{role}:{id(weight)}", self.fraction)
+        cached = self._slices.get(key)
+        # Valid while the weight is the same storage, unmodified (its version counts in-place writes).
+        if cached is None or cached[0] != weight._version or cached[1] != weight.data_ptr():
+            cached = (weight._version, weight.data_ptr(), cut().contiguous())
+            self._slices[key] = cached
+        return cached[2]
+
+
+@contextmanager
+def cached_submodel_weights(model: nn.Module) -> Iterator[None]:
+    """Inside: nested FFNs run without gradients keep a contiguous copy of each granularity's weights.
+
+    A gathered slice (blocks > 1) or a column slice is otherwise re-made on every call, which made a
+    1/2 submodel's decoding step slower than the full model's. Costs the copies' memory (g of each
+    FFN per granularity used); they are dropped on exit.
+    """
+    nested = nestings(model)
+    for n in nested:
+        n.cache_slices = True
+    try:
+        yield
+    finally:
+        for n in nested:
+            n.cache_slices = False
+            n._slices.clear()
 
 
 def nestings(model: nn.Module) -> list[Nesting]:
