@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,29 +25,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.matformer import INDEPENDENT, pretrain  # noqa: E402
 from gigatron.checkpoint.reader import load_checkpoint_model  # noqa: E402
 from gigatron.inference.lm_eval import lm_loss, validation_batches  # noqa: E402
 from gigatron.models.layers.nested_ffn import ffn_granularity  # noqa: E402
-
-CONFIG = REPO / "configs" / "matformer" / "small.yaml"
-INDEPENDENT = {0.25: 256, 0.5: 512, 1.0: 1024}  # granularity -> FFN width of the independent model
-
-
-def train(out: Path, overrides: list[str]) -> float:
-    """Train (unless already trained) and return the seconds it took (0 when reused)."""
-    if (out / "checkpoints" / "latest").is_file():
-        return 0.0
-    command = [sys.executable, "-m", "gigatron", "pretrain", "--config", str(CONFIG), "--set", f"output_dir={out}",
-               "--set", "logging.progress_bar=false", "--set", "logging.tensorboard=false",
-               "--set", "hardware.memory_check=false"]
-    for item in overrides:
-        command += ["--set", item]
-    started = time.perf_counter()
-    proc = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - started
 
 
 def parse_variant(text: str) -> tuple[str, str, list[float]]:
@@ -90,7 +69,7 @@ def main() -> None:
                          [*base, f"matformer.mode={mode}", f"matformer.{key}=[{','.join(map(str, shares))}]"]))
     started = time.perf_counter()
     with ThreadPoolExecutor(2) as pool:
-        for (out, _), seconds in zip(jobs, pool.map(lambda job: train(*job), jobs), strict=True):
+        for (out, _), seconds in zip(jobs, pool.map(lambda job: pretrain(*job, threads=1), jobs), strict=True):
             print(f"{out.relative_to(args.out)}: {seconds:.0f} s", flush=True)
     print(f"trained {len(jobs)} runs in {time.perf_counter() - started:.0f} s", flush=True)
 

@@ -1,4 +1,5 @@
-"""A loopback HTTP server over a directory, for tests of datasets read by URL.
+"""Loopback object stores for tests of datasets read by URL: an HTTP server over a directory, and
+an S3 server (`local_s3`).
 
 It can misbehave on purpose: `fail_first` requests of each .tar path are answered by closing the
 connection (half of them after sending part of the body, a truncated transfer), and `status_first`
@@ -7,12 +8,15 @@ requests get an HTTP status (503) instead. Every request is counted per path.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -86,3 +90,28 @@ class StoreServer(ThreadingHTTPServer):
     def __exit__(self, *exc) -> None:
         self.shutdown()
         self.server_close()
+
+
+@contextlib.contextmanager
+def local_s3(monkeypatch) -> Iterator[Any]:
+    """An S3 server (moto's, on 127.0.0.1) for the duration; yields an s3fs filesystem pointed at it.
+
+    Skips the test when moto[server] or s3fs is not installed. The AWS_* variables that botocore
+    reads (credentials, region, AWS_ENDPOINT_URL) are set through `monkeypatch`, so every s3://
+    URL opened meanwhile goes to this server.
+    """
+    import pytest
+
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install moto[server])")
+    s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+            monkeypatch.setenv(key, value)
+        s3fs.S3FileSystem.clear_instance_cache()
+        yield s3fs.S3FileSystem()
+    finally:
+        server.stop()

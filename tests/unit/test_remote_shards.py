@@ -16,7 +16,7 @@ from gigatron.data.manifest import load_text_dataset
 from gigatron.data.remote import RemoteStore, RetryPolicy, is_transient, is_url
 from gigatron.data.shard_cache import ShardCache
 from gigatron.data.token_source import TokenShardSource
-from tests.http_store import StoreServer
+from tests.http_store import StoreServer, local_s3
 from tests.unit.shard_fixtures import ids, write_dataset
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.001)
@@ -178,23 +178,9 @@ def test_build_lm_data_reads_urls_with_the_configured_cache(dataset, tmp_path):
 
 
 def test_s3_through_a_local_s3_server(dataset, tmp_path, monkeypatch):
-    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install moto[server])")
-    pytest.importorskip("s3fs", reason="s3fs is not installed")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-            monkeypatch.setenv(key, value)
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
-        fs = s3fs.S3FileSystem()
+    with local_s3(monkeypatch) as fs:
         fs.mkdir("gigatron-test")
         fs.put(str(dataset) + "/", "gigatron-test/ds/", recursive=True)
         source = _source("s3://gigatron-test/ds", tmp_path / "cache")
         assert [int(source[i][0]) for i in range(0, 95, 7)] == list(range(0, 95, 7))
         assert len(list((tmp_path / "cache").glob("*.tar"))) == 10  # 0, 7, ..., 91 touch every shard
-    finally:
-        server.stop()

@@ -16,6 +16,7 @@ from gigatron.data.manifest import load_text_dataset
 from gigatron.data.shard_tasks import TASKS_DIR, merge_shard_tasks, task_from_environment, write_shard_task
 from gigatron.data.text_shards import write_text_shards
 from gigatron.data.token_source import TokenShardSource
+from tests.http_store import local_s3
 
 OPTIONS = {"samples_per_shard": 16, "valid_fraction": 0.1, "workers": 1, "log": lambda text: None}
 
@@ -138,19 +139,8 @@ def test_the_command_line_builds_an_array_and_checks_its_flags(inputs, tmp_path,
 
 
 def test_array_build_and_plain_build_write_to_s3(inputs, tmp_path, monkeypatch):
-    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install moto[server])")
-    pytest.importorskip("s3fs", reason="s3fs is not installed")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-            monkeypatch.setenv(key, value)
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
-        s3fs.S3FileSystem().mkdir("gigatron-build")
+    with local_s3(monkeypatch) as fs:
+        fs.mkdir("gigatron-build")
         _build(inputs, "s3://gigatron-build/array", 2)  # type: ignore[arg-type]
         local = _build(inputs, tmp_path / "local", 1)
         remote = load_text_dataset("s3://gigatron-build/array")
@@ -159,6 +149,4 @@ def test_array_build_and_plain_build_write_to_s3(inputs, tmp_path, monkeypatch):
         assert load_text_dataset("s3://gigatron-build/plain").num_samples("train") > 0
         with pytest.raises(FileExistsError, match="already holds a dataset"):
             write_text_shards(inputs, "bytes", 31, "s3://gigatron-build/plain", workers=1)
-        assert not s3fs.S3FileSystem().exists(f"gigatron-build/array/{TASKS_DIR}")
-    finally:
-        server.stop()
+        assert not fs.exists(f"gigatron-build/array/{TASKS_DIR}")
