@@ -8,7 +8,9 @@ on the same validation batches; the table gives the gap's mean and spread over s
 difference can be told from seed noise. Two runs train at a time, one thread each.
 
     python benchmarks/matformer_study.py --seeds 3 --steps 600 \\
-        --variant equal=sum:1,1,1,1 --variant full-heavy=sum:1,1,2,4 --variant sample=sample:1,1,1,1
+        --variant equal=sum:1,1,1,1 --variant full-heavy=sum:1,1,1,3 --variant sample=sample:1,1,1,1
+    python benchmarks/matformer_study.py --seeds 2 --steps 600 --set model.hidden_size=128 \\
+        --set model.ffn_hidden_size=512 --out runs/matformer-study-h128   # a smaller model, for the trend
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.matformer import INDEPENDENT, pretrain  # noqa: E402
+from benchmarks.matformer import CONFIG, INDEPENDENT, pretrain  # noqa: E402
 from gigatron.checkpoint.reader import load_checkpoint_model  # noqa: E402
+from gigatron.config import load_config  # noqa: E402
 from gigatron.inference.lm_eval import lm_loss, validation_batches  # noqa: E402
 from gigatron.models.layers.nested_ffn import ffn_granularity  # noqa: E402
 
@@ -47,6 +50,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="train.lr for every run (default: the config's)")
     parser.add_argument("--variant", action="append", default=None, metavar="NAME=MODE:W,W,W,W",
                         help="a MatFormer training setting (repeatable); default: equal=sum:1,1,1,1")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run (repeatable), e.g. model.hidden_size=128 for the "
+                             "model-size trend; the independent models' FFN widths follow model.ffn_hidden_size")
     parser.add_argument("--eval-batches", type=int, default=16)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "matformer-study")
     args = parser.parse_args()
@@ -56,10 +62,13 @@ def main() -> None:
               "train.eval_interval=0", "checkpoint.interval=0"]
     if args.lr is not None:
         common += [f"train.lr={args.lr}", f"train.min_lr={args.lr / 10}"]
+    common += args.overrides
+    d_ff = load_config(CONFIG, args.overrides).model.ffn_hidden_size
+    widths = {g: int(g * d_ff) for g in INDEPENDENT}
     jobs: list[tuple[Path, list[str]]] = []
     for seed in range(args.seeds):
         base = [*common, f"train.seed={1234 + seed}"]
-        for g, width in INDEPENDENT.items():
+        for g, width in widths.items():
             jobs.append((args.out / f"seed{seed}" / f"independent-{g:g}",
                          [*base, "model.matformer=null", f"model.ffn_hidden_size={width}"]))
         for name, mode, values in variants:
@@ -67,6 +76,9 @@ def main() -> None:
             shares = [v / sum(values) for v in values] if mode == "sample" else values  # probabilities sum to 1
             jobs.append((args.out / f"seed{seed}" / f"matformer-{name}",
                          [*base, f"matformer.mode={mode}", f"matformer.{key}=[{','.join(map(str, shares))}]"]))
+    # Longest first (a sum-mode MatFormer trains every granularity each step), so that the two
+    # workers finish together instead of one waiting on a long run started last.
+    jobs.sort(key=lambda job: not any(o.startswith("matformer.mode=sum") for o in job[1]))
     started = time.perf_counter()
     with ThreadPoolExecutor(2) as pool:
         for (out, _), seconds in zip(jobs, pool.map(lambda job: pretrain(*job, threads=1), jobs), strict=True):
