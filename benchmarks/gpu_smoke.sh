@@ -2,7 +2,8 @@
 # One-GPU smoke of the CUDA paths, for a machine with PyTorch+CUDA but without network access.
 # Stages (each bounded by `timeout`, so one hang costs one stage, not the lease):
 #   1. kernels: benchmarks/gpu_kernels.py (ceilings; mamba_ssm's Triton SSD against our PyTorch SSD;
-#      SDPA backends; blockwise attention and the selective scan on CUDA);
+#      SDPA backends; blockwise attention and the selective scan on CUDA); 1b. the chunked output
+#      loss against the plain one (benchmarks/chunked_loss.py, bf16, vocabularies 32K-256K);
 #   2. every family's smoke config in bf16 on the GPU (DeepSpeed ZeRO-1, NCCL with one rank), all at
 #      once, plus the hybrid smoke in fp32; loss first -> last and exit code of each;
 #   3. the bf16 hybrid checkpoint consolidated (with verification) and resumed as fp32 ZeRO-0;
@@ -74,6 +75,10 @@ print(f"{name:>22}: exit {rc}, {len(train)} records, loss {train[0]['loss']:.4f}
 EOF
 }
 SHORT=(train.precision=bf16 parallel.zero_stage=1 logging.interval=5 train.eval_interval=0 checkpoint.save_final=false)
+
+note "[${SECONDS}s] == 1b. the chunked output loss (train.loss_chunk_tokens) vs the plain one, bf16"
+timeout 90 python3 benchmarks/chunked_loss.py --device cuda --dtype bf16 --tokens 4096 --hidden 4096 --chunk 1024 \
+    --vocab 32768,131072,262144 --rounds 5 2>&1 | grep -v -i warn | tee -a "$SUMMARY"
 
 note "[${SECONDS}s] == 2. every family's smoke config on the GPU (concurrently)"
 train hybrid-fp32 configs/hybrid/smoke.yaml train.precision=fp32 parallel.zero_stage=1 logging.interval=10 &

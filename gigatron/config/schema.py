@@ -95,6 +95,9 @@ class TrainConfig:
     recompute_num_layers: int | None = None
     # selective: any of RECOMPUTE_MODULES.
     recompute_modules: list[str] = field(default_factory=lambda: ["core_attn"])
+    # Language models: compute the output layer and cross-entropy this many tokens at a time
+    # (docs/memory.md), so that one chunk's logits exist instead of [tokens, vocabulary]. 0: whole.
+    loss_chunk_tokens: int = 0
 
 
 @dataclass

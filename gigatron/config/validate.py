@@ -136,6 +136,26 @@ def sequence_parallel_problems(cfg: Config) -> list[str]:
     return out
 
 
+def loss_chunk_problems(cfg: Config) -> list[str]:
+    """train.loss_chunk_tokens chunks a language model's output layer; other objectives have none."""
+    from gigatron.models.registry import get_model_spec
+
+    chunk = cfg.train.loss_chunk_tokens
+    if chunk <= 0:
+        return []
+    family = type(cfg.model).family
+    if get_model_spec(family).task != "lm":
+        return [f"train.loss_chunk_tokens={chunk}: model.family={family} has no vocabulary output layer (its "
+                "objective is not next-token prediction); set it to 0"]
+    if cfg.parallel.zero_stage == 3:
+        # ZeRO-3 gathers a weight only inside its module's forward and backward; the chunked loss
+        # reads the output weight after the head's forward and in its own backward.
+        return [f"train.loss_chunk_tokens={chunk} does not combine with parallel.zero_stage=3 (ZeRO-3 holds the "
+                "output layer's weight only while the layer itself runs); use zero_stage 0-2 or "
+                "loss_chunk_tokens=0"]
+    return []
+
+
 def hardware_problems(cfg: Config) -> list[str]:
     """The `hardware:` section: a plan target that makes sense."""
     h = cfg.hardware
@@ -249,6 +269,9 @@ def validate_config(cfg: Config, world_size: int) -> Config:
                         "is told apart by its heartbeat stopping for 8 s), 0 (no watchdog) or null (derived)")
     if not t.hang_allowance >= MIN_HANG_TIMEOUT_S:
         problems.append(f"train.hang_allowance={t.hang_allowance:g} must be >= {MIN_HANG_TIMEOUT_S:g} seconds")
+    if t.loss_chunk_tokens < 0:
+        problems.append(f"train.loss_chunk_tokens={t.loss_chunk_tokens} must be >= 0 (0 computes the whole "
+                        "logits tensor at once)")
     if t.warmup_steps < 0:
         problems.append(f"train.warmup_steps={t.warmup_steps} must be >= 0")
     elif t.steps is not None and t.steps >= 1:
@@ -301,6 +324,7 @@ def validate_config(cfg: Config, world_size: int) -> Config:
     problems.extend(hardware_problems(cfg))
     problems.extend(cfg.model.validate(cfg))
     problems.extend(matformer_problems(cfg))
+    problems.extend(loss_chunk_problems(cfg))
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     p.dp = dp

@@ -107,8 +107,11 @@ def _stage_model(cfg: Config, factory: LayerFactory, task, stage: int) -> nn.Mod
     # it prints its partition, which would mix into a plan's output.
     with (contextlib.redirect_stdout(io.StringIO()), mock.patch.dict(os.environ, {"LOCAL_RANK": os.environ.get("LOCAL_RANK", "0")}),
           mock.patch.object(PipelineModule, "to", lambda self, *args, **kwargs: self)):
-        return PipelineModule(layers=layers, topology=factory.layout.deepspeed_topology(), loss_fn=task.loss,
-                              partition_method=cfg.parallel.pipeline_partition)
+        module = PipelineModule(layers=layers, topology=factory.layout.deepspeed_topology(), loss_fn=task.loss,
+                                partition_method=cfg.parallel.pipeline_partition)
+    if hasattr(task, "prepare_pipeline"):
+        task.prepare_pipeline(module)
+    return module
 
 
 def trace_stage(cfg: Config, stage: int, input_shape: tuple[int, ...] | None = None,
@@ -190,4 +193,4 @@ def _batch(cfg: Config, task, spec) -> tuple:
 def _forward_loss(cfg: Config, task, model: nn.Module, inputs, labels) -> torch.Tensor:
     if labels is None:  # image tasks take the whole batch
         return task.forward_loss(model, inputs)
-    return task.loss(model(inputs), labels)
+    return task.loss_of_inputs(model, inputs, labels)

@@ -2,8 +2,8 @@
 
 FLOPs are the model's (the family's `flops_per_token`, counted the way PaLM and torchtitan count
 them: 6N plus attention, and each Mamba layer's scan); the step time is what those FLOPs take at
-`mfu` of the GPUs' peak, lengthened by what the layout adds on top: recomputed forwards and the
-pipeline's bubble.
+`mfu` of the GPUs' peak, lengthened by what the layout adds on top: recomputed forwards (layers, and
+the output layer under the chunked loss) and the pipeline's bubble.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class ThroughputPlan:
     steps: int  # train.steps, or the steps that consume train.tokens
     time_to_budget_s: float
     pipeline_bubble: float  # idle fraction of a step added by the pipeline, (pp - 1) / micro-batches
-    recompute_cost: float  # step compute relative to no recomputation
+    recompute_cost: float  # step compute relative to no recomputation (of layers or of the chunked loss's logits)
 
 
 def micro_batches_per_step(cfg: Config) -> int:
@@ -77,6 +77,15 @@ def model_flops_per_token(cfg: Config) -> float:
     return flops
 
 
+def chunked_loss_cost(cfg: Config, flops_per_token: float) -> float:
+    """The chunked output loss (train.loss_chunk_tokens) makes the logits twice, in forward and again
+    in backward: one more output-layer forward, 2·hidden·vocab FLOPs per token, as a share of the
+    model's FLOPs per token (0 when it is off)."""
+    if cfg.train.loss_chunk_tokens <= 0 or get_model_spec(type(cfg.model).family).task != "lm":
+        return 0.0
+    return 2.0 * cfg.model.hidden_size * cfg.model.vocab_size / flops_per_token
+
+
 def plan_throughput(cfg: Config, gpus: int, peak_flops_per_gpu: float, mfu: float) -> ThroughputPlan:
     """Step time and time to budget of run `cfg` (with `parallel.dp` set) on `gpus` GPUs."""
     p, t = cfg.parallel, cfg.train
@@ -85,7 +94,7 @@ def plan_throughput(cfg: Config, gpus: int, peak_flops_per_gpu: float, mfu: floa
     flops = per_token * tokens
     micro_batches = micro_batches_per_step(cfg)
     bubble = (p.pp - 1) / micro_batches if p.pp > 1 else 0.0
-    recompute = RECOMPUTE_COST[t.recompute]
+    recompute = RECOMPUTE_COST[t.recompute] + chunked_loss_cost(cfg, per_token)
     step_time = flops * recompute * (1 + bubble) / (gpus * peak_flops_per_gpu * mfu)
     steps = total_steps(cfg)
     return ThroughputPlan(gpus=gpus, flops_per_token=per_token, tokens_per_step=tokens, flops_per_step=flops,

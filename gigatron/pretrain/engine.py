@@ -87,8 +87,10 @@ def _build_pipeline(cfg: Config, factory: LayerFactory, task: LanguageModelingTa
 
     spec = get_model_spec(type(cfg.model).family)
     layers = [LayerSpec(cls, *args, **kwargs) for cls, args, kwargs in spec.layer_recipes(cfg.model, factory)]
-    return PipelineModule(layers=layers, topology=layout.deepspeed_topology(), loss_fn=task.loss,
-                          partition_method=cfg.parallel.pipeline_partition)
+    stage = PipelineModule(layers=layers, topology=layout.deepspeed_topology(), loss_fn=task.loss,
+                           partition_method=cfg.parallel.pipeline_partition)
+    task.prepare_pipeline(stage)
+    return stage
 
 
 def build_engine(cfg: Config, layout: ParallelLayout, device: str, init_from: LogicalCheckpoint | None = None

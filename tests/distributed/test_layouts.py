@@ -1,12 +1,15 @@
 """TP=2, PP=2, ZeRO-2, ZeRO-3 and 4-rank combinations train the smoke GPT to the same losses as one process,
-with activation recomputation (no change to the arithmetic) and sequence parallelism (only the order of
-the norm weights' gradient sums changes) in some, so the same tolerance holds."""
+with activation recomputation (no change to the arithmetic), sequence parallelism (only the order of
+the norm weights' gradient sums changes) and the chunked output loss (the same sums, in chunks) in
+some, so the same tolerance holds."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from tests.conftest import assert_ok, read_metrics, run_pretrain
+from tests.conftest import GIGATRON, REPO, assert_ok, read_metrics, run_pretrain
 
 pytestmark = pytest.mark.distributed
 
@@ -21,6 +24,13 @@ def single_process(tmp_path_factory, corpus_ready):
     return read_metrics(out), read_metrics(out, "valid")
 
 
+def test_chunked_output_loss_split_over_two_ranks_equals_one_rank():
+    worker = REPO / "tests" / "distributed" / "linear_cross_entropy_tp_worker.py"
+    proc = subprocess.run([*GIGATRON, "launch", "--nproc", "2", "--", *GIGATRON, "--script", str(worker)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert_ok(proc)
+
+
 @pytest.mark.parametrize(("layout", "nproc"), [
     (["parallel.tp=2"], 2),
     # chunks of two layers recomputed inside DeepSpeed's pipeline module
@@ -28,12 +38,13 @@ def single_process(tmp_path_factory, corpus_ready):
     (["parallel.zero_stage=2"], 2),
     # recomputed layers gather their ZeRO-3 partitions again in the backward pass
     (["parallel.zero_stage=3", "train.recompute=full"], 2),
-    # sequence parallelism with the pipeline (activations sent between stages are sequence shards)
+    # sequence parallelism with the pipeline (activations sent between stages are sequence shards);
+    # the last stage's head hands hidden states to the chunked output loss
     (["parallel.tp=2", "parallel.pp=2", "parallel.sequence_parallel=true", "train.recompute=selective",
-      "train.recompute_modules=[core_attn,mlp,layernorm]"], 4),
+      "train.recompute_modules=[core_attn,mlp,layernorm]", "train.loss_chunk_tokens=48"], 4),
     (["parallel.tp=2", "parallel.zero_stage=1", "parallel.sequence_parallel=true"], 4),
     (["parallel.tp=2", "parallel.zero_stage=3", "parallel.sequence_parallel=true", "train.recompute=full"], 4),
-], ids=["tp2", "pp2-recompute-chunks", "zero2", "zero3-recompute-full", "tp2-sp-pp2-recompute-selective",
+], ids=["tp2", "pp2-recompute-chunks", "zero2", "zero3-recompute-full", "tp2-sp-pp2-recompute-selective-chunked-loss",
         "tp2-sp-dp2-zero1", "tp2-sp-dp2-zero3-recompute-full"])
 def test_loss_curve_matches_single_process(layout, nproc, single_process, tmp_path):
     assert_ok(run_pretrain(tmp_path, STEPS + layout, nproc=nproc))

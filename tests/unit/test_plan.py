@@ -50,6 +50,20 @@ def test_recompute_and_sequence_parallel_shrink_the_planned_activations():
     assert sp < base and full < base / 2
 
 
+def test_the_chunked_loss_shrinks_the_planned_peak_and_costs_one_more_output_forward():
+    target = Target(gpus=1, memory_bytes=2**40, peak_flops=1e14, mfu=0.4, overhead_bytes=0, device="cpu")
+    vocab, tokens = 16384, 4 * 128  # micro-batch 4 of 128 tokens
+    plain = plan_run(load_config(SMOKE, [f"model.vocab_size={vocab}"]), target)
+    chunked = plan_run(load_config(SMOKE, [f"model.vocab_size={vocab}", "train.loss_chunk_tokens=64"]), target)
+    logits = tokens * vocab * 4
+    # The plain path keeps the fp32 log-softmax for backward and makes the softmax gradient beside it.
+    assert plain.peak.allocated - chunked.peak.allocated > 1.5 * logits
+    assert plain.throughput.recompute_cost == 1.0
+    extra = 2 * 128 * vocab / chunked.throughput.flops_per_token
+    assert chunked.throughput.recompute_cost == pytest.approx(1.0 + extra)
+    assert chunked.throughput.step_time_s == pytest.approx(plain.throughput.step_time_s * (1 + extra))
+
+
 @pytest.mark.slow  # a training run (~15 s)
 def test_the_plan_matches_a_measured_peak_within_ten_percent(tmp_path, corpus_ready):
     overrides = ["train.steps=2", "checkpoint.save_final=false", "train.eval_interval=0", "logging.memory_trace=true"]

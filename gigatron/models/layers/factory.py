@@ -301,6 +301,26 @@ class LayerFactory:
 
         return Dropout(p, self.layout.tp_group if self.sequence_parallel else None)
 
+    def output_cross_entropy(self, hidden: torch.Tensor, output: nn.Module, target: torch.Tensor,
+                             token_weights: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Σ token_weights · CE(output(hidden), target) with the logits made `chunk` tokens at a time
+        (`linear_cross_entropy.py`). `output` is a `column_linear` reading the residual stream, as
+        the LM head's; `hidden` enters the TP region as that layer's input would (whole sequence
+        gathered under sequence parallelism, input gradient summed over the TP group)."""
+        from gigatron.models.layers.linear_cross_entropy import chunked_linear_cross_entropy
+
+        if getattr(output, "bias", None) is not None:
+            raise ValueError("the chunked output loss supports an output layer without bias only")
+        group = None
+        if self.tp_size > 1:
+            from gigatron.models.layers.sequence_parallel import gather_sequence, sum_grad_over
+
+            group = self.layout.tp_group
+            hidden = gather_sequence(hidden, group) if self.sequence_parallel else sum_grad_over(hidden, group)
+        weight = output.weight
+        return chunked_linear_cross_entropy(hidden, weight, target, token_weights, chunk,
+                                            vocab_start=self.tp_rank * weight.shape[0], group=group)
+
     def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-token loss from this rank's vocab shard of the logits (full logits at TP=1)."""
         if self.tp_size == 1:

@@ -20,15 +20,24 @@ class Embedding(nn.Module):
 
 
 class Head(nn.Module):
-    """Final norm and output projection; returns this TP rank's vocab shard of the logits."""
+    """Final norm and output projection; returns this TP rank's vocab shard of the logits.
 
-    def __init__(self, vocab_size: int, hidden: int, factory: LayerFactory, std: float, eps: float) -> None:
+    With `returns_hidden` set (by the language-modeling loss under train.loss_chunk_tokens, see
+    `objectives/lm.py`) it returns the normed hidden states instead, and the loss applies `output`
+    chunk by chunk so that the whole logits tensor never exists.
+    """
+
+    returns_hidden: bool = False
+
+    def __init__(self, vocab_size: int, hidden: int, factory: LayerFactory, std: float, eps: float,
+                 norm: nn.Module | None = None) -> None:
         super().__init__()
-        self.norm = factory.norm(hidden, eps)
+        self.norm = factory.norm(hidden, eps) if norm is None else norm
         self.output = factory.column_linear(hidden, vocab_size, std=std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.norm(x))
+        x = self.norm(x)
+        return x if self.returns_hidden else self.output(x)
 
 
 def tie_output_to_embedding(model: nn.Sequential) -> None:

@@ -18,7 +18,7 @@ from torch import nn
 
 from gigatron.models.layers.attention import KVCache, attend_cached, check_room, new_kv_cache
 from gigatron.models.layers.factory import LayerFactory
-from gigatron.models.layers.lm_ends import Embedding, tie_output_to_embedding
+from gigatron.models.layers.lm_ends import Embedding, Head, tie_output_to_embedding
 from gigatron.models.layers.rotary import apply_rotary, rotary_at, rotary_tables
 from gigatron.models.registry import LayerRecipe, ModelSpec
 from gigatron.models.tokenformer.config import TokenFormerConfig
@@ -129,18 +129,14 @@ class TokenFormerBlock(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
-class TokenFormerHead(nn.Module):
+class TokenFormerHead(Head):
     """Final LayerNorm (with scale and bias, as the authors' configs, or parameter-free like the
     blocks': model.final_norm) and the output projection (tied to the embedding)."""
 
     def __init__(self, cfg: TokenFormerConfig, factory: LayerFactory) -> None:
-        super().__init__()
-        self.norm = (factory.layer_norm(cfg.hidden_size, cfg.norm_eps) if cfg.final_norm == "layernorm"
-                     else LayerNorm(cfg.norm_eps))
-        self.output = factory.column_linear(cfg.hidden_size, cfg.vocab_size, std=cfg.key_init_std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.norm(x))
+        norm = (factory.layer_norm(cfg.hidden_size, cfg.norm_eps) if cfg.final_norm == "layernorm"
+                else LayerNorm(cfg.norm_eps))
+        super().__init__(cfg.vocab_size, cfg.hidden_size, factory, cfg.key_init_std, cfg.norm_eps, norm=norm)
 
 
 def layer_recipes(cfg: TokenFormerConfig, factory: LayerFactory) -> list[LayerRecipe]:
