@@ -6,6 +6,9 @@ clock stamps in metrics.jsonl, so everything between steps (logging, signal agre
 counts; each side reports the median step interval after warm-up. Rounds alternate trainer and hand loop so machine drift hits both alike.
 
     python benchmarks/trainer_overhead.py [--steps 60] [--rounds 3]
+    python benchmarks/trainer_overhead.py --steps 40 --set model.hidden_size=512 --set model.num_layers=8 \\
+        --set model.num_heads=8 --set model.num_kv_heads=8 --set model.ffn_hidden_size=1536 \\
+        --set data.seq_len=512 --set train.micro_batch_size=2 --set train.global_batch_size=4   # ~30M
 """
 
 from __future__ import annotations
@@ -52,11 +55,11 @@ def steady_tokens_per_s(stamps: list[float], tokens_per_step: int) -> float:
     return tokens_per_step / statistics.median(intervals)
 
 
-def trainer_tokens_per_s(steps: int) -> float:
+def trainer_tokens_per_s(steps: int, extra: list[str]) -> float:
     """Steady-state tokens/s of the real command, from its metrics' wall-clock stamps."""
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, "-m", "gigatron", "pretrain", "--config", str(CONFIG)]
-        for item in overrides(steps, out):
+        for item in [*overrides(steps, out), *extra]:
             command += ["--set", item]
         subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
@@ -64,9 +67,9 @@ def trainer_tokens_per_s(steps: int) -> float:
     return steady_tokens_per_s([r["time"] for r in train], train[0]["tokens"])  # tokens after step 1
 
 
-def hand_loop_tokens_per_s(steps: int) -> float:
+def hand_loop_tokens_per_s(steps: int, extra: list[str]) -> float:
     """The same training written as a plain PyTorch loop."""
-    cfg = validate_config(load_config(CONFIG, overrides(steps, "unused")), world_size=1)
+    cfg = validate_config(load_config(CONFIG, [*overrides(steps, "unused"), *extra]), world_size=1)
     t = cfg.train
     data = build_lm_data(cfg.data)
     loader = GlobalBatchLoader(data.train, t.global_batch_size, t.micro_batch_size, 0, 1, t.seed,
@@ -101,11 +104,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for both sides (repeatable): another model size")
     args = parser.parse_args()
+    params = sum(p.numel() for p in build_model(load_config(CONFIG, args.extra).model, LayerFactory()).parameters())
+    print(f"smoke GPT config with {args.extra or 'no overrides'}: {params:,} parameters")
     ratios = []
     for round_index in range(args.rounds):
-        ours = trainer_tokens_per_s(args.steps)
-        hand = hand_loop_tokens_per_s(args.steps)
+        ours = trainer_tokens_per_s(args.steps, args.extra)
+        hand = hand_loop_tokens_per_s(args.steps, args.extra)
         ratios.append(ours / hand)
         print(f"round {round_index + 1}: gigatron pretrain {ours:,.0f} tok/s, hand loop {hand:,.0f} tok/s, "
               f"ratio {ours / hand:.3f}", flush=True)
