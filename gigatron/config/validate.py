@@ -138,13 +138,11 @@ def sequence_parallel_problems(cfg: Config) -> list[str]:
 
 def loss_chunk_problems(cfg: Config) -> list[str]:
     """train.loss_chunk_tokens chunks a language model's output layer; other objectives have none."""
-    from gigatron.models.registry import get_model_spec
-
     chunk = cfg.train.loss_chunk_tokens
     if chunk <= 0:
         return []
     family = type(cfg.model).family
-    if get_model_spec(family).task != "lm":
+    if not getattr(type(cfg.model), "has_vocab_head", False):
         return [f"train.loss_chunk_tokens={chunk}: model.family={family} has no vocabulary output layer (its "
                 "objective is not next-token prediction); set it to 0"]
     if cfg.parallel.zero_stage == 3:

@@ -81,7 +81,7 @@ def chunked_loss_cost(cfg: Config, flops_per_token: float) -> float:
     """The chunked output loss (train.loss_chunk_tokens) makes the logits twice, in forward and again
     in backward: one more output-layer forward, 2·hidden·vocab FLOPs per token, as a share of the
     model's FLOPs per token (0 when it is off)."""
-    if cfg.train.loss_chunk_tokens <= 0 or get_model_spec(type(cfg.model).family).task != "lm":
+    if cfg.train.loss_chunk_tokens <= 0 or not getattr(type(cfg.model), "has_vocab_head", False):
         return 0.0
     return 2.0 * cfg.model.hidden_size * cfg.model.vocab_size / flops_per_token
 

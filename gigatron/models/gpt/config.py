@@ -16,6 +16,8 @@ class GPTConfig:
     family: ClassVar[str] = "gpt"
     # Its blocks work on sequence shards between TP regions (parallel.sequence_parallel).
     supports_sequence_parallel: ClassVar[bool] = True
+    # The model ends in a vocabulary output layer (lm_ends.Head): train.loss_chunk_tokens applies.
+    has_vocab_head: ClassVar[bool] = True
 
     vocab_size: int = 259
     hidden_size: int = 256

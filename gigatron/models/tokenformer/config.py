@@ -17,6 +17,8 @@ class TokenFormerConfig:
     family: ClassVar[str] = "tokenformer"
     # Its blocks work on sequence shards between TP regions (parallel.sequence_parallel).
     supports_sequence_parallel: ClassVar[bool] = True
+    # The model ends in a vocabulary output layer (lm_ends.Head): train.loss_chunk_tokens applies.
+    has_vocab_head: ClassVar[bool] = True
 
     vocab_size: int = 2048
     hidden_size: int = 256
