@@ -116,7 +116,7 @@ def main() -> None:
         ratios.append(ours / hand)
         print(f"round {round_index + 1}: gigatron pretrain {ours:,.0f} tok/s, hand loop {hand:,.0f} tok/s, "
               f"ratio {ours / hand:.3f}", flush=True)
-    print(f"median ratio over {args.rounds} rounds: {statistics.median(ratios):.3f} (target >= 0.90)")
+    print(f"median ratio over {args.rounds} rounds: {statistics.median(ratios):.3f} (targets: >= 0.90 for the smoke model, >= 0.97 at ~30M)")
 
 
 if __name__ == "__main__":
