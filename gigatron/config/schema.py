@@ -98,6 +98,9 @@ class TrainConfig:
     # Language models: compute the output layer and cross-entropy this many tokens at a time
     # (docs/memory.md), so that one chunk's logits exist instead of [tokens, vocabulary]. 0: whole.
     loss_chunk_tokens: int = 0
+    # torch.compile each layer of the residual stack (docs/performance.md, "Compiled layers"), as
+    # torchtitan's regional compilation; parameters, checkpoints and losses stay those of eager.
+    compile: bool = False
 
 
 @dataclass

@@ -154,6 +154,17 @@ def loss_chunk_problems(cfg: Config) -> list[str]:
     return []
 
 
+def compile_problems(cfg: Config) -> list[str]:
+    """train.compile needs parameters whose shapes stay put between calls."""
+    if cfg.train.compile and cfg.parallel.zero_stage == 3:
+        # ZeRO-3 swaps each parameter between an empty placeholder and its gathered tensor in hooks
+        # around every module: dynamo sees new shapes on every call and cannot keep a graph.
+        return ["train.compile=true does not combine with parallel.zero_stage=3 (ZeRO-3 changes each "
+                "parameter's shape around every module's forward, which torch.compile guards on); use "
+                "zero_stage 0-2 with compile, or train.compile=false"]
+    return []
+
+
 def hardware_problems(cfg: Config) -> list[str]:
     """The `hardware:` section: a plan target that makes sense."""
     h = cfg.hardware
@@ -323,6 +334,7 @@ def validate_config(cfg: Config, world_size: int) -> Config:
     problems.extend(cfg.model.validate(cfg))
     problems.extend(matformer_problems(cfg))
     problems.extend(loss_chunk_problems(cfg))
+    problems.extend(compile_problems(cfg))
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     p.dp = dp

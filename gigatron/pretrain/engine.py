@@ -11,6 +11,7 @@ from torch import nn
 from gigatron.checkpoint.consolidated import LogicalCheckpoint
 from gigatron.checkpoint.engine_load import load_model_weights, load_optimizer_state
 from gigatron.config.schema import Config
+from gigatron.models.layers.compile import CompilePlan, apply_compile
 from gigatron.models.layers.factory import LayerFactory
 from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.layers.recompute import RecomputePlan, apply_recompute_config
@@ -39,6 +40,7 @@ class TrainingEngine:
     is_pipeline: bool
     num_params: int  # logical (unsharded) parameter count, from the model spec
     recompute: RecomputePlan  # what this rank recomputes in the backward pass
+    compiled: CompilePlan  # what this rank runs through torch.compile
     guard: StepGuard  # asked by the optimizer before each update (numerical faults)
 
     @property
@@ -47,15 +49,19 @@ class TrainingEngine:
         return self.engine.module
 
 
-def deepspeed_config(cfg: Config, data_size: int, clip_in_engine: bool, local_parameters: int) -> dict:
+def deepspeed_config(cfg: Config, data_size: int, clip_in_engine: bool, local_parameters: int,
+                     device: str = "cpu") -> dict:
     """The DeepSpeed JSON config derived from ours; nothing is left to DeepSpeed's defaults that matters.
 
     `data_size` counts the ranks that read different samples; DeepSpeed counts CP ranks as data
     parallel too (they average gradients), so its batch arithmetic is scaled by parallel.cp.
-    `local_parameters` (this rank's) sizes the ZeRO buckets.
+    `local_parameters` (this rank's) sizes the ZeRO buckets. On a GPU, ZeRO's gradient reduction
+    overlaps the backward pass on its own stream (Megatron-LM's --overlap-grad-reduce); gloo on the
+    CPU has no streams to overlap on.
     """
     t, p = cfg.train, cfg.parallel
     bucket = zero_bucket_elements(local_parameters)
+    on_gpu = device not in ("cpu", "")
     return {
         "train_batch_size": t.global_batch_size * p.cp,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
@@ -68,6 +74,9 @@ def deepspeed_config(cfg: Config, data_size: int, clip_in_engine: bool, local_pa
             "stage3_prefetch_bucket_size": bucket,
             "stage3_max_live_parameters": ZERO3_MAX_LIVE_PARAMETERS,
             "stage3_param_persistence_threshold": ZERO3_PERSISTENCE_THRESHOLD,
+            "overlap_comm": on_gpu and p.zero_stage > 0,
+            # Gradients copied into one flat buffer as they are reduced: no fragmentation at scale.
+            "contiguous_gradients": True,
         },
         "bf16": {"enabled": t.precision == "bf16"},
         # Our optimizer is torch's AdamW; DeepSpeed only vouches for its own by default.
@@ -110,6 +119,7 @@ def build_engine(cfg: Config, layout: ParallelLayout, device: str, init_from: Lo
     adopt_process_group("gloo" if device == "cpu" else "nccl")
     model = _build_pipeline(cfg, factory, task, layout) if is_pipeline else build_model(cfg.model, factory)
     recompute = apply_recompute_config(model, cfg.train)
+    compiled = apply_compile(model, cfg.train.compile, recompute)
     initialize_parameters(model, cfg.train.seed, layout.tp_rank, layout.tp_size)
     if init_from is not None:
         load_model_weights(model, init_from, layout.tp_rank, layout.tp_size)
@@ -132,7 +142,7 @@ def build_engine(cfg: Config, layout: ParallelLayout, device: str, init_from: Lo
     base_lr = cfg.train.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, steps, cfg.train) / base_lr)
     ds_config = deepspeed_config(cfg, layout.data_size, clip_in_engine=not zero0,
-                                 local_parameters=sum(p.numel() for p in model.parameters()))
+                                 local_parameters=sum(p.numel() for p in model.parameters()), device=device)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
         mpu=None if is_pipeline else DeepSpeedMPU(layout),
@@ -148,4 +158,5 @@ def build_engine(cfg: Config, layout: ParallelLayout, device: str, init_from: Lo
         guard.loss_source = lambda: ((engine.total_loss, engine.micro_batches)
                                      if engine.is_last_stage() and engine.total_loss is not None else None)
     return TrainingEngine(engine=engine, task=task, factory=factory, is_pipeline=is_pipeline,
-                          num_params=spec.num_params(cfg.model), recompute=recompute, guard=guard)
+                          num_params=spec.num_params(cfg.model), recompute=recompute, compiled=compiled,
+                          guard=guard)

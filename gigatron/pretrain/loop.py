@@ -29,6 +29,7 @@ from gigatron.data.loader import GlobalBatchLoader
 from gigatron.launcher.dist_env import DistEnv
 from gigatron.launcher.exit_codes import EXIT_NUMERICAL_FAULT, EXIT_OK, EXIT_PREEMPTED, EXIT_SAVE_FAILED
 from gigatron.launcher.signals import StopHandler, agree_on_stop, stop_exit_code
+from gigatron.models.layers.compile import compile_report, compiled_graphs
 from gigatron.models.registry import get_model_spec
 from gigatron.objectives import StepContext, batch_to, build_features, build_task_data
 from gigatron.parallel.layout import ParallelLayout, initialize_layout
@@ -138,6 +139,7 @@ class Trainer:
         self.valid_extra: dict[str, float] = {}
         self.guard = self.engine.guard
         self.rollbacks = 0
+        self._compiled_graphs = 0
         self.injected_losses = loss_injections()
         self.injected_sleep = injected_sleep(env.rank)
         f = cfg.faults
@@ -307,6 +309,8 @@ class Trainer:
                  f"{self.tokens_per_step} tokens/step")
         if cfg.train.recompute != "none":
             self.log(f"[run] {self.engine.recompute.describe()} (rank 0's pipeline stage)")
+        if cfg.train.compile:
+            self.log(f"[run] {self.engine.compiled.describe()} (rank 0's pipeline stage); the first step compiles")
         # One "start" record per invocation: `gigatron status` counts restarts and requeues from them.
         self.metrics.log(self.state.step, {"world_size": self.env.world_size, "resumed": self.state.step > 0,
                                            "total_steps": self.total_steps}, kind="start")
@@ -370,6 +374,8 @@ class Trainer:
             if result.fault is not None:
                 self.state.rejected_steps += 1
             self._log_step(result, elapsed)
+            if cfg.train.compile:
+                self._log_compile()
             self._check_stragglers(result, elapsed)
             if result.fault is not None:
                 code = self._on_fault(result.fault)
@@ -410,6 +416,14 @@ class Trainer:
             self.save()
         self.log(f"[done] step {self.state.step}, {self.state.tokens} tokens")
         return EXIT_OK
+
+    def _log_compile(self) -> None:
+        """After the first step, and after any later step that compiled again (a new shape or
+        MatFormer granularity): what compilation has cost so far."""
+        graphs = compiled_graphs()
+        if graphs != self._compiled_graphs:
+            self._compiled_graphs = graphs
+            self.log(f"[compile] step {self.state.step}: {compile_report()}")
 
     def _on_fault(self, fault: Fault) -> int | None:
         """After a step that was not applied: go on (skip), reload the latest checkpoint past the bad

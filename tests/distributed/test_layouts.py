@@ -1,10 +1,11 @@
 """TP=2, PP=2, ZeRO-2, ZeRO-3 and 4-rank combinations train the smoke GPT to the same losses as one process,
 with activation recomputation (no change to the arithmetic), sequence parallelism (only the order of
-the norm weights' gradient sums changes) and the chunked output loss (the same sums, in chunks) in
-some, so the same tolerance holds."""
+the norm weights' gradient sums changes), the chunked output loss (the same sums, in chunks) and
+compiled layers (fp32 rounding of fused kernels) in some, so the same tolerance holds."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -32,7 +33,8 @@ def test_chunked_output_loss_split_over_two_ranks_equals_one_rank():
 
 
 @pytest.mark.parametrize(("layout", "nproc"), [
-    (["parallel.tp=2"], 2),
+    # compiled layers: the TP collectives are graph breaks between compiled pieces
+    (["parallel.tp=2", "train.compile=true"], 2),
     # chunks of two layers recomputed inside DeepSpeed's pipeline module
     (["parallel.pp=2", "train.recompute=full", "train.recompute_num_layers=2"], 2),
     (["parallel.zero_stage=2"], 2),
@@ -44,10 +46,14 @@ def test_chunked_output_loss_split_over_two_ranks_equals_one_rank():
       "train.recompute_modules=[core_attn,mlp,layernorm]", "train.loss_chunk_tokens=48"], 4),
     (["parallel.tp=2", "parallel.zero_stage=1", "parallel.sequence_parallel=true"], 4),
     (["parallel.tp=2", "parallel.zero_stage=3", "parallel.sequence_parallel=true", "train.recompute=full"], 4),
-], ids=["tp2", "pp2-recompute-chunks", "zero2", "zero3-recompute-full", "tp2-sp-pp2-recompute-selective-chunked-loss",
+], ids=["tp2-compile", "pp2-recompute-chunks", "zero2", "zero3-recompute-full", "tp2-sp-pp2-recompute-selective-chunked-loss",
         "tp2-sp-dp2-zero1", "tp2-sp-dp2-zero3-recompute-full"])
 def test_loss_curve_matches_single_process(layout, nproc, single_process, tmp_path):
-    assert_ok(run_pretrain(tmp_path, STEPS + layout, nproc=nproc))
+    proc = run_pretrain(tmp_path, STEPS + layout, nproc=nproc)
+    assert_ok(proc)
+    if "train.compile=true" in layout:
+        assert "[run] compile: 4 layers" in proc.stdout + proc.stderr
+        assert re.search(r"\[compile\] step 1: compile: [\d.]+ s for \d+ graphs", proc.stdout + proc.stderr)
     reference, reference_valid = single_process
     train, valid = read_metrics(tmp_path), read_metrics(tmp_path, "valid")
     assert [r["step"] for r in train] == [1, 2, 3, 4, 5]

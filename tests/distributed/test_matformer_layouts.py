@@ -76,12 +76,13 @@ def test_sum_mode_on_tp2_matches_single_process(tp2_sum_run, single_process):
 
 
 @pytest.mark.parametrize(("mode", "layout"), [
+    # compiled: each sampled granularity is its own graph
     ("sample", ["parallel.tp=2", "parallel.sequence_parallel=true", "train.recompute=selective",
-                "train.recompute_modules=[mlp]"]),
+                "train.recompute_modules=[mlp]", "train.compile=true"]),
     # every granularity's backward recomputes its own width
     ("sum", ["parallel.zero_stage=2", "train.recompute=full"]),
     ("sample", ["parallel.zero_stage=2"]),
-], ids=["sample-tp2-sp-recompute-mlp", "sum-zero2-dp2-recompute-full", "sample-zero2-dp2"])
+], ids=["sample-tp2-sp-recompute-mlp-compile", "sum-zero2-dp2-recompute-full", "sample-zero2-dp2"])
 def test_training_matches_single_process(mode, layout, single_process, tmp_path):
     overrides = [*STEPS, *MODES[mode], *layout, "checkpoint.save_final=false"]
     assert_ok(run_pretrain(tmp_path, overrides, nproc=2, config=CONFIG))

@@ -33,11 +33,11 @@ def single_process(tmp_path_factory, corpus_ready):
 
 
 @pytest.mark.parametrize(("layout", "tied"), [
-    (["parallel.tp=2", "parallel.sequence_parallel=true", "train.recompute=full"], True),
+    (["parallel.tp=2", "parallel.sequence_parallel=true", "train.recompute=full", "train.compile=true"], True),
     # the output loss in chunks, through the head tied to the embedding
     (["parallel.zero_stage=2", "train.loss_chunk_tokens=40"], True),
     (["parallel.pp=2", "train.recompute=selective", "train.recompute_modules=[core_attn,mlp,layernorm]"], False),
-], ids=["tp2-sp-recompute-full", "zero2-dp2-chunked-loss", "pp2-untied-recompute-selective"])
+], ids=["tp2-sp-recompute-full-compile", "zero2-dp2-chunked-loss", "pp2-untied-recompute-selective"])
 def test_tokenformer_loss_curve_matches_single_process(layout, tied, single_process, tmp_path):
     overrides = [*STEPS, *layout, f"model.tie_embeddings={str(tied).lower()}"]
     assert_ok(run_pretrain(tmp_path, overrides, nproc=2, config=TOKENFORMER))

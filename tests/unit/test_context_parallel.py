@@ -60,6 +60,39 @@ def test_blockwise_attention_equals_naive(dtype, causal, key_limit, monkeypatch)
         assert max(float((a.double() - b.double()).abs().max()) for a, b in zip(grads, ref_grads, strict=True)) < 1e-4
 
 
+def test_a_fused_kernel_is_used_only_after_it_matches_the_reference_loop(monkeypatch):
+    monkeypatch.setattr(blockwise, "_verified", {})
+    cpu = torch.device("cpu")
+    assert blockwise._fused_mismatch(cpu, torch.float32) is None
+    assert blockwise._fused_verified(cpu, torch.float32)
+    # a kernel that returns a wrong log-sum-exp is refused with the reason, and attention stays exact
+    monkeypatch.setattr(blockwise, "_verified", {})
+    real = blockwise._fused_forward
+    monkeypatch.setattr(blockwise, "_fused_forward", lambda *a: (real(*a)[0], real(*a)[1] + 0.1))
+    with pytest.warns(UserWarning, match=r"fused kernel on cpu torch.float32 disagrees .*lse: relative error"):
+        assert not blockwise._fused_verified(cpu, torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=generator) for _ in range(3))
+    out = memory_efficient_attention(q, k, v, causal=True)
+    assert float((out - naive(q, k, v, True, torch.arange(16), torch.arange(16))).abs().max()) < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA fused attention kernel needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_fused_blockwise_attention_equals_the_reference_loop(dtype, monkeypatch):
+    monkeypatch.setattr(blockwise, "_verified", {})
+    cuda = torch.device("cuda")
+    assert blockwise._fused_mismatch(cuda, dtype) is None  # the kernel really is used, not the fallback
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 8, 1000, 64, generator=generator).to(cuda, dtype).requires_grad_()
+    k = torch.randn(2, 2, 1000, 64, generator=generator).to(cuda, dtype).requires_grad_()
+    v = torch.randn(2, 2, 1000, 64, generator=generator).to(cuda, dtype).requires_grad_()
+    out = memory_efficient_attention(q, k, v, causal=True)
+    ref = naive(q.double().cpu(), k.double().cpu(), v.double().cpu(), True, torch.arange(1000), torch.arange(1000))
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert float((out.double().cpu() - ref).abs().max()) < tol
+
+
 BASE = {"model": {"family": "gpt", "hidden_size": 64, "num_heads": 4, "num_kv_heads": 2, "num_layers": 2},
         "train": {"steps": 1}, "data": {"seq_len": 128}}
 

@@ -64,10 +64,93 @@ def _visibility(q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool, key_limi
 
 
 def _use_flash(q: torch.Tensor, seen) -> bool:
-    # PyTorch's CPU flash kernel returns the log-sum-exp and takes it back in its backward (and
-    # handles grouped K/V heads itself), which is exactly what merging blocks needs; other devices
-    # use the reference loop below.
-    return isinstance(seen, str) and q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16)
+    # A fused kernel that returns the log-sum-exp and takes it back in its backward is exactly what
+    # merging blocks needs: PyTorch's CPU flash kernel, and on CUDA its memory-efficient kernel. Each
+    # is checked against the reference loop once per process, device and dtype before it is trusted.
+    if not isinstance(seen, str):
+        return False
+    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16):
+        return _fused_verified(q.device, q.dtype)
+    if q.device.type == "cuda" and q.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return _fused_verified(q.device, q.dtype)
+    return False
+
+
+def _fused_forward(q, k, v, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out fp32, lse fp32 [b, h, rows]) of one pair from PyTorch's fused kernel for q's device."""
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+        return out.float(), lse.float()
+    heads = q.shape[1]
+    out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, expand_kv(k, heads), expand_kv(v, heads), None, True, 0.0, causal, scale=scale)
+    return out.float(), lse[..., :q.shape[2]].float()  # the kernel pads its rows to a multiple of 32
+
+
+def _fused_backward(dout, q, k, v, out, lse, causal: bool, scale: float):
+    """(dq, dk, dv) fp32 of one pair, given the rows' final output and log-sum-exp."""
+    if q.device.type == "cpu":
+        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout.to(q.dtype), q, k, v, out.to(q.dtype), lse, 0.0, causal, scale=scale)
+        return tuple(g.float() for g in grads)
+    heads, kv_heads, rows = q.shape[1], k.shape[1], q.shape[2]
+    padded = torch.full((*lse.shape[:-1], -(-rows // 32) * 32), float("inf"), dtype=torch.float32,
+                        device=lse.device)
+    padded[..., :rows] = lse
+    seed = torch.zeros((), dtype=torch.int64, device=q.device)
+    dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+        dout.to(q.dtype), q, expand_kv(k, heads), expand_kv(v, heads), None, out.to(q.dtype), padded, seed, seed,
+        0.0, [True, True, True, False], causal, scale=scale)
+    return dq.float(), reduce_kv(dk.float(), kv_heads), reduce_kv(dv.float(), kv_heads)
+
+
+_verified: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def _fused_verified(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the fused kernel gives the reference loop's output, log-sum-exp and gradients here.
+
+    Checked once per (device type, dtype) on a small causal and a full pair with grouped heads and a
+    row count that is not a multiple of 32; a kernel that raises or disagrees is not used (with a warning).
+    """
+    key = (device.type, dtype)
+    if key not in _verified:
+        _verified[key] = False  # the reference loop, also while checking
+        try:
+            problem = _fused_mismatch(device, dtype)
+        except Exception as exc:  # noqa: BLE001 - any failure means: use the reference loop
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem is not None:
+            import warnings
+
+            warnings.warn(f"blockwise attention: PyTorch's fused kernel on {device.type} {dtype} disagrees with "
+                          f"the reference loop ({problem}); using the reference loop", stacklevel=2)
+        _verified[key] = problem is None
+    return _verified[key]
+
+
+def _fused_mismatch(device: torch.device, dtype: torch.dtype) -> str | None:
+    generator = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator).to(device=device, dtype=dtype)
+
+    q, k, v, dout = rand(1, 4, 40, 16), rand(1, 2, 40, 16), rand(1, 2, 40, 16), rand(1, 4, 40, 16)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    for seen in ("diagonal", "all"):
+        want_out, want_lse = _reference_forward(q, k, v, seen, 0.25)
+        got_out, got_lse = _fused_forward(q, k, v, seen == "diagonal", 0.25)
+        delta = row_delta(dout, want_out)
+        want = _reference_backward(dout, delta, q, k, v, want_out, want_lse, seen, 0.25)
+        got = _fused_backward(dout, q, k, v, want_out, want_lse, seen == "diagonal", 0.25)
+        for name, a, b in (("out", got_out, want_out), ("lse", got_lse, want_lse),
+                           *((f"d{n}", x, y) for n, x, y in zip("qkv", got, want, strict=True))):
+            if a.shape != b.shape:
+                return f"{seen} {name}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+            err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
+            if not err <= tol:
+                return f"{seen} {name}: relative error {err:.2e} > {tol:g}"
+    return None
 
 
 def _probabilities(scores: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
@@ -108,9 +191,11 @@ def _diagonal_rows(seen, r0: int, r1: int, keys: int, device) -> torch.Tensor | 
 
 def _pair_forward(q, k, v, seen, scale) -> tuple[torch.Tensor, torch.Tensor]:
     if _use_flash(q, seen):
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, seen == "diagonal",
-                                                                               scale=scale)
-        return out.float(), lse.float()
+        return _fused_forward(q, k, v, seen == "diagonal", scale)
+    return _reference_forward(q, k, v, seen, scale)
+
+
+def _reference_forward(q, k, v, seen, scale) -> tuple[torch.Tensor, torch.Tensor]:
     b, h, rows, _ = q.shape
     k, v = expand_kv(k, h).float(), expand_kv(v, h).float()
     out = torch.empty(b, h, rows, v.shape[-1], dtype=torch.float32, device=q.device)
@@ -129,9 +214,12 @@ def _pair_forward(q, k, v, seen, scale) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _pair_backward(dout, delta, q, k, v, out, lse, seen, scale) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if _use_flash(q, seen):
-        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            dout.to(q.dtype), q, k, v, out.to(q.dtype), lse, 0.0, seen == "diagonal", scale=scale)
-        return tuple(g.float() for g in grads)
+        return _fused_backward(dout, q, k, v, out, lse, seen == "diagonal", scale)
+    return _reference_backward(dout, delta, q, k, v, out, lse, seen, scale)
+
+
+def _reference_backward(dout, delta, q, k, v, out, lse, seen, scale
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b, h, rows, _ = q.shape
     kv_heads = k.shape[1]
     k, v = expand_kv(k, h).float(), expand_kv(v, h).float()

@@ -98,10 +98,13 @@ class Nesting:
         width = round(self.fraction * self.block)
         if self.local_blocks == 1:
             return slice(0, width)
-        index = self._index.get(self.fraction)
+        # Under torch.compile the index is made in the graph: a cache filled on the first call would
+        # make that call's graph (and what activation recomputation saves) differ from later ones.
+        index = None if torch.compiler.is_compiling() else self._index.get(self.fraction)
         if index is None or index.device != device:
             index = kept_neurons(self.local_blocks * self.block, self.local_blocks, self.fraction).to(device)
-            self._index[self.fraction] = index
+            if not torch.compiler.is_compiling():
+                self._index[self.fraction] = index
         return index
 
 

@@ -89,7 +89,9 @@ class Pattention(nn.Module):
             if self.tp_group is not None:
                 from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
 
-                x = copy_to_tensor_model_parallel_region(x)  # replicated input: its gradient is summed
+                # The group is passed: without it megatron-core warns on rank 0 only, which under
+                # train.compile is a graph break on one rank and a different collective order (a hang).
+                x = copy_to_tensor_model_parallel_region(x, group=self.tp_group)  # its gradient is summed
             a = x @ self.key_tokens.t()
         # Norms in fp32 at least (bf16 sums of n squares lose digits); fp64 stays fp64.
         wide = a.to(torch.promote_types(a.dtype, torch.float32))
@@ -119,7 +121,7 @@ class Pattention(nn.Module):
         if self.tp_group is not None:
             from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
 
-            out = reduce_from_tensor_model_parallel_region(out)
+            out = reduce_from_tensor_model_parallel_region(out, group=self.tp_group)
         return out
 
     def extra_repr(self) -> str:
