@@ -3,11 +3,13 @@
 # Stages (each bounded by `timeout`, so one hang costs one stage, not the lease):
 #   1. kernels: benchmarks/gpu_kernels.py (ceilings; mamba_ssm's Triton SSD against our PyTorch SSD;
 #      SDPA backends; blockwise attention and the selective scan on CUDA); 1b. the chunked output
-#      loss against the plain one (benchmarks/chunked_loss.py, bf16, vocabularies 32K-256K);
+#      loss against the plain one (benchmarks/chunked_loss.py, bf16, vocabularies 32K-256K); 1c. the
+#      GPU-only parity tests (fused blockwise attention with lse against the reference loop);
 #   2. every family's smoke config in bf16 on the GPU (DeepSpeed ZeRO-1, NCCL with one rank), all at
 #      once, plus the hybrid smoke in fp32; loss first -> last and exit code of each;
 #   3. the bf16 hybrid checkpoint consolidated (with verification) and resumed as fp32 ZeRO-0;
-#   4. throughput and peak memory of ~1.3B models (hybrid and GPT, bf16, seq 4096), one at a time.
+#   4. throughput and peak memory of ~1.3B models (hybrid and GPT, bf16, seq 4096), one at a time,
+#      the hybrid also with train.compile when the lease allows.
 # Missing packages are expected as wheels in .whl/, the corpus and a Triton-only mamba_ssm in
 # .gpucache/ (see docs/benchmarks.md "One-GPU smoke"). $OUT (default /tmp/gpu-smoke) receives
 # summary.txt (also printed last), kernels.json and logs.tar.gz (every log and metrics.jsonl).
@@ -80,6 +82,10 @@ note "[${SECONDS}s] == 1b. the chunked output loss (train.loss_chunk_tokens) vs 
 timeout 90 python3 benchmarks/chunked_loss.py --device cuda --dtype bf16 --tokens 4096 --hidden 4096 --chunk 1024 \
     --vocab 32768,131072,262144 --rounds 5 2>&1 | grep -v -i warn | tee -a "$SUMMARY"
 
+note "[${SECONDS}s] == 1c. GPU-only parity tests (the fused blockwise-attention kernel with lse)"
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/unit/test_context_parallel.py -k cuda 2>&1 \
+    | grep -v -i warn | tail -3 | tee -a "$SUMMARY"
+
 note "[${SECONDS}s] == 2. every family's smoke config on the GPU (concurrently)"
 train hybrid-fp32 configs/hybrid/smoke.yaml train.precision=fp32 parallel.zero_stage=1 logging.interval=10 &
 train hybrid-bf16 configs/hybrid/smoke.yaml train.precision=bf16 parallel.zero_stage=1 logging.interval=10 &
@@ -115,6 +121,9 @@ BIG=(train.precision=bf16 parallel.tp=1 parallel.zero_stage=1 train.tokens=null 
 RUN_LIMIT=150
 train hybrid-1.3b configs/hybrid/1.3b.yaml "${BIG[@]}"
 report hybrid-1.3b
+# The same with compiled layers (train.compile): tokens/s and compile time against the run above.
+[ "$SECONDS" -lt 360 ] && train hybrid-1.3b-compile configs/hybrid/1.3b.yaml "${BIG[@]}" train.compile=true \
+    && report hybrid-1.3b-compile && grep -h "\[compile\]" "$LOGS/hybrid-1.3b-compile.log" | head -2 | tee -a "$SUMMARY"
 [ "$SECONDS" -lt 420 ] || { note "[${SECONDS}s] skipping gpt-1.3b: the lease is short"; SKIP=1; }
 [ -n "${SKIP:-}" ] || train gpt-1.3b configs/gpt/125m.yaml "${BIG[@]}" model.vocab_size=50304 model.hidden_size=2048 \
     model.num_layers=24 model.num_heads=16 model.ffn_hidden_size=5504
