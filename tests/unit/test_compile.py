@@ -22,6 +22,8 @@ from gigatron.models.layers.init import initialize_parameters
 from gigatron.models.layers.nested_ffn import ffn_granularity
 from gigatron.models.layers.recompute import apply_recompute
 from gigatron.models.registry import build_model
+from gigatron.models.t2i.config import T2IConfig
+from gigatron.models.t2i.model import T2IModel
 from tests.conftest import REPO
 
 SETTINGS = {
@@ -116,22 +118,46 @@ def test_matformer_granularities_each_get_their_own_graph():
     assert len({loss for loss, _ in run(None)}) == 3
 
 
-def test_image_model_blocks_compile_like_eager():
-    cfg = FITConfig(patch_size=2, group_size=2, latents_per_group=3, hidden_size=32, num_heads=4,
-                    layers="(1)1(1)1(1)", num_classes=3)
+def _fit_loss(model: torch.nn.Module) -> torch.Tensor:
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return model(images).square().sum()
+
+
+def _t2i_loss(model: torch.nn.Module) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    x_t = torch.randn(2, model.cfg.channels, 8, 8, generator=generator)
+    captions = torch.tensor([[5, 6, 7, -1, -1, -1, -1, -1], [8, 9, -1, -1, -1, -1, -1, -1]])
+    return model(x_t, torch.tensor([0.3, 0.7]), {"caption": captions}).square().sum()
+
+
+IMAGE_MODELS = {
+    "fit": (lambda: FITEncoder(FITConfig(patch_size=2, group_size=2, latents_per_group=3, hidden_size=32,
+                                         num_heads=4, layers="(1)1(1)1(1)", num_classes=3), LayerFactory()),
+            _fit_loss),
+    "t2i": (lambda: T2IModel(T2IConfig(hidden_size=32, num_heads=2, num_layers=3, text_hidden_size=32, text_heads=2,
+                                       caption_len=8, vocab_size=300, adaln_lora_rank=4), LayerFactory()),
+            _t2i_loss),
+}
+
+
+@pytest.mark.parametrize("family", list(IMAGE_MODELS))
+def test_image_model_blocks_compile_like_eager(family):
+    build, loss_of = IMAGE_MODELS[family]
 
     def step(compiled: bool):
-        model = FITEncoder(cfg, LayerFactory())
+        model = build()
         initialize_parameters(model, 0)
+        with torch.no_grad():  # the zero-initialised (adaLN-Zero) projections would hide every path
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
         plan = apply_compile(model, compiled, apply_recompute(model, "full"), backend=AOT)
-        images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-        loss = model(images).square().sum()
+        loss = loss_of(model)
         loss.backward()
         return [loss.item()], {n: p.grad for n, p in model.named_parameters()}, plan
 
     *eager, _ = step(False)
     *compiled, plan = step(True)
-    assert len(plan.layers) == 3
+    assert len(plan.layers) == 3  # FIT blocks / DiT blocks
     _assert_close(compiled, eager)
 
 
