@@ -137,11 +137,15 @@ def serve(path: str) -> None:
     server.listen(128)
     for name in PRELOAD:
         importlib.import_module(name)
-    # DeepSpeed detects the accelerator and JIT-loads its shared-memory comm op once per process
-    # (seconds: ninja checks the build); both are cached in the module, so forks inherit them.
-    from deepspeed.comm.torch import build_shm_op
+    # DeepSpeed detects the accelerator once per process (cached in the module, so forks inherit it).
+    # Its shared-memory comm op is switched off, as the trainer does (gigatron.parallel.deepspeed_comm):
+    # building it is a JIT compile under a file lock that a process killed mid-build leaves behind,
+    # after which this server, and every test, waited on it forever.
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
 
-    build_shm_op()
+    get_accelerator()
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # per-request processes are never waited for
     while True:
         conn, _ = server.accept()

@@ -418,8 +418,8 @@ class Trainer:
         return EXIT_OK
 
     def _log_compile(self) -> None:
-        """After the first step, and after any later step that compiled again (a new shape or
-        MatFormer granularity): what compilation has cost so far."""
+        """After the first step, and after any later step that compiled again (a new shape, an
+        evaluation's no-grad forward): what compilation has cost so far."""
         graphs = compiled_graphs()
         if graphs != self._compiled_graphs:
             self._compiled_graphs = graphs

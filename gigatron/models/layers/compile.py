@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from gigatron.models.layers.recompute import RecomputePlan, role, stack_layers
+from gigatron.parallel.megatron_groups import resolve_default_tp_group_quietly
 
 # Dynamo compiles a frame again for each new guard failure (a MatFormer granularity, a last partial
 # batch, the first step vs later ones); torch's default of 8 variants per frame is too few for the
@@ -67,32 +68,6 @@ def _compile_forward(module: nn.Module, backend: str) -> None:
     module.forward = torch.compile(module.forward, backend=backend)  # type: ignore[method-assign]
 
 
-def _resolve_megatron_default_group_quietly() -> None:
-    """megatron-core's RowParallelLinear asks for the default TP group with `tp_group=None` on every
-    forward, and `get_tensor_model_parallel_group_if_none` then warns on rank 0 only. Under dynamo a
-    warning is a graph break: on one rank alone it gives the ranks different graphs, their collectives
-    different orders, and a hang. The same lookup without the warning replaces it in that module.
-    """
-    try:
-        from megatron.core import parallel_state
-        from megatron.core.tensor_parallel import layers
-    except ImportError:
-        return
-    original = layers.get_tensor_model_parallel_group_if_none
-    if getattr(original, "resolves_quietly", False):
-        return
-
-    def quiet(tp_group=None, is_expert: bool = False, check_initialized: bool = True):
-        if tp_group is None and torch.distributed.is_initialized() and parallel_state.is_initialized():
-            get = (parallel_state.get_expert_tensor_parallel_group if is_expert
-                   else parallel_state.get_tensor_model_parallel_group)
-            return get(check_initialized=check_initialized)
-        return original(tp_group, is_expert=is_expert, check_initialized=check_initialized)
-
-    quiet.resolves_quietly = True  # type: ignore[attr-defined]
-    layers.get_tensor_model_parallel_group_if_none = quiet
-
-
 def apply_compile(model: nn.Module, enabled: bool, recompute: RecomputePlan | None = None,
                   backend: str = "inductor") -> CompilePlan:
     """Compile this process's layers in place (see the module docstring); call after `apply_recompute`.
@@ -106,7 +81,7 @@ def apply_compile(model: nn.Module, enabled: bool, recompute: RecomputePlan | No
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, RECOMPILE_LIMIT)
     torch._dynamo.config.accumulated_cache_size_limit = max(
         torch._dynamo.config.accumulated_cache_size_limit, RECOMPILE_LIMIT * 4)
-    _resolve_megatron_default_group_quietly()
+    resolve_default_tp_group_quietly()
     regions = _region_modules(model, recompute) if recompute is not None else set()
 
     def holds_region(module: nn.Module) -> bool:
