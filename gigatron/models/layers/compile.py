@@ -14,9 +14,13 @@ itself included) when it is a unit the model declares (a `recompute_as` role: a 
 attention core, the Mamba mixer) or a container; single projections and the layer's own glue
 (residual additions, rotary embedding) stay eager.
 
-Operations dynamo cannot trace (the collectives of tensor and context parallelism, DeepSpeed ZeRO-3's
-parameter hooks) are graph breaks: they run eagerly between compiled pieces, so every layout stays
-correct; how much of a layer is compiled is in the log (`graph breaks`).
+Collectives dynamo can trace (sequence parallelism's all-gather and reduce-scatter) are compiled into
+the graph; the others (context parallelism's point-to-point ring, megatron-core's asynchronous
+all-reduce) are graph breaks and run eagerly between compiled pieces. Every rank of a group must
+break in the same places, or the ranks' collectives run in different orders and hang: hence
+`resolve_default_tp_group_quietly` (megatron-core warns on rank 0 only). ZeRO-3, whose hooks change
+parameter shapes around every module, is refused by config validation. How much of a layer is
+compiled is in the log (`graph breaks`).
 """
 
 from __future__ import annotations
