@@ -101,6 +101,10 @@ class TrainConfig:
     # torch.compile each layer of the residual stack (docs/performance.md, "Compiled layers"), as
     # torchtitan's regional compilation; parameters, checkpoints and losses stay those of eager.
     compile: bool = False
+    # torch.compile's backend for train.compile: inductor generates fused kernels; aot_eager (and
+    # aot_eager_decomp_partition) trace and partition the same graphs but run them eagerly, which
+    # finds graph breaks and tracing bugs without inductor's compile time.
+    compile_backend: str = "inductor"
 
 
 @dataclass

@@ -155,7 +155,14 @@ def loss_chunk_problems(cfg: Config) -> list[str]:
 
 
 def compile_problems(cfg: Config) -> list[str]:
-    """train.compile needs parameters whose shapes stay put between calls."""
+    """train.compile needs parameters whose shapes stay put between calls, and a backend torch knows."""
+    if cfg.train.compile_backend != "inductor":
+        import torch._dynamo  # late: only a non-default backend pays dynamo's import to be checked
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if cfg.train.compile_backend not in backends:
+            return [f"train.compile_backend={cfg.train.compile_backend!r} is not a torch.compile backend; "
+                    f"valid: {', '.join(sorted(backends))}"]
     if cfg.train.compile and cfg.parallel.zero_stage == 3:
         # ZeRO-3 swaps each parameter between an empty placeholder and its gathered tensor in hooks
         # around every module: dynamo sees new shapes on every call and cannot keep a graph.

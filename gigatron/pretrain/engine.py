@@ -119,7 +119,7 @@ def build_engine(cfg: Config, layout: ParallelLayout, device: str, init_from: Lo
     adopt_process_group("gloo" if device == "cpu" else "nccl")
     model = _build_pipeline(cfg, factory, task, layout) if is_pipeline else build_model(cfg.model, factory)
     recompute = apply_recompute_config(model, cfg.train)
-    compiled = apply_compile(model, cfg.train.compile, recompute)
+    compiled = apply_compile(model, cfg.train.compile, recompute, backend=cfg.train.compile_backend)
     initialize_parameters(model, cfg.train.seed, layout.tp_rank, layout.tp_size)
     if init_from is not None:
         load_model_weights(model, init_from, layout.tp_rank, layout.tp_size)

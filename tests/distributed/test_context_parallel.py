@@ -50,7 +50,7 @@ def single_process(tmp_path_factory, corpus_ready):
 @pytest.mark.parametrize(("family", "layout", "nproc"), [
     # compiled: the ring's exchanges are graph breaks inside the compiled attention core
     ("gpt", ["parallel.cp=2", "train.recompute=selective", "train.recompute_modules=[core_attn]",
-             "train.compile=true"], 2),
+             "train.compile=true", "train.compile_backend=aot_eager"], 2),
     ("hybrid", ["parallel.cp=2", "parallel.cp_attention=ulysses"], 2),
     ("tokenformer", ["parallel.cp=2", "parallel.cp_zigzag=false"], 2),
     ("hybrid", ["parallel.cp=2", "parallel.tp=2", "parallel.sequence_parallel=true", "train.recompute=full",

@@ -33,7 +33,8 @@ def test_chunked_output_loss_split_over_two_ranks_equals_one_rank():
 
 
 @pytest.mark.parametrize(("layout", "nproc"), [
-    # compiled layers: the TP collectives are graph breaks between compiled pieces
+    # compiled layers (inductor; the other layout tests trace with aot_eager): the TP collectives are
+    # graph breaks between compiled pieces
     (["parallel.tp=2", "train.compile=true"], 2),
     # chunks of two layers recomputed inside DeepSpeed's pipeline module
     (["parallel.pp=2", "train.recompute=full", "train.recompute_num_layers=2"], 2),

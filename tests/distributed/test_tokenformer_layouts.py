@@ -33,7 +33,8 @@ def single_process(tmp_path_factory, corpus_ready):
 
 
 @pytest.mark.parametrize(("layout", "tied"), [
-    (["parallel.tp=2", "parallel.sequence_parallel=true", "train.recompute=full", "train.compile=true"], True),
+    (["parallel.tp=2", "parallel.sequence_parallel=true", "train.recompute=full", "train.compile=true",
+      "train.compile_backend=aot_eager"], True),
     # the output loss in chunks, through the head tied to the embedding
     (["parallel.zero_stage=2", "train.loss_chunk_tokens=40"], True),
     (["parallel.pp=2", "train.recompute=selective", "train.recompute_modules=[core_attn,mlp,layernorm]"], False),

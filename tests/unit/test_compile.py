@@ -166,3 +166,10 @@ def test_compile_with_zero3_is_a_config_error_naming_both_keys():
     with pytest.raises(ConfigError, match=r"train.compile=true does not combine with parallel.zero_stage=3"):
         validate_config(cfg, 2)
     validate_config(load_config(REPO / "configs/gpt/smoke.yaml", ["train.compile=true", "parallel.zero_stage=2"]), 2)
+
+
+def test_unknown_compile_backend_is_a_config_error_listing_the_valid_ones():
+    cfg = load_config(REPO / "configs/gpt/smoke.yaml", ["train.compile=true", "train.compile_backend=inductr"])
+    with pytest.raises(ConfigError, match=r"train.compile_backend='inductr' is not a torch.compile backend; "
+                                          r"valid: .*aot_eager.*inductor"):
+        validate_config(cfg, 1)
