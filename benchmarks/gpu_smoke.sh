@@ -4,7 +4,8 @@
 #   1. kernels: benchmarks/gpu_kernels.py (ceilings; mamba_ssm's Triton SSD against our PyTorch SSD;
 #      SDPA backends; blockwise attention and the selective scan on CUDA); 1b. the chunked output
 #      loss against the plain one (benchmarks/chunked_loss.py, bf16, vocabularies 32K-256K); 1c. the
-#      GPU-only parity tests (fused blockwise attention with lse against the reference loop);
+#      GPU-only parity tests (fused blockwise attention with lse against the reference loop; the
+#      Mamba models with mamba_ssm's / causal_conv1d's kernels against the PyTorch paths);
 #   2. every family's smoke config in bf16 on the GPU (DeepSpeed ZeRO-1, NCCL with one rank), all at
 #      once, plus the hybrid smoke in fp32; loss first -> last and exit code of each;
 #   3. the bf16 hybrid checkpoint consolidated (with verification) and resumed as fp32 ZeRO-0;
@@ -82,9 +83,9 @@ note "[${SECONDS}s] == 1b. the chunked output loss (train.loss_chunk_tokens) vs 
 timeout 90 python3 benchmarks/chunked_loss.py --device cuda --dtype bf16 --tokens 4096 --hidden 4096 --chunk 1024 \
     --vocab 32768,131072,262144 --rounds 5 2>&1 | grep -v -i warn | tee -a "$SUMMARY"
 
-note "[${SECONDS}s] == 1c. GPU-only parity tests (the fused blockwise-attention kernel with lse)"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/unit/test_context_parallel.py -k cuda 2>&1 \
-    | grep -v -i warn | tail -3 | tee -a "$SUMMARY"
+note "[${SECONDS}s] == 1c. GPU-only parity tests (fused blockwise attention with lse; Mamba kernels in the model)"
+timeout 180 python3 -m pytest -q -rs -p no:cacheprovider tests/unit/test_ssm_cuda_kernels.py \
+    tests/unit/test_context_parallel.py -k cuda 2>&1 | grep -v -i warn | tail -6 | tee -a "$SUMMARY"
 
 note "[${SECONDS}s] == 2. every family's smoke config on the GPU (concurrently)"
 train hybrid-fp32 configs/hybrid/smoke.yaml train.precision=fp32 parallel.zero_stage=1 logging.interval=10 &

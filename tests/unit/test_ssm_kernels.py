@@ -114,6 +114,20 @@ def test_causal_conv_matches_loop_and_steps():
     torch.testing.assert_close(torch.stack(outs, -1), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("length", [1, 3, 50])  # shorter than, and longer than, the kernel
+def test_causal_conv_gradients_match_torch_conv1d(length):
+    gen = torch.Generator().manual_seed(0)
+    # x as the mixers pass it: a [b, d, l] view of a [b, l, d] tensor
+    x = torch.randn(2, length, 6, generator=gen).transpose(1, 2).requires_grad_()
+    w, bias = torch.randn(6, 4, generator=gen).requires_grad_(), torch.randn(6, generator=gen).requires_grad_()
+    upstream = torch.randn(2, 6, length, generator=gen)
+    ours = torch.autograd.grad((causal_conv1d(x, w, bias) * upstream).sum(), (x, w, bias))
+    reference = F.silu(F.conv1d(F.pad(x, (3, 0)), w[:, None], bias, groups=6))
+    theirs = torch.autograd.grad((reference * upstream).sum(), (x, w, bias))
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_long_sequences_run_in_exact_passes(monkeypatch):
     import gigatron.models.layers.ssd as ssd_module
 

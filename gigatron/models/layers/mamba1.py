@@ -96,7 +96,9 @@ class Mamba1Mixer(nn.Module):
         if cache is not None:
             x_t = torch.cat([cache.conv[:, :, 1:].to(x_t.dtype), x_t], dim=-1)
             cache.conv = torch.cat([cache.conv.to(x.dtype), x.transpose(1, 2)], dim=-1)[..., -self.shape.d_conv:]
-        conv = causal_conv1d(x_t, self.conv_weight, self.conv_bias, activation="silu")[..., -seq:]
+        conv = causal_conv1d(x_t, self.conv_weight, self.conv_bias, activation="silu")
+        if cache is not None:  # not sliced otherwise: see Mamba2Mixer._forward
+            conv = conv[..., -seq:]
         delta, b, c = self._scan_inputs(conv.transpose(1, 2))
         a = -torch.exp(self.A_log.float())
         y, state = selective_scan(conv.float(), delta, a, b, c, self.shape.chunk_size, D=self.D.float(),

@@ -131,8 +131,11 @@ class Mamba2Mixer(nn.Module):
         xbc_t = xbc.transpose(1, 2)
         if cache is not None:  # continue the convolution from the cached inputs
             xbc_t = torch.cat([cache.conv[:, :, 1:].to(xbc_t.dtype), xbc_t], dim=-1)
-        conv = causal_conv1d(xbc_t, self.conv_weight, self.conv_bias, activation="silu")[..., -seq:]
+        conv = causal_conv1d(xbc_t, self.conv_weight, self.conv_bias, activation="silu")
         if cache is not None:
+            # Sliced only here: even a slice that keeps everything gets a backward that copies the
+            # gradient into a fresh [b, d, l] tensor, the other layout from the conv's, ~4x slower after.
+            conv = conv[..., -seq:]
             history = torch.cat([cache.conv.to(xbc.dtype), xbc.transpose(1, 2)], dim=-1)
             cache.conv = history[..., -self.shape.d_conv:].contiguous()
         x, dt, a, b, c = self._ssm_inputs(conv.transpose(1, 2), dt)
