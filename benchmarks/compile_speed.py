@@ -4,7 +4,9 @@ Each family's model is built twice from the same seed (one eager, one with `appl
 trainer's regional compilation) and trained with AdamW on the same random batches, in one process;
 timed rounds alternate the two so machine drift hits both alike. Reported: the compile time (the
 first step's extra seconds: dynamo, AOT autograd and inductor for forward and backward), the median
-step time of each, their ratio, and the largest relative loss difference over the timed steps.
+step time of each, their ratio, MFU (the family's `flops_per_token`, as the trainer logs it: PaLM's
+6N + attention, plus the SSD's own FLOPs for Mamba-2 layers, against the measured fp32 matmul peak),
+and the largest relative loss difference over the timed steps.
 
     python benchmarks/compile_speed.py [--families gpt,hybrid,...] [--steps 8] [--rounds 3] \\
         [--recompute none|selective|full] [--threads 2]
@@ -31,7 +33,8 @@ from gigatron.models.layers.compile import apply_compile  # noqa: E402
 from gigatron.models.layers.factory import LayerFactory  # noqa: E402
 from gigatron.models.layers.init import initialize_parameters  # noqa: E402
 from gigatron.models.layers.recompute import apply_recompute  # noqa: E402
-from gigatron.models.registry import build_model  # noqa: E402
+from gigatron.models.registry import build_model, get_model_spec  # noqa: E402
+from gigatron.pretrain.peak_flops import measured_matmul_flops  # noqa: E402
 
 WIDE = ["model.hidden_size=256", "data.seq_len=512"]
 FAMILIES = {
@@ -65,6 +68,8 @@ class Side:
                         for _ in range(4)]
         self.steps = 0
         self.params = sum(p.numel() for p in self.model.parameters())
+        self.flops_per_step = get_model_spec(cfg.model.family).flops_per_token(cfg.model, cfg.data.seq_len) * (
+            batch * cfg.data.seq_len)
 
     def step(self) -> tuple[float, float]:
         tokens = self.batches[self.steps % len(self.batches)]
@@ -94,7 +99,9 @@ def measure(family: str, steps: int, rounds: int, recompute: str, batch: int) ->
         (_, a), (_, b) = check_e.step(), check_c.step()
         worst = max(worst, abs(a - b) / abs(a))
     median_e, median_c = statistics.median(times["eager"]), statistics.median(times["compiled"])
-    return {"family": family, "params_m": eager.params / 1e6, "compile_s": first_compiled - first_eager,
+    peak = measured_matmul_flops()
+    return {"mfu_eager": eager.flops_per_step / median_e / peak, "mfu_compiled": eager.flops_per_step / median_c / peak,
+            "family": family, "params_m": eager.params / 1e6, "compile_s": first_compiled - first_eager,
             "eager_ms": median_e * 1e3, "compiled_ms": median_c * 1e3, "speedup": median_e / median_c,
             "loss_rel_diff": worst, "units": compiled.plan.describe()}
 
@@ -110,12 +117,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"recompute {args.recompute}, batch {args.batch}, {args.threads} threads, torch {torch.__version__}")
-    print("| family | params | compile s | eager ms/step | compiled ms/step | speedup | max loss rel diff |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"fp32 matmul peak {measured_matmul_flops() / 1e9:.0f} GFLOP/s")
+    print("| family | params | compile s | eager ms/step | compiled ms/step | speedup | MFU eager | MFU compiled "
+          "| max loss rel diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for family in args.families.split(","):
         r = measure(family, args.steps, args.rounds, args.recompute, args.batch)
         print(f"| {r['family']} | {r['params_m']:.1f}M | {r['compile_s']:.1f} | {r['eager_ms']:.0f} | "
-              f"{r['compiled_ms']:.0f} | {r['speedup']:.2f}x | {r['loss_rel_diff']:.1e} |", flush=True)
+              f"{r['compiled_ms']:.0f} | {r['speedup']:.2f}x | {r['mfu_eager']:.0%} | {r['mfu_compiled']:.0%} | "
+              f"{r['loss_rel_diff']:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

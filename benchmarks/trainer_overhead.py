@@ -4,6 +4,9 @@ Both train the smoke GPT (1 process, fp32, CPU) with the same batch, AdamW, clip
 The trainer runs as the real command in a subprocess; its throughput is measured from the wall
 clock stamps in metrics.jsonl, so everything between steps (logging, signal agreement, DeepSpeed)
 counts; each side reports the median step interval after warm-up. Rounds alternate trainer and hand loop so machine drift hits both alike.
+The hand loop uses the trainer's optimizer (torch's fused AdamW) unless `--hand-optimizer default`
+(torch's default AdamW, a Python loop over parameters on the CPU), so the ratio is the trainer's
+overhead alone.
 
     python benchmarks/trainer_overhead.py [--steps 60] [--rounds 3]
     python benchmarks/trainer_overhead.py --steps 40 --set model.hidden_size=512 --set model.num_layers=8 \\
@@ -67,7 +70,7 @@ def trainer_tokens_per_s(steps: int, extra: list[str]) -> float:
     return steady_tokens_per_s([r["time"] for r in train], train[0]["tokens"])  # tokens after step 1
 
 
-def hand_loop_tokens_per_s(steps: int, extra: list[str]) -> float:
+def hand_loop_tokens_per_s(steps: int, extra: list[str], fused: bool = True) -> float:
     """The same training written as a plain PyTorch loop."""
     cfg = validate_config(load_config(CONFIG, [*overrides(steps, "unused"), *extra]), world_size=1)
     t = cfg.train
@@ -80,7 +83,8 @@ def hand_loop_tokens_per_s(steps: int, extra: list[str]) -> float:
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, betas=t.betas, eps=t.eps)
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, betas=t.betas, eps=t.eps,
+                                  fused=fused)
     tokens_per_step = t.global_batch_size * cfg.data.seq_len
     stamps = []
     for step in range(steps):
@@ -104,6 +108,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--hand-optimizer", choices=["fused", "default"], default="fused",
+                        help="the hand loop's AdamW: the trainer's fused one, or torch's default")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for both sides (repeatable): another model size")
     args = parser.parse_args()
@@ -112,7 +118,7 @@ def main() -> None:
     ratios = []
     for round_index in range(args.rounds):
         ours = trainer_tokens_per_s(args.steps, args.extra)
-        hand = hand_loop_tokens_per_s(args.steps, args.extra)
+        hand = hand_loop_tokens_per_s(args.steps, args.extra, fused=args.hand_optimizer == "fused")
         ratios.append(ours / hand)
         print(f"round {round_index + 1}: gigatron pretrain {ours:,.0f} tok/s, hand loop {hand:,.0f} tok/s, "
               f"ratio {ours / hand:.3f}", flush=True)

@@ -10,7 +10,8 @@ Mamba-2 layer, against the measured fp32 matmul peak of this process (the same n
 sides: it is the model's work, not the implementation's).
 
     python benchmarks/vs_reference.py [--only gpt,hybrid] [--rounds 5] [--steps 4]
-    python benchmarks/vs_reference.py --only gpt --profile     # torch.profiler table of our step
+    python benchmarks/vs_reference.py --only gpt --compile     # ours with train.compile (regional)
+    python benchmarks/vs_reference.py --only gpt --profile     # torch.profiler tables of both steps
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from gigatron.checkpoint.hf_export import to_hf_model  # noqa: E402
 from gigatron.models.gpt.config import GPTConfig  # noqa: E402
 from gigatron.models.hybrid.config import HybridConfig  # noqa: E402
+from gigatron.models.layers.compile import apply_compile  # noqa: E402
 from gigatron.models.layers.factory import LayerFactory  # noqa: E402
 from gigatron.models.layers.init import initialize_parameters  # noqa: E402
 from gigatron.models.registry import build_model, get_model_spec  # noqa: E402
@@ -83,11 +85,13 @@ def timed(step: Callable[[int], float], start: int, steps: int) -> list[float]:
     return times
 
 
-def compare(name: str, cfg, seq_len: int, batch: int, rounds: int, steps: int, profile: bool) -> None:
+def compare(name: str, cfg, seq_len: int, batch: int, rounds: int, steps: int, profile: bool,
+            compiled: bool = False) -> None:
     torch.manual_seed(0)
     ours = build_model(cfg, LayerFactory())
     initialize_parameters(ours, 0)
     theirs = to_hf_model(cfg, ours)
+    apply_compile(ours, compiled)  # after the copy: compiling changes no parameter or name
     n_params = sum(p.numel() for p in ours.parameters())
     batches = [torch.randint(0, VOCAB, (batch, seq_len + 1)) for _ in range(4)]
     ours_step, theirs_step = make_step(ours, batches), make_step(theirs, batches)
@@ -120,8 +124,9 @@ def compare(name: str, cfg, seq_len: int, batch: int, rounds: int, steps: int, p
     t_ours, t_theirs = statistics.median(ours_times), statistics.median(theirs_times)
     print(f"{name}: {n_params / 1e6:.1f}M parameters, seq {seq_len}, batch {batch}; fp32 matmul peak "
           f"{peak / 1e9:.0f} GFLOP/s")
-    print(f"  gigatron     {tokens / t_ours:8,.0f} tok/s  MFU {flops / t_ours / peak:.0%}")
-    print(f"  transformers {tokens / t_theirs:8,.0f} tok/s  MFU {flops / t_theirs / peak:.0%}")
+    label = "gigatron (compiled)" if compiled else "gigatron"
+    print(f"  {label:19s} {tokens / t_ours:8,.0f} tok/s  MFU {flops / t_ours / peak:.0%}")
+    print(f"  {'transformers':19s} {tokens / t_theirs:8,.0f} tok/s  MFU {flops / t_theirs / peak:.0%}")
     print(f"  ratio {t_theirs / t_ours:.3f}x (per-round: {', '.join(f'{x:.2f}' for x in ratios)})", flush=True)
 
 
@@ -132,14 +137,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps per side per round")
     parser.add_argument("--widths", default="256,512", help="hybrid hidden sizes")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="ours with train.compile's regional compilation")
     args = parser.parse_args()
     for name in args.only.split(","):
         if name == "gpt":
-            compare("GPT vs Llama", *gpt_case(), args.rounds, args.steps, args.profile)
+            compare("GPT vs Llama", *gpt_case(), args.rounds, args.steps, args.profile, args.compile)
         elif name == "hybrid":
             for width in (int(w) for w in args.widths.split(",")):
                 compare(f"hybrid (hidden {width}) vs Nemotron-H", *hybrid_case(width), args.rounds, args.steps,
-                        args.profile)
+                        args.profile, args.compile)
         else:
             raise SystemExit(f"--only: unknown {name!r}; valid: gpt, hybrid")
 

@@ -45,24 +45,32 @@ def global_grad_norm(params: Iterable[nn.Parameter], tp_rank: int, tp_group=None
     Replicated parameters (norm weights) are counted on TP rank 0 only; TP-sharded ones on every
     rank, then summed over the TP group: the norm of the logical, unsharded gradient.
     """
+    grads = [p.grad.detach() for p in params
+             if p.grad is not None and (tp_rank == 0 or getattr(p, "tensor_model_parallel", False))]
     squares = torch.zeros((), dtype=torch.float32)
-    for p in params:
-        if p.grad is None:
-            continue
-        if tp_rank == 0 or getattr(p, "tensor_model_parallel", False):
-            squares = squares.to(p.grad.device) + p.grad.detach().float().pow(2).sum()
+    if grads:  # one fused pass per device, accumulated in fp32, and no squared copy of any gradient
+        norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+        squares = torch.stack([n.to(grads[0].device) for n in norms]).pow(2).sum()
     for group in (tp_group, pp_group):
         if group is not None and dist.get_world_size(group) > 1:
             dist.all_reduce(squares, group=group)
     return squares.sqrt()
 
 
+# `fused`: torch's fused AdamW (one kernel over all tensors), which the engine asks for on the CPU,
+# where torch's default is a Python loop over parameters: 2.8x slower on the ~30M GPT (50.8 -> 18.1
+# ms a step, 2 cores), with the same update to ~1 ulp. CUDA keeps torch's default (foreach), whose
+# one temporary the memory planner counts; fused there waits for a GPU to be measured.
+
+
 class GuardedAdamW(torch.optim.AdamW):
     """AdamW that asks a StepGuard (pretrain/numerics.py) before updating: the optimizer DeepSpeed's
     ZeRO stages 1-3 step on each rank's partition, after they reduced and clipped the gradients."""
 
-    def __init__(self, groups: list[dict], train: TrainConfig, guard: StepGuard | None = None) -> None:
-        super().__init__(groups, lr=train.lr, betas=train.betas, eps=train.eps, weight_decay=train.weight_decay)
+    def __init__(self, groups: list[dict], train: TrainConfig, guard: StepGuard | None = None,
+                 fused: bool = False) -> None:
+        super().__init__(groups, lr=train.lr, betas=train.betas, eps=train.eps, weight_decay=train.weight_decay,
+                         fused=fused or None)
         self.guard = guard
 
     @torch.no_grad()
@@ -89,8 +97,9 @@ class ClippedAdamW(torch.optim.AdamW):
     """
 
     def __init__(self, groups: list[dict], train: TrainConfig, tp_rank: int = 0, tp_group=None,
-                 pp_group=None, guard: StepGuard | None = None) -> None:
-        super().__init__(groups, lr=train.lr, betas=train.betas, eps=train.eps, weight_decay=train.weight_decay)
+                 pp_group=None, guard: StepGuard | None = None, fused: bool = False) -> None:
+        super().__init__(groups, lr=train.lr, betas=train.betas, eps=train.eps, weight_decay=train.weight_decay,
+                         fused=fused or None)
         self.max_norm = train.clip_grad
         self._tp_rank, self._tp_group, self._pp_group = tp_rank, tp_group, pp_group
         self._global_grad_norm: float | None = None
@@ -105,7 +114,7 @@ class ClippedAdamW(torch.optim.AdamW):
             return None
         if self.max_norm > 0:
             coef = (self.max_norm / (norm + 1e-6)).clamp(max=1.0)
-            for p in params:
-                if p.grad is not None:
-                    p.grad.mul_(coef.to(p.grad.device))
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, coef.to(grads[0].device))
         return super().step(closure)
