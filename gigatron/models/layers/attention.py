@@ -61,9 +61,9 @@ class GroupedQueryAttention(nn.Module):
 
     def _rope_tables(self, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if torch.compiler.is_compiling():
-            # In a compiled graph the tables are a few fused elementwise ops; a cache filled on the
-            # first call would make that call's graph differ from every later one, and activation
-            # recomputation of the first step would then save different tensors than its forward.
+            # Not cached in a compiled graph: a cache filled on the first call would make that call's
+            # graph differ from every later one, and activation recomputation of the first step would
+            # then save different tensors than its forward.
             return rotary_tables(end, self.head_dim, self.rope_base, device=device)
         cache = self._rope_cache
         if cache is None or cache[0] < end or cache[1] != device:
