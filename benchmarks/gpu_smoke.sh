@@ -10,7 +10,7 @@
 #      once, plus the hybrid smoke in fp32; loss first -> last and exit code of each;
 #   3. the bf16 hybrid checkpoint consolidated (with verification) and resumed as fp32 ZeRO-0;
 #   4. throughput and peak memory of ~1.3B models (hybrid and GPT, bf16, seq 4096), one at a time,
-#      the hybrid also with train.compile when the lease allows.
+#      the hybrid also with train.compile, and both with train.recompute=full, when the lease allows.
 # Missing packages are expected as wheels in .whl/, the corpus and a Triton-only mamba_ssm in
 # .gpucache/ (see docs/benchmarks.md "One-GPU smoke"). $OUT (default /tmp/gpu-smoke) receives
 # summary.txt (also printed last), kernels.json and logs.tar.gz (every log and metrics.jsonl).
@@ -129,6 +129,13 @@ report hybrid-1.3b
 [ -n "${SKIP:-}" ] || train gpt-1.3b configs/gpt/125m.yaml "${BIG[@]}" model.vocab_size=50304 model.hidden_size=2048 \
     model.num_layers=24 model.num_heads=16 model.ffn_hidden_size=5504
 [ -n "${SKIP:-}" ] || report gpt-1.3b
+# Full activation recomputation: tokens/s and MFU against the runs above (recompute costs ~1/3 more
+# FLOPs that MFU does not count), while the lease allows.
+[ "$SECONDS" -lt 480 ] && train hybrid-1.3b-recompute configs/hybrid/1.3b.yaml "${BIG[@]}" train.recompute=full \
+    && report hybrid-1.3b-recompute
+[ -z "${SKIP:-}" ] && [ "$SECONDS" -lt 540 ] && train gpt-1.3b-recompute configs/gpt/125m.yaml "${BIG[@]}" \
+    model.vocab_size=50304 model.hidden_size=2048 model.num_layers=24 model.num_heads=16 model.ffn_hidden_size=5504 \
+    train.recompute=full && report gpt-1.3b-recompute
 note "[${SECONDS}s] done"
 grep -h "^\[run\]" "$LOGS"/*.log | sed 's/^/  /' >> "$SUMMARY"
 tar czf "$OUT/logs.tar.gz" -C "$LOGS" .
