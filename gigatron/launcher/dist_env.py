@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 import sys
@@ -85,10 +86,38 @@ class DistEnv:
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago; rank 0 binds it shortly after, so races are rare."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port that was free a moment ago, for rank 0's store to bind shortly after.
+
+    Chosen at random below the kernel's ephemeral range, not by binding port 0: a port from that
+    range can be taken between this check and rank 0's bind by any socket that binds or connects
+    from an ephemeral port, such as the gloo listeners of another run starting beside this one (a
+    rank then reached that run's listener and failed with "Connection reset by peer").
+    """
+    low = _ephemeral_range_start()
+    for port in random.Random().sample(range(_PRIVATE_PORTS_START, low), k=min(64, low - _PRIVATE_PORTS_START)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # everything there taken: any port
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+# Where find_free_port looks: above the well-known and most services' ports, below the ephemeral range.
+_PRIVATE_PORTS_START = 20000
+
+
+def _ephemeral_range_start() -> int:
+    """The first port the kernel hands out for bind(0) and outgoing connections (Linux; else 32768)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+    return low if low > _PRIVATE_PORTS_START + 64 else 32768
 
 
 def init_distributed(env: DistEnv, timeout_s: float = 600) -> None:
