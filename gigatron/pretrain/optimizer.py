@@ -60,7 +60,8 @@ def global_grad_norm(params: Iterable[nn.Parameter], tp_rank: int, tp_group=None
 # `fused`: torch's fused AdamW (one kernel over all tensors), which the engine asks for on the CPU,
 # where torch's default is a Python loop over parameters: 2.8x slower on the ~30M GPT (50.8 -> 18.1
 # ms a step, 2 cores), with the same update to ~1 ulp. CUDA keeps torch's default (foreach), whose
-# one temporary the memory planner counts; fused there waits for a GPU to be measured.
+# one temporary the memory planner counts; fused there waits for a GPU to be measured. Passed as
+# `fused or None`: an explicit fused=False would also turn torch's foreach default off.
 
 
 class GuardedAdamW(torch.optim.AdamW):

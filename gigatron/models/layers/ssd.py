@@ -34,9 +34,9 @@ def _decay(log_decay: torch.Tensor) -> torch.Tensor:
 
 
 def _cumulate(a: torch.Tensor) -> torch.Tensor:
-    """Cumulative log-decay along the last dim, summed in fp64 so that each entry is rounded once
-    (the entries are differenced, where their rounding is all the error left)."""
-    return a.double().cumsum(-1).to(a.dtype)
+    """Cumulative log-decay along the last dim, in fp64: its entries are differenced, where rounding
+    them first is all the error left (callers round the result once where fp32 is enough)."""
+    return a.double().cumsum(-1)
 
 
 class _IntraChunk(torch.autograd.Function):
@@ -48,16 +48,16 @@ class _IntraChunk(torch.autograd.Function):
 
     The sums a[j+1..i] are differences of cumulative sums, as mamba_ssm's kernels compute them, but
     taken in fp64: in fp32 the difference keeps the rounding of |cumsum| (3e-5 at the -300 that a
-    fast-decaying head reaches in a chunk), which the gradient of dt showed. The gradient of a[k] is summed over the (i, j) pairs straddling k (prefix sums along each row), not
-    as a difference of row and column totals: those cancel catastrophically for a fast-decaying
-    head (the gradient of dt was off by 3e-4 relative at chunk 64), which is why mamba_ssm has a
-    "stable" backward for it too.
+    fast-decaying head reaches in a chunk), which the gradient of dt showed. The gradient of a[k] is
+    summed over the (i, j) pairs straddling k (prefix sums along each row), not as a difference of
+    row and column totals: those cancel catastrophically for a fast-decaying head (the gradient of
+    dt was off by 3e-4 relative at chunk 64), which is why mamba_ssm has a "stable" backward too.
     """
 
     @staticmethod
     def forward(ctx, cb: torch.Tensor, a: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         q = a.shape[-1]
-        a_cum = a.double().cumsum(-1)
+        a_cum = _cumulate(a)
         log_decay = (a_cum[..., :, None] - a_cum[..., None, :]).to(a.dtype)
         log_decay.masked_fill_(torch.ones(q, q, dtype=torch.bool, device=a.device).triu(1), float("-inf"))
         decay = F.threshold_(log_decay, LOG_DECAY_FLOOR, float("-inf")).exp_()
@@ -126,7 +126,7 @@ def _ssd_pass(x, dt, A, B, C, chunk_size: int, D=None, initial_state=None):
     cg = F.pad(C.float(), (0, 0, 0, 0, 0, pad)).view(b, c, q, g, n).transpose(2, 3)
     # Log-decay per token, and cumulated inside each chunk: [b, c, g, r, q].
     a = (A.float() * dtf).view(b, c, q, g, r).permute(0, 1, 3, 4, 2)
-    a_cum = _cumulate(a)
+    a_cum = _cumulate(a).float()
     # 1. inside each chunk: y = (C B^T ∘ decay) X, the decay per head, C B^T once per group.
     xs_heads = xs.permute(0, 1, 3, 4, 2, 5)  # [b, c, g, r, q, p]
     y = _IntraChunk.apply((cg @ bg.transpose(-1, -2))[:, :, :, None], a, xs_heads)  # [b, c, g, r, q, p]
